@@ -1,0 +1,1 @@
+"""The GPU worker: claims jobs from the queue and runs them on one device."""

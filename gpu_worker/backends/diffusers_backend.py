@@ -1,0 +1,74 @@
+"""The real backend: a diffusers text-to-image pipeline on one device."""
+
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+
+from gpu_worker.backends.base import ImageRequest, StepCallback
+from gpu_worker.tiny_model import ensure_tiny_model
+
+
+def pick_dtype(device: torch.device) -> torch.dtype:
+    """Half precision on a GPU (bfloat16 where the hardware has it), full precision on a CPU."""
+    if device.type != "cuda":
+        return torch.float32
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"device {device} was asked for, but torch sees no CUDA GPU")
+    major, _minor = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16  # native bfloat16 came with Ampere
+
+
+class DiffusersBackend:
+    """Loads one pipeline per process and runs the jobs on it, one at a time."""
+
+    name = "diffusers"
+
+    def __init__(self, *, device: str, model: str | None, data_dir: Path) -> None:
+        self.device = torch.device(device)
+        self.model = model
+        self.data_dir = data_dir
+        self._pipeline: Any = None  # diffusers' pipelines are untyped
+
+    def load(self) -> None:
+        """Load the model, or the locally built tiny one when none was named."""
+        source = self.model or str(ensure_tiny_model(self.data_dir))
+        options: dict[str, Any] = {"dtype": pick_dtype(self.device)}
+        # Only for pipelines that have a checker: others would warn about an unknown argument.
+        if "safety_checker" in DiffusionPipeline.load_config(source):
+            options.update(safety_checker=None, requires_safety_checker=False)
+        pipeline = AutoPipelineForText2Image.from_pretrained(source, **options)
+        pipeline.set_progress_bar_config(disable=True)
+        self._pipeline = pipeline.to(self.device)
+
+    def generate(self, request: ImageRequest, on_step: StepCallback) -> bytes:
+        """Render the request and return PNG bytes; an exception from on_step ends the run."""
+        pipeline = self._pipeline
+        if pipeline is None:
+            raise RuntimeError("DiffusersBackend.generate called before load()")
+
+        def step_end(
+            pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]
+        ) -> dict[str, Any]:
+            # Multistep schedulers may run more iterations than steps asked for; count those.
+            on_step(index + 1, getattr(pipe, "num_timesteps", 0) or request.steps)
+            return tensors
+
+        # A CPU generator draws the same noise on every device, so a seed means one image.
+        generator = torch.Generator("cpu").manual_seed(request.seed)
+        with torch.inference_mode():
+            result = pipeline(
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt,
+                width=request.width,
+                height=request.height,
+                num_inference_steps=request.steps,
+                guidance_scale=request.guidance_scale,
+                generator=generator,
+                callback_on_step_end=step_end,
+            )
+        buffer = io.BytesIO()
+        result.images[0].save(buffer, format="PNG")
+        return buffer.getvalue()

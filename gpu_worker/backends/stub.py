@@ -1,0 +1,100 @@
+"""A backend that fakes a GPU: it sleeps, reports steps and writes a gradient PNG.
+
+It exists for load tests and demos, so it imports neither torch nor Pillow. Markers in the
+prompt script the failure modes the worker must survive: `[fail]`, `[hang]` and `[stuck]`.
+"""
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import NoReturn
+
+from gpu_worker.backends.base import ImageRequest, StepCallback
+from gpu_worker.png import encode_rgb
+
+DELAY_ENV = "GPUQUEUE_STUB_DELAY"
+DEFAULT_DELAY_S = 0.05
+HANG_STEP_S = 0.05
+
+
+class StubFailure(RuntimeError):
+    """Raised on purpose for a `[fail]` prompt, to exercise the error and retry paths."""
+
+
+def _delay_from_env() -> float:
+    """Read the total per-image delay, refusing values that would make no sense."""
+    raw = os.environ.get(DELAY_ENV, str(DEFAULT_DELAY_S))
+    try:
+        delay = float(raw)
+    except ValueError:
+        raise ValueError(f"{DELAY_ENV} must be a number of seconds, got {raw!r}") from None
+    if not delay >= 0:  # also refuses NaN
+        raise ValueError(f"{DELAY_ENV} must be zero or more seconds, got {raw!r}")
+    return delay
+
+
+class StubBackend:
+    """Sleeps `delay` seconds per image, split evenly across the request's steps."""
+
+    name = "stub"
+
+    def __init__(self, delay: float | None = None) -> None:
+        self.delay = _delay_from_env() if delay is None else delay
+
+    def load(self) -> None:
+        """Nothing to load; present to satisfy the Backend protocol."""
+
+    def generate(self, request: ImageRequest, on_step: StepCallback) -> bytes:
+        """Run the fake steps, then return a PNG that depends only on prompt and seed."""
+        steps = request.steps
+        if "[stuck]" in request.prompt:
+            _block_forever()
+        if "[hang]" in request.prompt:
+            _hang(steps, on_step)
+        pause = self.delay / max(steps, 1)
+        for step in range(1, steps + 1):
+            if pause:
+                time.sleep(pause)
+            on_step(step, steps)
+            if "[fail]" in request.prompt:
+                raise StubFailure("the stub backend failed on purpose: the prompt contains [fail]")
+        return render_png(request.prompt, request.seed, request.width, request.height)
+
+
+def _block_forever() -> NoReturn:
+    """Wedge the thread without ever calling back, so only killing the process ends it."""
+    while True:
+        threading.Event().wait()
+
+
+def _hang(steps: int, on_step: StepCallback) -> NoReturn:
+    """Step forever; the callback is the only way out, as with a deadline or a cancel."""
+    step = 0
+    while True:
+        time.sleep(HANG_STEP_S)
+        step += 1
+        on_step(min(step, steps), steps)
+
+
+def render_png(prompt: str, seed: int, width: int, height: int) -> bytes:
+    """A colour gradient whose end colours are drawn from a hash of prompt and seed."""
+    digest = hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
+    return encode_rgb(width, height, _gradient_rows(digest, width, height))
+
+
+def _gradient_rows(digest: bytes, width: int, height: int) -> Iterator[bytes]:
+    """Red and blue ramp across, green ramps down; built with slices so big images stay fast."""
+    row = bytearray(width * 3)
+    row[0::3] = _ramp(digest[0], digest[1], width)
+    row[2::3] = _ramp(digest[2], digest[3], width)
+    for green in _ramp(digest[4], digest[5], height):
+        row[1::3] = bytes((green,)) * width
+        yield bytes(row)
+
+
+def _ramp(start: int, end: int, length: int) -> bytes:
+    """`length` bytes going evenly from `start` to `end`."""
+    last = max(length - 1, 1)
+    return bytes(start + (end - start) * i // last for i in range(length))

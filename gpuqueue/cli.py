@@ -1,0 +1,136 @@
+"""`gpuqueue`: migrate, web, worker, run, token, status (contract: Command line)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from queueing import locate
+from queueing.config import Settings
+
+
+def database_url(args: argparse.Namespace, settings: Settings) -> str:
+    """--database-url, else DATABASE_URL, else the local server, else the embedded one."""
+    if args.database_url:
+        return str(args.database_url)
+    return locate.find_database_url(
+        env_var="DATABASE_URL", data_dir=settings.data_dir, database="gpuqueue"
+    )
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from queueing.migrate import migrate
+
+    applied = asyncio.run(migrate(database_url(args, settings)))
+    print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
+    return 0
+
+
+def _token(args: argparse.Namespace, settings: Settings) -> int:
+    from gpuqueue.tokens_cli import run_token_command
+
+    return asyncio.run(run_token_command(args, database_url(args, settings)))
+
+
+def _web(args: argparse.Namespace, settings: Settings) -> int:
+    from web.server import serve
+
+    serve(settings, database_url(args, settings), host=args.host, port=args.port)
+    return 0
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from gpu_worker.main import run_worker
+
+    return run_worker(
+        settings,
+        database_url(args, settings),
+        device=args.device,
+        backend=args.backend,
+        model=args.model,
+    )
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from gpuqueue.run import run_all
+
+    return run_all(args, settings, database_url(args, settings))
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from gpuqueue.status import show_status
+
+    return asyncio.run(show_status(database_url(args, settings), as_json=args.json))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpuqueue", description=__doc__)
+    parser.add_argument("--database-url", help="PostgreSQL URL (default: $DATABASE_URL)")
+    parser.add_argument("--log-level", default=os.environ.get("GPUQUEUE_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("migrate", help="apply pending SQL migrations").set_defaults(func=_migrate)
+
+    web = sub.add_parser("web", help="the HTTP API, WebSocket and page")
+    web.add_argument("--host", default="127.0.0.1")
+    web.add_argument("--port", type=int, default=8080)
+    web.set_defaults(func=_web)
+
+    for name, func, help_text in (
+        ("worker", _worker, "one worker bound to one device"),
+        ("run", _run, "web server and one worker in one command"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--device", default=os.environ.get("GPUQUEUE_DEVICE", "cpu"))
+        p.add_argument(
+            "--backend", choices=("diffusers", "stub"),
+            default=os.environ.get("GPUQUEUE_BACKEND", "diffusers"),
+        )
+        p.add_argument("--model", default=os.environ.get("GPUQUEUE_MODEL") or None)
+        if name == "run":
+            p.add_argument("--host", default="127.0.0.1")
+            p.add_argument("--port", type=int, default=8080)
+            p.add_argument("--user", default=os.environ.get("USER") or "local")
+        p.set_defaults(func=func)
+
+    token = sub.add_parser("token", help="API tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser("create", help="print a new token for a user")
+    create.add_argument("--user", required=True)
+    create.add_argument("--admin", action="store_true")
+    create.add_argument("--expires-in", type=float, metavar="SECONDS")
+    revoke = token_sub.add_parser("revoke", help="revoke one token, or every token of a user")
+    group = revoke.add_mutually_exclusive_group(required=True)
+    group.add_argument("token", nargs="?")
+    group.add_argument("--user")
+    token.set_defaults(func=_token)
+
+    status = sub.add_parser("status", help="the operator's view of the queue")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    settings = Settings.from_env()
+    if not settings.data_dir.is_absolute():
+        settings = Settings(**{**settings.__dict__, "data_dir": Path.cwd() / settings.data_dir})
+    try:
+        return int(args.func(args, settings))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,48 @@
+"""Settings read once from the environment, so every process agrees on the same defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Knobs shared by the web server and the workers (README: Configuration)."""
+
+    database_url: str | None = None
+    data_dir: Path = Path(".data")
+    default_timeout_s: int = 300
+    default_max_attempts: int = 3
+    max_queued_per_user: int = 100
+    retry_base_s: float = 1.0
+    retry_cap_s: float = 60.0
+    poll_interval_s: float = 1.0
+    sweep_interval_s: float = 1.0
+    lock_warn_s: float = 30.0
+    grace_s: float = 30.0
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            database_url=os.environ.get("DATABASE_URL") or None,
+            data_dir=Path(os.environ.get("GPUQUEUE_DATA_DIR", ".data")),
+            default_timeout_s=_int("GPUQUEUE_DEFAULT_TIMEOUT_S", 300),
+            default_max_attempts=_int("GPUQUEUE_DEFAULT_MAX_ATTEMPTS", 3),
+            max_queued_per_user=_int("GPUQUEUE_MAX_QUEUED_PER_USER", 100),
+            retry_base_s=_float("GPUQUEUE_RETRY_BASE_S", 1.0),
+            retry_cap_s=_float("GPUQUEUE_RETRY_CAP_S", 60.0),
+            poll_interval_s=_float("GPUQUEUE_POLL_INTERVAL_S", 1.0),
+            sweep_interval_s=_float("GPUQUEUE_SWEEP_INTERVAL_S", 1.0),
+            lock_warn_s=_float("GPUQUEUE_LOCK_WARN_S", 30.0),
+            grace_s=_float("GPUQUEUE_GRACE_S", 30.0),
+        )

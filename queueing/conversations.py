@@ -1,0 +1,56 @@
+"""Conversations and their messages, including the deep merge of message metadata."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from psycopg.types.json import Jsonb
+
+from . import db
+from .actors import Actor
+from .errors import NotFound
+
+
+async def create_conversation(conn: db.Db, *, actor: Actor, title: str = "") -> dict[str, Any]:
+    row = await db.fetch_one(conn, "conversation_create", {"user_id": actor.user_id, "title": title})
+    assert row is not None
+    return row
+
+
+async def list_conversations(conn: db.Db, *, actor: Actor, limit: int = 200) -> list[db.Row]:
+    return await db.fetch_all(conn, "conversation_list", {"owner": actor.owner, "limit": limit})
+
+
+async def get_conversation(
+    conn: db.Db, conversation_id: UUID | str, *, actor: Actor
+) -> dict[str, Any]:
+    """The conversation with its messages (queued jobs' positions overlaid live)."""
+    row = await db.fetch_one(
+        conn, "conversation_get", {"conversation_id": conversation_id, "owner": actor.owner}
+    )
+    if row is None:
+        raise NotFound(f"conversation {conversation_id} not found")
+    return row
+
+
+async def conversation_visible(conn: db.Db, conversation_id: UUID | str, *, actor: Actor) -> bool:
+    row = await db.fetch_one(
+        conn, "conversation_owned", {"conversation_id": conversation_id, "owner": actor.owner}
+    )
+    return row is not None
+
+
+async def merge_metadata(
+    conn: db.Db, message_id: UUID | str, patch: dict[str, Any], *, actor: Actor
+) -> dict[str, Any]:
+    """Deep-merge `patch` into the message's extra_metadata in one statement (R7)."""
+    row = await db.fetch_one(
+        conn,
+        "message_merge_metadata",
+        {"message_id": message_id, "patch": Jsonb(patch), "owner": actor.owner},
+    )
+    if row is None:
+        raise NotFound(f"message {message_id} not found")
+    message: dict[str, Any] = row["message"]
+    return message

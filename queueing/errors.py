@@ -1,0 +1,60 @@
+"""Errors the queue raises for a caller to show; each carries an HTTP-ish status and a code."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import psycopg
+
+
+class QueueError(Exception):
+    """A refused request: nothing was written."""
+
+    status = 400
+    code = "bad_request"
+
+
+class NotFound(QueueError):
+    status = 404
+    code = "not_found"
+
+
+class IllegalTransition(QueueError):
+    status = 409
+    code = "conflict"
+
+
+class QueueFull(QueueError):
+    status = 429
+    code = "queue_full"
+
+
+class InvalidData(QueueError):
+    status = 422
+    code = "invalid"
+
+
+_BY_SQLSTATE: dict[str, type[QueueError]] = {
+    "GQ404": NotFound,
+    "GQ409": IllegalTransition,
+    "GQ429": QueueFull,
+    "23514": InvalidData,  # check_violation
+    "22P02": InvalidData,  # invalid_text_representation
+    "22001": InvalidData,  # string_data_right_truncation
+    "22003": InvalidData,  # numeric_value_out_of_range
+    "54000": InvalidData,  # program_limit_exceeded (e.g. jsonb too deep)
+}
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """Turn the database's refusals (our GQ codes, CHECK violations) into QueueErrors."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        kind = _BY_SQLSTATE.get(exc.sqlstate or "")
+        if kind is None:
+            raise
+        message = exc.diag.message_primary or str(exc)
+        raise kind(message) from exc

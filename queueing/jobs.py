@@ -1,0 +1,227 @@
+"""The job state machine: enqueue, claim, complete, fail, cancel, requeue.
+
+Each transition is one call of a SQL function (migrations/002_queue_functions.sql), so it is
+one round trip and one transaction. Worker-side transitions are fenced by the claim: a stale
+claim makes them return False and write nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg.types.json import Jsonb
+
+from . import db
+from .actors import Actor
+from .errors import NotFound
+from .eta import EtaModel
+from .positions import eta_model, with_eta
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What a user asked for; validated at the edge, and again by the schema's CHECKs."""
+
+    prompt: str
+    params: dict[str, Any]
+    priority: int = 0
+    max_attempts: int = 3
+    timeout_s: int = 300
+
+
+@dataclass(frozen=True)
+class Backoff:
+    base_s: float = 1.0
+    cap_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job a worker holds: the claim_id fences every later write about it."""
+
+    job_id: UUID
+    claim_id: int
+    message_id: UUID
+    conversation_id: UUID
+    prompt: str
+    params: dict[str, Any]
+    timeout_s: int
+    attempts: int
+    max_attempts: int
+    started_at: datetime
+
+    @classmethod
+    def from_row(cls, row: db.Row) -> Claim:
+        return cls(
+            job_id=row["id"],
+            claim_id=row["claim_id"],
+            message_id=row["message_id"],
+            conversation_id=row["conversation_id"],
+            prompt=row["prompt"],
+            params=row["params"],
+            timeout_s=row["timeout_s"],
+            attempts=row["attempts"],
+            max_attempts=row["max_attempts"],
+            started_at=row["started_at"],
+        )
+
+    def fence(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "claim_id": self.claim_id}
+
+
+async def _job_with_eta(conn: db.Db, job: dict[str, Any], eta: EtaModel | None) -> dict[str, Any]:
+    if job["status"] == "queued" and eta is None:
+        eta = await eta_model(conn)
+    return with_eta(job, eta or EtaModel(None, ()))
+
+
+async def enqueue(
+    conn: db.Db,
+    conversation_id: UUID | str,
+    request: JobRequest,
+    *,
+    actor: Actor,
+    max_queued: int,
+    eta: EtaModel | None = None,
+) -> dict[str, Any]:
+    """pending -> queued; creates the assistant message too. Returns the job as the API shows it."""
+    row = await db.fetch_one(
+        conn,
+        "job_enqueue",
+        {
+            "conversation_id": conversation_id,
+            "owner": actor.owner,
+            "prompt": request.prompt,
+            "params": Jsonb(request.params),
+            "priority": request.priority,
+            "max_attempts": request.max_attempts,
+            "timeout_s": request.timeout_s,
+            "max_queued": max_queued,
+        },
+    )
+    assert row is not None
+    return await _job_with_eta(conn, row["job"], eta)
+
+
+async def get_job(
+    conn: db.Db, job_id: UUID | str, *, actor: Actor, eta: EtaModel | None = None
+) -> dict[str, Any]:
+    row = await db.fetch_one(conn, "job_get", {"job_id": job_id, "owner": actor.owner})
+    if row is None:
+        raise NotFound(f"job {job_id} not found")
+    return await _job_with_eta(conn, row["job"], eta)
+
+
+async def list_jobs(
+    conn: db.Db, conversation_id: UUID | str, *, actor: Actor, eta: EtaModel | None = None
+) -> list[dict[str, Any]]:
+    """A conversation's jobs in submission order, with live positions."""
+    row = await db.fetch_one(
+        conn, "conversation_jobs", {"conversation_id": conversation_id, "owner": actor.owner}
+    )
+    if row is None:
+        raise NotFound(f"conversation {conversation_id} not found")
+    jobs: list[dict[str, Any]] = row["jobs"]
+    if eta is None and any(j["status"] == "queued" for j in jobs):
+        eta = await eta_model(conn)
+    return [with_eta(j, eta or EtaModel(None, ())) for j in jobs]
+
+
+async def job_image(conn: db.Db, job_id: UUID | str, *, actor: Actor) -> bytes:
+    row = await db.fetch_one(conn, "job_image", {"job_id": job_id, "owner": actor.owner})
+    if row is None:
+        raise NotFound(f"job {job_id} has no image")
+    return bytes(row["png"])
+
+
+async def cancel(
+    conn: db.Db, job_id: UUID | str, *, actor: Actor, eta: EtaModel | None = None
+) -> dict[str, Any]:
+    """queued -> canceled now; processing -> cancel requested (its worker ends it canceled)."""
+    row = await db.fetch_one(conn, "job_cancel", {"job_id": job_id, "owner": actor.owner})
+    assert row is not None
+    return await _job_with_eta(conn, row["job"], eta)
+
+
+async def lock_and_claim(conn: db.Connection, worker_id: UUID, device: str) -> Claim | None:
+    """Take the device's GPU lock (waiting for it), then claim the next job, or release it."""
+    row = await db.fetch_one(conn, "job_lock_and_claim", {"worker_id": worker_id, "device": device})
+    return None if row is None else Claim.from_row(row)
+
+
+async def release_gpu(conn: db.Connection, device: str) -> bool:
+    return bool(await db.fetch_value(conn, "gpu_release", {"device": device}))
+
+
+async def complete(
+    conn: db.Db, claim: Claim, png: bytes, *, release_device: str | None = None
+) -> bool:
+    """processing -> complete with its image; False when the claim is stale (nothing written)."""
+    row = await db.fetch_one(
+        conn, "job_complete", {**claim.fence(), "png": png, "release_device": release_device}
+    )
+    return row is not None
+
+
+async def fail(
+    conn: db.Db,
+    claim: Claim,
+    error: str,
+    *,
+    retryable: bool,
+    backoff: Backoff,
+    release_device: str | None = None,
+) -> str | None:
+    """processing -> queued (retry) or error. Returns the new status; None when the claim is stale."""
+    row = await db.fetch_one(
+        conn,
+        "job_fail",
+        {
+            **claim.fence(),
+            "error": error,
+            "retryable": retryable,
+            "backoff_base_s": backoff.base_s,
+            "backoff_cap_s": backoff.cap_s,
+            "release_device": release_device,
+        },
+    )
+    return None if row is None else str(row["status"])
+
+
+async def finish_canceled(
+    conn: db.Db, claim: Claim, *, release_device: str | None = None
+) -> bool:
+    row = await db.fetch_one(
+        conn, "job_finish_canceled", {**claim.fence(), "release_device": release_device}
+    )
+    return row is not None
+
+
+async def requeue(conn: db.Db, claim: Claim, *, release_device: str | None = None) -> str | None:
+    """Hand a running job back (graceful stop): it keeps its place and the attempt is not counted."""
+    row = await db.fetch_one(
+        conn, "job_requeue", {**claim.fence(), "release_device": release_device}
+    )
+    return None if row is None else str(row["status"])
+
+
+async def requeue_lost(conn: db.Db) -> list[db.Row]:
+    """Crash recovery: jobs of dead worker sessions go back to the queue (or end). Safe to race."""
+    return await db.fetch_all(conn, "job_requeue_lost")
+
+
+async def report_progress(conn: db.Db, claim: Claim, step: int, steps: int) -> bool | None:
+    """Store step i of n; returns whether a cancel was requested, None when the claim is stale."""
+    row = await db.fetch_one(conn, "job_progress", {**claim.fence(), "step": step, "steps": steps})
+    return None if row is None or row["cancel_requested"] is None else bool(row["cancel_requested"])
+
+
+async def claim_state(conn: db.Db, claim: Claim) -> tuple[bool, bool]:
+    """(claim still current, cancel requested)."""
+    row = await db.fetch_one(conn, "job_claim_state", claim.fence())
+    if row is None:
+        return False, False
+    return bool(row["current"]), bool(row["cancel_requested"])

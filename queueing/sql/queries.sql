@@ -1,0 +1,228 @@
+-- Every statement gpuqueue runs at run time, by name. Transitions are single calls of the
+-- functions in migrations/002_queue_functions.sql; the rest are reads and small writes.
+
+-- name: migrations_lock
+-- Serialises concurrent `gpuqueue migrate` runs.
+SELECT pg_advisory_lock(26449, 0)
+
+-- name: migrations_unlock
+SELECT pg_advisory_unlock(26449, 0)
+
+-- name: migrations_table
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    text PRIMARY KEY,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+
+-- name: migrations_applied
+SELECT version, checksum FROM schema_migrations ORDER BY version
+
+-- name: migration_record
+INSERT INTO schema_migrations (version, checksum) VALUES (%(version)s, %(checksum)s)
+
+-- name: ping
+SELECT 1 AS ok
+
+-- name: user_upsert
+-- Creates the user, or returns it; --admin promotes, never demotes.
+INSERT INTO users (name, is_admin) VALUES (%(name)s, %(is_admin)s)
+ON CONFLICT (name) DO UPDATE SET is_admin = users.is_admin OR excluded.is_admin
+RETURNING id, name, is_admin
+
+-- name: token_insert
+INSERT INTO api_tokens (user_id, token_hash, expires_at)
+VALUES (%(user_id)s, %(token_hash)s, %(expires_at)s)
+RETURNING id
+
+-- name: token_authenticate
+SELECT u.id AS user_id, u.name, u.is_admin, t.token_hash
+FROM api_tokens AS t JOIN users AS u ON u.id = t.user_id
+WHERE t.token_hash = %(token_hash)s
+  AND t.revoked_at IS NULL
+  AND (t.expires_at IS NULL OR t.expires_at > now())
+
+-- name: token_revoke
+UPDATE api_tokens SET revoked_at = now()
+WHERE token_hash = %(token_hash)s AND revoked_at IS NULL
+RETURNING id
+
+-- name: token_revoke_user
+UPDATE api_tokens SET revoked_at = now()
+WHERE user_id = (SELECT id FROM users WHERE name = %(name)s) AND revoked_at IS NULL
+RETURNING id
+
+-- name: conversation_create
+INSERT INTO conversations (user_id, title) VALUES (%(user_id)s, %(title)s)
+RETURNING id, title, created_at
+
+-- name: conversation_list
+SELECT c.id, c.title, c.created_at
+FROM conversations AS c
+WHERE %(owner)s::bigint IS NULL OR c.user_id = %(owner)s
+ORDER BY c.created_at DESC
+LIMIT %(limit)s
+
+-- name: conversation_get
+-- One conversation with its messages; NULL owner means an admin, who sees every conversation.
+SELECT c.id, c.title, c.created_at,
+       (SELECT coalesce(jsonb_agg(gq_message_json(m) ORDER BY m.created_at, m.id), '[]'::jsonb)
+        FROM messages AS m WHERE m.conversation_id = c.id) AS messages
+FROM conversations AS c
+WHERE c.id = %(conversation_id)s AND (%(owner)s::bigint IS NULL OR c.user_id = %(owner)s)
+
+-- name: conversation_owned
+SELECT c.id FROM conversations AS c
+WHERE c.id = %(conversation_id)s AND (%(owner)s::bigint IS NULL OR c.user_id = %(owner)s)
+
+-- name: conversation_jobs
+-- A conversation's jobs in submission order, positions live; no row when not visible.
+SELECT (SELECT coalesce(jsonb_agg(gq_job_json(j) ORDER BY j.created_at, j.queue_seq), '[]'::jsonb)
+        FROM jobs AS j WHERE j.conversation_id = c.id) AS jobs
+FROM conversations AS c
+WHERE c.id = %(conversation_id)s AND (%(owner)s::bigint IS NULL OR c.user_id = %(owner)s)
+
+-- name: message_merge_metadata
+-- One statement: concurrent merges into one row serialise on its row lock and each re-reads the
+-- latest version, so no field is ever lost (R7.1-7.3).
+UPDATE messages AS m
+SET extra_metadata = gq_jsonb_deep_merge(m.extra_metadata, %(patch)s)
+FROM conversations AS c
+WHERE m.id = %(message_id)s AND c.id = m.conversation_id
+  AND (%(owner)s::bigint IS NULL OR c.user_id = %(owner)s)
+RETURNING gq_message_json(m) AS message
+
+-- name: job_enqueue
+SELECT gq_enqueue(%(conversation_id)s, %(owner)s, %(prompt)s, %(params)s, %(priority)s,
+                  %(max_attempts)s, %(timeout_s)s, %(max_queued)s) AS job
+
+-- name: job_get
+SELECT gq_job_json(j) AS job FROM jobs AS j
+WHERE j.id = %(job_id)s AND (%(owner)s::bigint IS NULL OR j.user_id = %(owner)s)
+
+-- name: job_image
+SELECT i.png FROM job_images AS i JOIN jobs AS j ON j.id = i.job_id
+WHERE i.job_id = %(job_id)s AND (%(owner)s::bigint IS NULL OR j.user_id = %(owner)s)
+
+-- name: job_cancel
+SELECT gq_cancel(%(job_id)s, %(owner)s) AS job
+
+-- name: job_lock_and_claim
+SELECT * FROM gq_lock_and_claim(%(worker_id)s, %(device)s)
+
+-- name: job_complete
+SELECT * FROM gq_complete(%(job_id)s, %(claim_id)s, %(png)s, %(release_device)s)
+
+-- name: job_fail
+SELECT * FROM gq_fail(%(job_id)s, %(claim_id)s, %(error)s, %(retryable)s,
+                      %(backoff_base_s)s, %(backoff_cap_s)s, %(release_device)s)
+
+-- name: job_finish_canceled
+SELECT * FROM gq_finish_canceled(%(job_id)s, %(claim_id)s, %(release_device)s)
+
+-- name: job_requeue
+SELECT * FROM gq_requeue(%(job_id)s, %(claim_id)s, %(release_device)s)
+
+-- name: job_requeue_lost
+SELECT id, status FROM gq_requeue_lost()
+
+-- name: job_progress
+SELECT gq_progress(%(job_id)s, %(claim_id)s, %(step)s, %(steps)s) AS cancel_requested
+
+-- name: job_claim_state
+-- What a running job's worker polls: is its claim still current, and was a cancel requested?
+SELECT status = 'processing' AND claim_id = %(claim_id)s AS current, cancel_requested
+FROM jobs WHERE id = %(job_id)s
+
+-- name: gpu_release
+SELECT gq_release_gpu(%(device)s) AS released
+
+-- name: job_position
+-- One job's position: two range counts over the partial index (0 once it is not queued).
+SELECT CASE WHEN status = 'queued' THEN gq_queue_position(priority, queue_seq) ELSE 0 END
+       AS queue_position
+FROM jobs WHERE id = %(job_id)s
+
+-- name: positions_of_jobs
+-- Current positions of the given jobs that are queued, from one ranking of the whole queue.
+SELECT q.id AS job_id, q.queue_position::integer AS queue_position
+FROM (SELECT id, row_number() OVER (ORDER BY priority DESC, queue_seq) AS queue_position
+      FROM jobs WHERE status = 'queued') AS q
+WHERE q.id = ANY(%(job_ids)s)
+
+-- name: eta_context
+-- What the ETA model needs: the mean duration of recent jobs, the live devices, and how long
+-- each device's running job has been going.
+SELECT
+    (SELECT extract(epoch FROM avg(r.finished_at - r.started_at))::float8
+     FROM (SELECT finished_at, started_at FROM jobs WHERE status = 'complete'
+           ORDER BY finished_at DESC LIMIT 20) AS r) AS mean_duration_s,
+    (SELECT count(DISTINCT device)::integer FROM live_workers) AS devices,
+    (SELECT coalesce(array_agg(extract(epoch FROM now() - j.started_at)::float8), '{}')
+     FROM jobs AS j JOIN live_workers AS w ON w.id = j.worker_id
+     WHERE j.status = 'processing') AS running_elapsed_s
+
+-- name: events_after
+-- Transition events after a seq, as the WebSocket sends them ('pending' is not sent).
+SELECT e.seq, e.job_id, e.conversation_id,
+       jsonb_build_object(
+           'type', e.status, 'seq', e.seq, 'job_id', e.job_id, 'message_id', e.message_id,
+           'conversation_id', e.conversation_id, 'status', e.status,
+           'queue_position', e.queue_position, 'at', e.at)
+       || CASE WHEN e.detail ? 'error'
+               THEN jsonb_build_object('error', e.detail -> 'error') ELSE '{}'::jsonb END
+       || CASE WHEN e.status = 'complete'
+               THEN jsonb_build_object('image_url', '/api/jobs/' || e.job_id || '/image')
+               ELSE '{}'::jsonb END AS event
+FROM job_events AS e
+WHERE e.seq > %(after)s AND e.status <> 'pending'
+  AND (%(conversation_ids)s::uuid[] IS NULL OR e.conversation_id = ANY(%(conversation_ids)s))
+  AND (%(job_ids)s::uuid[] IS NULL OR e.job_id = ANY(%(job_ids)s))
+ORDER BY e.seq
+LIMIT %(limit)s
+
+-- name: events_last_seq
+SELECT coalesce(max(seq), 0) AS seq FROM job_events
+
+-- name: progress_of_jobs
+SELECT id AS job_id, progress FROM jobs
+WHERE id = ANY(%(job_ids)s) AND status = 'processing' AND progress IS NOT NULL
+
+-- name: jobs_visible
+-- Which of these jobs the owner may see (NULL owner: an admin sees all).
+SELECT id AS job_id, conversation_id FROM jobs
+WHERE id = ANY(%(job_ids)s) AND (%(owner)s::bigint IS NULL OR user_id = %(owner)s)
+
+-- name: worker_register
+-- A worker is known by the session that runs this statement: its liveness is that session's.
+INSERT INTO workers (id, device, backend, model, hostname, pid, session_pid, session_start)
+SELECT %(worker_id)s, %(device)s, %(backend)s, %(model)s, %(hostname)s, %(pid)s,
+       a.pid, a.backend_start
+FROM pg_stat_activity AS a WHERE a.pid = pg_backend_pid()
+RETURNING id
+
+-- name: worker_stop
+UPDATE workers SET stopped_at = now() WHERE id = %(worker_id)s
+
+-- name: workers_live
+SELECT w.id AS worker_id, w.device, w.backend, w.model, w.hostname, w.pid, w.started_at,
+       j.id AS job_id,
+       extract(epoch FROM now() - j.started_at)::float8 AS lock_held_s
+FROM live_workers AS w
+LEFT JOIN jobs AS j ON j.worker_id = w.id AND j.status = 'processing'
+ORDER BY w.device, w.started_at
+
+-- name: queue_counts
+SELECT (SELECT count(*) FROM jobs WHERE status = 'queued')::integer AS queued,
+       (SELECT count(*) FROM jobs WHERE status = 'processing')::integer AS processing,
+       (SELECT extract(epoch FROM now() - min(queued_at))::float8
+        FROM jobs WHERE status = 'queued') AS oldest_queued_s
+
+-- name: queue_overview
+SELECT status, jobs::integer AS jobs, extract(epoch FROM oldest_queued_age)::float8 AS oldest_queued_s
+FROM queue_overview
+
+-- name: queue_positions
+SELECT queue_position::integer AS queue_position, job_id, user_id, priority, attempts, prompt,
+       extract(epoch FROM waiting)::float8 AS waiting_s
+FROM queue_positions ORDER BY queue_position LIMIT %(limit)s
