@@ -110,7 +110,7 @@ CREATE TABLE jobs (
 );
 
 -- The one index of the queue: claim order, and the position count, both read it.
-CREATE INDEX jobs_queued_idx ON jobs (priority DESC, queue_seq) WHERE status = 'queued';
+CREATE INDEX jobs_queued_idx ON jobs (priority DESC, queue_seq) INCLUDE (id) WHERE status = 'queued';
 CREATE INDEX jobs_processing_idx ON jobs (worker_id) WHERE status = 'processing';
 CREATE INDEX jobs_conversation_idx ON jobs (conversation_id, created_at);
 CREATE INDEX jobs_user_queued_idx ON jobs (user_id) WHERE status = 'queued';

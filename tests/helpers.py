@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from queueing import db, workers
 
 T = TypeVar("T")
 
@@ -22,3 +25,16 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s (last value: {value!r})")
         await asyncio.sleep(interval)
+
+
+async def worker_session(database_url: str, device: str = "cpu") -> tuple[Any, uuid.UUID]:
+    """A registered worker's session connection, as a worker process holds one."""
+    session = await db.connect(database_url, "gpuqueue-test-worker", "-c lock_timeout=0")
+    worker_id = uuid.uuid4()
+    await workers.register(session, worker_id, device=device, backend="test", model=None)
+    return session, worker_id
+
+
+async def queue_snapshot(pool: db.Pool) -> list[dict[str, Any]]:
+    """Every queued job's per-job position and its rank, read in one statement (one snapshot)."""
+    return await db.fetch_all(pool, "queue_position_audit")

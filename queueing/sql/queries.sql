@@ -226,3 +226,22 @@ FROM queue_overview
 SELECT queue_position::integer AS queue_position, job_id, user_id, priority, attempts, prompt,
        extract(epoch FROM waiting)::float8 AS waiting_s
 FROM queue_positions ORDER BY queue_position LIMIT %(limit)s
+
+-- name: queue_position_audit
+-- Each queued job's own position count beside its rank, in one snapshot: the two must agree.
+SELECT id AS job_id, priority, queue_seq,
+       gq_queue_position(priority, queue_seq) AS queue_position,
+       row_number() OVER (ORDER BY priority DESC, queue_seq)::integer AS queue_rank
+FROM jobs WHERE status = 'queued'
+ORDER BY queue_rank
+
+-- name: job_events_of
+-- One job's events with their details, oldest first (operators, tests).
+SELECT seq, status, queue_position, at, detail FROM job_events
+WHERE job_id = %(job_id)s ORDER BY seq
+
+-- name: show_lock_timeout
+SELECT current_setting('lock_timeout') AS lock_timeout
+
+-- name: jsonb_deep_merge
+SELECT gq_jsonb_deep_merge(%(base)s, %(patch)s) AS merged

@@ -1,0 +1,78 @@
+"""Scale: with 100,000 finished jobs present, positions read only the queued rows (R9.5)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from queueing import db, jobs, positions
+from queueing.actors import Actor
+from queueing.sql import QUERIES
+
+SEED = (Path(__file__).parent.parent / "sql" / "seed_jobs.sql").read_text()
+pytestmark = pytest.mark.slow
+
+
+async def seed(pool: db.Pool, actor: Actor, conversation_id: str, n: int, status: str) -> None:
+    async with pool.connection() as conn:
+        await conn.execute(SEED, {"n": n, "status": status, "conversation_id": conversation_id,
+                                  "user_id": actor.user_id})
+
+
+async def explain(pool: db.Pool, query: str, params: dict[str, Any]) -> dict[str, Any]:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query, params, prepare=False
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    plan = row["QUERY PLAN"]
+    return dict((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"])
+
+
+def nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(n for child in plan.get("Plans", []) for n in nodes(child))]
+
+
+async def scan_counts(pool: db.Pool) -> tuple[int, int]:
+    async with pool.connection() as conn:
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        cur = await conn.execute(
+            "SELECT (SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'jobs') AS seq,"
+            " (SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'jobs_queued_idx')"
+            " AS idx"
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row["seq"]), int(row["idx"])
+
+
+async def test_position_queries_touch_only_queued_rows_among_100000_finished(
+    pool: db.Pool, alice: Actor, conversation_id: str
+) -> None:
+    """R9.5: 100,000 finished jobs do not enter the position queries, which use the partial index."""
+    await seed(pool, alice, conversation_id, 100_000, "complete")
+    await seed(pool, alice, conversation_id, 50, "queued")
+    async with pool.connection() as conn:
+        await conn.execute("VACUUM ANALYZE jobs")
+    listed = await jobs.list_jobs(pool, conversation_id, actor=alice)
+    last_queued = [j for j in listed if j["status"] == "queued"][-1]
+
+    seq_before, idx_before = await scan_counts(pool)
+    assert await positions.job_position(pool, last_queued["job_id"]) == 50
+    seq_after, idx_after = await scan_counts(pool)
+    assert seq_after == seq_before, "the one-job position query scanned the jobs table"
+    assert idx_after - idx_before == 2, "both position counts use jobs_queued_idx"
+
+    one = await explain(pool, QUERIES["job_position"], {"job_id": last_queued["job_id"]})
+    assert one["Shared Hit Blocks"] + one["Shared Read Blocks"] < 50
+
+    every = await explain(pool, QUERIES["positions_of_jobs"], {"job_ids": [last_queued["job_id"]]})
+    scans = [n for n in nodes(every) if n.get("Relation Name") == "jobs"]
+    assert scans and all(n["Node Type"] == "Index Only Scan" for n in scans), scans
+    assert all(n["Index Name"] == "jobs_queued_idx" for n in scans), scans
+    assert sum(n["Actual Rows"] for n in scans) == 50
