@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--device", default=os.environ.get("GPUQUEUE_DEVICE", "cpu"))
         p.add_argument(
-            "--backend", choices=("diffusers", "stub"),
+            "--backend",
+            choices=("diffusers", "stub"),
             default=os.environ.get("GPUQUEUE_BACKEND", "diffusers"),
         )
         p.add_argument("--model", default=os.environ.get("GPUQUEUE_MODEL") or None)

@@ -15,7 +15,8 @@ async def run_token_command(args: argparse.Namespace, url: str) -> int:
         if args.token_command == "create":
             expires = (
                 datetime.now(UTC) + timedelta(seconds=args.expires_in)
-                if args.expires_in is not None else None
+                if args.expires_in is not None
+                else None
             )
             print(await tokens.create_token(conn, args.user, admin=args.admin, expires_at=expires))
             return 0

@@ -13,7 +13,9 @@ from .errors import NotFound
 
 
 async def create_conversation(conn: db.Db, *, actor: Actor, title: str = "") -> dict[str, Any]:
-    row = await db.fetch_one(conn, "conversation_create", {"user_id": actor.user_id, "title": title})
+    row = await db.fetch_one(
+        conn, "conversation_create", {"user_id": actor.user_id, "title": title}
+    )
     assert row is not None
     return row
 

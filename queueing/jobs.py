@@ -175,7 +175,7 @@ async def fail(
     backoff: Backoff,
     release_device: str | None = None,
 ) -> str | None:
-    """processing -> queued (retry) or error. Returns the new status; None when the claim is stale."""
+    """processing -> queued (retry) or error; the new status, or None for a stale claim."""
     row = await db.fetch_one(
         conn,
         "job_fail",
@@ -191,9 +191,7 @@ async def fail(
     return None if row is None else str(row["status"])
 
 
-async def finish_canceled(
-    conn: db.Db, claim: Claim, *, release_device: str | None = None
-) -> bool:
+async def finish_canceled(conn: db.Db, claim: Claim, *, release_device: str | None = None) -> bool:
     row = await db.fetch_one(
         conn, "job_finish_canceled", {**claim.fence(), "release_device": release_device}
     )
@@ -201,7 +199,7 @@ async def finish_canceled(
 
 
 async def requeue(conn: db.Db, claim: Claim, *, release_device: str | None = None) -> str | None:
-    """Hand a running job back (graceful stop): it keeps its place and the attempt is not counted."""
+    """Hand a running job back (graceful stop): it keeps its place, the attempt not counted."""
     row = await db.fetch_one(
         conn, "job_requeue", {**claim.fence(), "release_device": release_device}
     )

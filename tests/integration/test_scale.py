@@ -18,8 +18,15 @@ pytestmark = pytest.mark.slow
 
 async def seed(pool: db.Pool, actor: Actor, conversation_id: str, n: int, status: str) -> None:
     async with pool.connection() as conn:
-        await conn.execute(SEED, {"n": n, "status": status, "conversation_id": conversation_id,
-                                  "user_id": actor.user_id})
+        await conn.execute(
+            SEED,
+            {
+                "n": n,
+                "status": status,
+                "conversation_id": conversation_id,
+                "user_id": actor.user_id,
+            },
+        )
 
 
 async def explain(pool: db.Pool, query: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -54,7 +61,7 @@ async def scan_counts(pool: db.Pool) -> tuple[int, int]:
 async def test_position_queries_touch_only_queued_rows_among_100000_finished(
     pool: db.Pool, alice: Actor, conversation_id: str
 ) -> None:
-    """R9.5: 100,000 finished jobs do not enter the position queries, which use the partial index."""
+    """R9.5: 100,000 finished jobs stay out of the position queries (partial index only)."""
     await seed(pool, alice, conversation_id, 100_000, "complete")
     await seed(pool, alice, conversation_id, 50, "queued")
     async with pool.connection() as conn:

@@ -55,7 +55,12 @@ async def test_processing_then_complete_sets_position_zero_and_stamps_each_trans
     done = await jobs.get_job(pool, job["job_id"], actor=alice)
     assert done["status"] == "complete" and done["queue_position"] == 0
     assert done["image_url"] == f"/api/jobs/{job['job_id']}/image"
-    assert [t["status"] for t in done["transitions"]] == ["pending", "queued", "processing", "complete"]
+    assert [t["status"] for t in done["transitions"]] == [
+        "pending",
+        "queued",
+        "processing",
+        "complete",
+    ]
     stamps = times(done)
     assert stamps == sorted(stamps) and stamps[-1] > stamps[1]
     assert done["started_at"] and done["finished_at"] and done["updated_at"] >= done["finished_at"]
@@ -74,8 +79,14 @@ async def test_a_failure_without_attempts_left_ends_in_error_with_its_message(
     session, worker_id = await worker_session(database_url)
     claim = await jobs.lock_and_claim(session, worker_id, "cpu")
     assert claim is not None
-    status = await jobs.fail(session, claim, "CUDA out of memory", retryable=True,
-                             backoff=jobs.Backoff(), release_device="cpu")
+    status = await jobs.fail(
+        session,
+        claim,
+        "CUDA out of memory",
+        retryable=True,
+        backoff=jobs.Backoff(),
+        release_device="cpu",
+    )
     assert status == "error"
     failed = await jobs.get_job(pool, job["job_id"], actor=alice)
     assert failed["status"] == "error" and failed["error"] == "CUDA out of memory"
@@ -96,8 +107,16 @@ async def test_retries_back_off_longer_each_time_until_max_attempts(
     for attempt in range(1, 5):
         claim = await eventually(lambda: jobs.lock_and_claim(session, worker_id, "cpu"))
         assert claim.attempts == attempt
-        statuses.append(await jobs.fail(session, claim, f"boom {attempt}", retryable=True,
-                                        backoff=backoff, release_device="cpu"))
+        statuses.append(
+            await jobs.fail(
+                session,
+                claim,
+                f"boom {attempt}",
+                retryable=True,
+                backoff=backoff,
+                release_device="cpu",
+            )
+        )
     assert statuses == ["queued", "queued", "queued", "error"]
     delays = [
         row["detail"]["retry_in_s"]
@@ -216,8 +235,13 @@ async def test_a_rejected_enqueue_writes_nothing(
 ) -> None:
     """R7.5: an enqueue that fails half-way (after the message insert) leaves no row behind."""
     with pytest.raises(InvalidData):
-        await jobs.enqueue(pool, conversation_id, jobs.JobRequest(prompt="", params={}),
-                           actor=alice, max_queued=100)
+        await jobs.enqueue(
+            pool,
+            conversation_id,
+            jobs.JobRequest(prompt="", params={}),
+            actor=alice,
+            max_queued=100,
+        )
     conversation = await get_conversation(pool, conversation_id, actor=alice)
     assert conversation["messages"] == []
     assert await db.fetch_value(pool, "events_last_seq") == 0

@@ -14,7 +14,9 @@ def test_eta_is_unknown_without_live_workers() -> None:
 
 
 def test_eta_counts_the_running_jobs_remaining_time() -> None:
-    model = EtaModel.from_context({"mean_duration_s": 10.0, "devices": 1, "running_elapsed_s": [4.0]})
+    model = EtaModel.from_context(
+        {"mean_duration_s": 10.0, "devices": 1, "running_elapsed_s": [4.0]}
+    )
     assert model.eta_s(1) == 6.0
     assert model.eta_s(2) == 16.0
     assert model.eta_s(3) == 26.0
@@ -29,5 +31,7 @@ def test_eta_spreads_the_queue_over_devices() -> None:
 
 
 def test_eta_of_an_overrunning_job_is_not_negative() -> None:
-    model = EtaModel.from_context({"mean_duration_s": 5.0, "devices": 1, "running_elapsed_s": [9.0]})
+    model = EtaModel.from_context(
+        {"mean_duration_s": 5.0, "devices": 1, "running_elapsed_s": [9.0]}
+    )
     assert model.eta_s(1) == 0.0
