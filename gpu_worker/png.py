@@ -30,6 +30,5 @@ def encode_rgb(width: int, height: int, rows: Iterable[bytes]) -> bytes:
         raise ValueError(f"got {count} rows, expected {height}")
     parts.append(compressor.flush())
     header = struct.pack(">IIBBBBB", width, height, *_RGB_8BIT, 0, 0, 0)
-    return b"".join(
-        (_SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", b"".join(parts)), _chunk(b"IEND", b""))
-    )
+    image = b"".join(parts)
+    return _SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", image) + _chunk(b"IEND", b"")

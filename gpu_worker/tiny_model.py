@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -31,6 +32,7 @@ def ensure_tiny_model(data_dir: Path) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".tiny-sd-", dir=target.parent))
+    scratch.chmod(0o755)  # mkdtemp makes it private; the model is for every local user
     try:
         _build_pipeline().save_pretrained(scratch)
         os.rename(scratch, target)
@@ -42,8 +44,11 @@ def ensure_tiny_model(data_dir: Path) -> Path:
     return target
 
 
-def _build_pipeline() -> StableDiffusionPipeline:
-    """Assemble the components with fixed random weights, leaving the global RNG untouched."""
+def _build_pipeline() -> Any:
+    """Assemble the components with fixed random weights, leaving the global RNG untouched.
+
+    diffusers' constructors are unannotated, hence the `no-untyped-call` ignores.
+    """
     tokenizer = _build_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
@@ -60,7 +65,7 @@ def _build_pipeline() -> StableDiffusionPipeline:
                 pad_token_id=tokenizer.pad_token_id,
             )
         )
-        unet = UNet2DConditionModel(
+        unet = UNet2DConditionModel(  # type: ignore[no-untyped-call]
             sample_size=8,  # 8 latent pixels: the pipeline's default image is 64x64
             in_channels=4,
             out_channels=4,
@@ -71,8 +76,8 @@ def _build_pipeline() -> StableDiffusionPipeline:
             cross_attention_dim=32,
         )
         # Four blocks give the real model's factor of 8 between image and latent, so any
-        # multiple of 8 is a valid size and large images stay cheap (64 latent pixels at 512).
-        vae = AutoencoderKL(
+        # multiple of 8 is a valid size and large images stay cheap (a 64x64 latent at 512x512).
+        vae = AutoencoderKL(  # type: ignore[no-untyped-call]
             sample_size=64,
             in_channels=3,
             out_channels=3,
@@ -83,7 +88,7 @@ def _build_pipeline() -> StableDiffusionPipeline:
             up_block_types=("UpDecoderBlock2D",) * 4,
             norm_num_groups=8,
         )
-    scheduler = DDIMScheduler(
+    scheduler = DDIMScheduler(  # type: ignore[no-untyped-call]
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
@@ -91,7 +96,7 @@ def _build_pipeline() -> StableDiffusionPipeline:
         set_alpha_to_one=False,
         steps_offset=1,
     )
-    return StableDiffusionPipeline(
+    return StableDiffusionPipeline(  # type: ignore[no-untyped-call]
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,

@@ -1,18 +1,25 @@
-"""The real backend: a diffusers text-to-image pipeline on one device."""
+"""The real backend: a diffusers text-to-image pipeline on one device.
+
+torch and diffusers take seconds to import, so they are imported by load(), which the worker
+runs in a thread, and not when the backend is made: a web server in the same process stays up.
+"""
+
+from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
-
-import torch
-from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+from typing import TYPE_CHECKING, Any
 
 from gpu_worker.backends.base import ImageRequest, StepCallback
-from gpu_worker.tiny_model import ensure_tiny_model
+
+if TYPE_CHECKING:
+    import torch
 
 
 def pick_dtype(device: torch.device) -> torch.dtype:
     """Half precision on a GPU (bfloat16 where the hardware has it), full precision on a CPU."""
+    import torch
+
     if device.type != "cuda":
         return torch.float32
     if not torch.cuda.is_available():
@@ -27,24 +34,34 @@ class DiffusersBackend:
     name = "diffusers"
 
     def __init__(self, *, device: str, model: str | None, data_dir: Path) -> None:
-        self.device = torch.device(device)
+        self.device = device
         self.model = model
         self.data_dir = data_dir
         self._pipeline: Any = None  # diffusers' pipelines are untyped
 
     def load(self) -> None:
         """Load the model, or the locally built tiny one when none was named."""
+        import torch
+        from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+
+        from gpu_worker.tiny_model import ensure_tiny_model
+
+        device = torch.device(self.device)
         source = self.model or str(ensure_tiny_model(self.data_dir))
-        options: dict[str, Any] = {"dtype": pick_dtype(self.device)}
+        options: dict[str, Any] = {"dtype": pick_dtype(device)}
         # Only for pipelines that have a checker: others would warn about an unknown argument.
         if "safety_checker" in DiffusionPipeline.load_config(source):
             options.update(safety_checker=None, requires_safety_checker=False)
-        pipeline = AutoPipelineForText2Image.from_pretrained(source, **options)
+        pipeline = AutoPipelineForText2Image.from_pretrained(  # type: ignore[no-untyped-call]
+            source, **options
+        )
         pipeline.set_progress_bar_config(disable=True)
-        self._pipeline = pipeline.to(self.device)
+        self._pipeline = pipeline.to(device)
 
     def generate(self, request: ImageRequest, on_step: StepCallback) -> bytes:
         """Render the request and return PNG bytes; an exception from on_step ends the run."""
+        import torch
+
         pipeline = self._pipeline
         if pipeline is None:
             raise RuntimeError("DiffusersBackend.generate called before load()")

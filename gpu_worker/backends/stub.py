@@ -5,6 +5,7 @@ prompt script the failure modes the worker must survive: `[fail]`, `[hang]` and 
 """
 
 import hashlib
+import math
 import os
 import threading
 import time
@@ -30,8 +31,8 @@ def _delay_from_env() -> float:
         delay = float(raw)
     except ValueError:
         raise ValueError(f"{DELAY_ENV} must be a number of seconds, got {raw!r}") from None
-    if not delay >= 0:  # also refuses NaN
-        raise ValueError(f"{DELAY_ENV} must be zero or more seconds, got {raw!r}")
+    if not (math.isfinite(delay) and delay >= 0):
+        raise ValueError(f"{DELAY_ENV} must be a finite, non-negative number, got {raw!r}")
     return delay
 
 
