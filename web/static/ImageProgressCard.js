@@ -1,0 +1,242 @@
+// ImageProgressCard: one image job as a card. Built once, then update(job) changes only what
+// changed, so a focused button keeps its focus while positions and progress tick.
+
+import { h, setText, show } from "./dom.js";
+import { durationText, etaText, ordinal, positionText } from "./format.js";
+
+const BADGES = {
+  pending: "Waiting",
+  queued: "Queued",
+  processing: "Generating",
+  complete: "Done",
+  error: "Failed",
+  canceled: "Canceled",
+};
+
+let nextId = 0;
+
+// What the status line says after its badge (read out politely by screen readers as it
+// changes); empty where the badge says it all.
+export function statusDetail(job) {
+  switch (job.status) {
+    case "pending":
+      return "waiting to join the queue";
+    case "queued":
+      return job.attempts > 0 && job.error
+        ? `retrying · ${positionText(job.queue_position)}`
+        : positionText(job.queue_position);
+    case "processing":
+      return job.cancel_requested ? "canceling…" : "";
+    default:
+      return "";
+  }
+}
+
+function paramsText(job) {
+  const p = job.params || {};
+  const parts = [];
+  if (p.seed !== undefined && p.seed !== null) parts.push(`seed ${p.seed}`);
+  if (p.width && p.height) parts.push(`${p.width}×${p.height}`);
+  if (p.steps) parts.push(`${p.steps} steps`);
+  if (job.status === "complete" && job.started_at && job.finished_at) {
+    const took = durationText(job.started_at, job.finished_at);
+    if (took) parts.push(`took ${took}`);
+  }
+  if (job.status === "error" && job.attempts > 1) parts.push(`after ${job.attempts} attempts`);
+  return parts.join(" · ");
+}
+
+export class ImageProgressCard {
+  // actions: { onCancel(job), onRetry(job), loadImage(job) -> Promise<object URL> }
+  constructor(job, actions) {
+    this.actions = actions;
+    this.job = null;
+    this._imageFor = null;
+    const id = `card-${nextId++}`;
+
+    this.ordinalEl = h("span", { class: "ordinal" });
+    this.ordinalCaption = h("span", { class: "ordinal-caption", text: "in line" });
+    this.placeholder = h(
+      "div",
+      { class: "placeholder", "aria-hidden": "true" },
+      this.ordinalEl,
+      this.ordinalCaption,
+    );
+    this.img = h("img", { class: "card-image", alt: "", decoding: "async" });
+    this.img.hidden = true;
+    this.media = h("div", { class: "card-media" }, this.placeholder, this.img);
+
+    this.badge = h("span", { class: "badge" });
+    this.statusEl = h("span", { class: "status-text" });
+    this.statusLine = h(
+      "p",
+      { class: "card-status", "aria-live": "polite", "aria-atomic": "true", id: `${id}-status` },
+      this.badge,
+      " ",
+      this.statusEl,
+    );
+    this.etaEl = h("p", { class: "card-eta" });
+    this.progressBar = h("progress", {
+      class: "card-progress", max: "1", "aria-labelledby": `${id}-step`,
+    });
+    this.stepEl = h("span", { class: "card-step", id: `${id}-step` });
+    this.progressRow = h("div", { class: "card-progress-row" }, this.progressBar, this.stepEl);
+    this.errorEl = h("p", { class: "card-error" });
+    this.promptEl = h("p", { class: "card-prompt", id: `${id}-prompt` });
+    this.negativeEl = h("p", { class: "card-negative" });
+    this.metaEl = h("p", { class: "card-meta" });
+
+    this.cancelButton = h("button", {
+      type: "button", class: "button button-quiet cancel", "aria-describedby": `${id}-prompt`,
+      text: "Cancel", onclick: () => this._cancel(),
+    });
+    this.retryButton = h("button", {
+      type: "button", class: "button button-secondary retry", "aria-describedby": `${id}-prompt`,
+      text: "Retry", onclick: () => this._retry(),
+    });
+    this.downloadLink = h("a", { class: "button button-quiet download", text: "Download" });
+    this.actionsEl = h(
+      "div", { class: "card-actions" }, this.cancelButton, this.retryButton, this.downloadLink,
+    );
+
+    this.element = h(
+      "article",
+      { class: "card", tabindex: "-1", "aria-labelledby": `${id}-prompt`,
+        "aria-describedby": `${id}-status` },
+      this.media,
+      h(
+        "div",
+        { class: "card-body" },
+        this.statusLine,
+        this.etaEl,
+        this.progressRow,
+        this.errorEl,
+        this.promptEl,
+        this.negativeEl,
+        this.metaEl,
+        this.actionsEl,
+      ),
+    );
+    this.update(job);
+  }
+
+  update(job) {
+    this.job = job;
+    const status = job.status;
+    const el = this.element;
+    el.dataset.jobId = job.job_id;
+    el.dataset.status = status;
+    el.dataset.position = String(job.queue_position || 0);
+    el.classList.toggle("is-partial", Boolean(job._partial));
+
+    setText(this.badge, BADGES[status] || status);
+    setText(this.statusEl, statusDetail(job));
+
+    // The big number on the placeholder while queued; nothing while it is running.
+    const queued = status === "queued" || status === "pending";
+    const inLine = status === "queued" && job.queue_position > 0;
+    setText(this.ordinalEl, inLine ? ordinal(job.queue_position) : "");
+    show(this.ordinalCaption, inLine);
+
+    this.refreshEta();
+
+    const progress = status === "processing" ? job.progress : null;
+    show(this.progressRow, status === "processing");
+    if (status === "processing") {
+      if (progress && progress.steps > 0) {
+        this.progressBar.max = progress.steps;
+        this.progressBar.value = Math.min(progress.step, progress.steps);
+        setText(this.stepEl, `step ${progress.step} of ${progress.steps}`);
+      } else {
+        this.progressBar.removeAttribute("value"); // indeterminate until the first step
+        setText(this.stepEl, "starting…");
+      }
+    }
+
+    const failed = status === "error" || (status === "queued" && job.attempts > 0 && job.error);
+    setText(this.errorEl, failed ? job.error || "The job failed." : "");
+    show(this.errorEl, Boolean(failed));
+    this.errorEl.classList.toggle("is-soft", status !== "error");
+
+    setText(this.promptEl, job.prompt || (job._partial ? "Loading…" : ""));
+    const negative = job.params && job.params.negative_prompt;
+    setText(this.negativeEl, negative ? `Without: ${negative}` : "");
+    show(this.negativeEl, Boolean(negative));
+    setText(this.metaEl, paramsText(job));
+
+    const width = (job.params && job.params.width) || 1;
+    const height = (job.params && job.params.height) || 1;
+    // A job that ended without an image needs no image-sized placeholder.
+    const compact = status === "error" || status === "canceled";
+    this.media.classList.toggle("is-compact", compact);
+    this.media.style.aspectRatio = compact ? "" : `${width} / ${height}`;
+    this.img.alt = job.prompt ? `Generated image: ${job.prompt}` : "Generated image";
+
+    show(this.cancelButton, queued || (status === "processing" && !job.cancel_requested));
+    show(this.retryButton, status === "error" || status === "canceled");
+    this.retryButton.disabled = Boolean(job._partial);
+
+    const retryDue = !this._imageFailedAt || Date.now() - this._imageFailedAt > 5000;
+    if (status === "complete" && job.image_url && this._imageFor !== job.image_url && retryDue) {
+      this._loadImage(job);
+    }
+    const hasImage = status === "complete" && Boolean(this.img.getAttribute("src"));
+    show(this.img, hasImage);
+    show(this.placeholder, !hasImage);
+    show(this.downloadLink, hasImage);
+  }
+
+  // The server's ETA, less the time since it was computed (the page ticks this every second,
+  // so "starts in about 20 s" does not stand still while a long job runs).
+  refreshEta() {
+    const job = this.job;
+    let eta = "";
+    if (job.status === "queued" && job.eta_s !== null && job.eta_s !== undefined) {
+      const aged = job._etaAt ? (Date.now() - job._etaAt) / 1000 : 0;
+      eta = etaText(Math.max(0, job.eta_s - aged));
+    }
+    setText(this.etaEl, eta);
+    show(this.etaEl, Boolean(eta));
+  }
+
+  async _loadImage(job) {
+    const url = job.image_url;
+    this._imageFor = url;
+    this.element.classList.add("is-loading-image");
+    try {
+      const objectUrl = await this.actions.loadImage(job);
+      if (this._imageFor !== url) return;
+      this.img.src = objectUrl;
+      this.downloadLink.href = objectUrl;
+      const seed = job.params && job.params.seed;
+      this.downloadLink.download = `gpuqueue-${seed ?? job.job_id}.png`;
+      await this.img.decode().catch(() => {});
+    } catch (err) {
+      this._imageFor = null;
+      this._imageFailedAt = Date.now();
+      setText(this.metaEl, `${paramsText(job)} · the image could not be loaded`);
+    } finally {
+      this.element.classList.remove("is-loading-image");
+      if (this.job) this.update(this.job);
+    }
+  }
+
+  async _cancel() {
+    this.cancelButton.disabled = true;
+    try {
+      await this.actions.onCancel(this.job);
+    } finally {
+      this.cancelButton.disabled = false;
+      if (this.cancelButton.hidden) this.element.focus({ preventScroll: true });
+    }
+  }
+
+  async _retry() {
+    this.retryButton.disabled = true;
+    try {
+      await this.actions.onRetry(this.job);
+    } finally {
+      this.retryButton.disabled = Boolean(this.job && this.job._partial);
+    }
+  }
+}

@@ -1,0 +1,142 @@
+// The WebSocket to /ws that never gives up: after a drop it reconnects with exponential backoff
+// (0.5 s doubling to 5 s), and on every (re)open hands control to `onOpen`, which catches up
+// (snapshot, then subscribe with since_seq) before messages flow again.
+
+export const MIN_DELAY_MS = 500;
+export const MAX_DELAY_MS = 5000;
+const LIVE_FALLBACK_MS = 3000;
+
+export function backoffDelay(attempt, { min = MIN_DELAY_MS, max = MAX_DELAY_MS } = {}) {
+  return Math.min(max, min * 2 ** Math.max(0, attempt));
+}
+
+export class LiveSocket {
+  // url(): the ws URL to open now; onOpen(send): may be async, runs before `live`;
+  // onMessage(msg); onState(state, detail): "connecting" | "live" | "reconnecting" | "stopped".
+  constructor({ url, onOpen, onMessage, onState }) {
+    this._url = url;
+    this._onOpen = onOpen;
+    this._onMessage = onMessage;
+    this._onState = onState || (() => {});
+    this._ws = null;
+    this._attempt = 0;
+    this._timer = null;
+    this._liveTimer = null;
+    this._running = false;
+    this._generation = 0; // bumps on every start/stop so stale callbacks do nothing
+    this.state = "stopped";
+    this.opens = 0;
+    window.addEventListener("online", () => {
+      if (this._running && this.state === "reconnecting") this._connectNow();
+    });
+  }
+
+  start() {
+    this.stop();
+    this._running = true;
+    this._attempt = 0;
+    this._setState("connecting");
+    this._open();
+  }
+
+  stop() {
+    this._running = false;
+    this._generation += 1;
+    clearTimeout(this._timer);
+    clearTimeout(this._liveTimer);
+    this._timer = null;
+    if (this._ws) {
+      const ws = this._ws;
+      this._ws = null;
+      try {
+        ws.close(1000, "page closed the connection");
+      } catch {
+        // already closed
+      }
+    }
+    this._setState("stopped");
+  }
+
+  // The subscription caught up: show "Live" and start the next backoff from the bottom.
+  markLive() {
+    clearTimeout(this._liveTimer);
+    if (!this._running || !this._ws || this._ws.readyState !== WebSocket.OPEN) return;
+    this._attempt = 0;
+    if (this.state !== "live") this._setState("live");
+  }
+
+  send(message) {
+    if (this._ws && this._ws.readyState === WebSocket.OPEN) {
+      this._ws.send(JSON.stringify(message));
+      return true;
+    }
+    return false;
+  }
+
+  _connectNow() {
+    clearTimeout(this._timer);
+    this._timer = null;
+    this._open();
+  }
+
+  _open() {
+    const generation = this._generation;
+    let ws;
+    try {
+      ws = new WebSocket(this._url());
+    } catch (err) {
+      this._scheduleReconnect(generation, String(err));
+      return;
+    }
+    this._ws = ws;
+    ws.addEventListener("open", async () => {
+      if (generation !== this._generation) return;
+      this.opens += 1;
+      try {
+        await this._onOpen((message) => this.send(message));
+      } catch (err) {
+        // Could not catch up (the server went away again): drop and retry.
+        console.warn("catching up after connect failed", err);
+        if (generation === this._generation && ws.readyState <= WebSocket.OPEN) ws.close(4000);
+        return;
+      }
+      if (generation !== this._generation || ws.readyState !== WebSocket.OPEN) return;
+      // Live once the server says the subscription has caught up (markLive); a server that
+      // never says so is taken as live after a moment.
+      this._liveTimer = setTimeout(() => this.markLive(), LIVE_FALLBACK_MS);
+    });
+    ws.addEventListener("message", (event) => {
+      if (generation !== this._generation) return;
+      let message;
+      try {
+        message = JSON.parse(event.data);
+      } catch {
+        console.warn("ignoring a frame that is not JSON");
+        return;
+      }
+      this._onMessage(message);
+    });
+    ws.addEventListener("close", (event) => {
+      if (generation !== this._generation || this._ws !== ws) return;
+      this._ws = null;
+      clearTimeout(this._liveTimer);
+      this._scheduleReconnect(generation, event.reason || `closed (${event.code})`, event.code);
+    });
+  }
+
+  _scheduleReconnect(generation, why, code = null) {
+    if (!this._running || generation !== this._generation) return;
+    const delay = backoffDelay(this._attempt);
+    this._attempt += 1;
+    this._setState("reconnecting", { delay, why, code, attempt: this._attempt });
+    clearTimeout(this._timer);
+    this._timer = setTimeout(() => {
+      if (generation === this._generation) this._open();
+    }, delay);
+  }
+
+  _setState(state, detail = {}) {
+    this.state = state;
+    this._onState(state, detail);
+  }
+}
