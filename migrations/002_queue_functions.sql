@@ -88,9 +88,10 @@ CREATE FUNCTION gq_event_lock() RETURNS void LANGUAGE sql AS $$
 $$;
 
 -- Writes one transition's side effects: the message metadata (deep merge, R3), the event row and
--- the NOTIFY (ids only).
-CREATE FUNCTION gq_record_transition(j jobs, p_position integer, p_detail jsonb DEFAULT '{}')
-RETURNS bigint LANGUAGE plpgsql AS $$
+-- the NOTIFY (ids only). p_at defaults to the transaction's time (now()).
+CREATE FUNCTION gq_record_transition(
+    j jobs, p_position integer, p_detail jsonb DEFAULT '{}', p_at timestamptz DEFAULT NULL
+) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     v_seq bigint;
 BEGIN
@@ -100,7 +101,8 @@ BEGIN
     WHERE id = j.message_id;
     PERFORM gq_event_lock();
     INSERT INTO job_events (job_id, message_id, conversation_id, status, queue_position, at, detail)
-    VALUES (j.id, j.message_id, j.conversation_id, j.status, p_position, now(), p_detail)
+    VALUES (j.id, j.message_id, j.conversation_id, j.status, p_position, coalesce(p_at, now()),
+            p_detail)
     RETURNING seq INTO v_seq;
     PERFORM pg_notify('gq_event', j.id::text);
     RETURN v_seq;
@@ -156,17 +158,21 @@ $$;
 -- Takes the device's GPU lock (waiting while another worker holds it, R2.4), then claims the next
 -- runnable job: highest priority, then first come. With nothing to run the lock is released again,
 -- so the GPU lock is held exactly while a job is processing (R2.1).
+-- The job starts when the lock is granted, not when this transaction began (now()): the wait for
+-- another worker's lock may have been long, and its job ended in between (R2.4).
 CREATE FUNCTION gq_lock_and_claim(p_worker_id uuid, p_device text) RETURNS SETOF jobs
 LANGUAGE plpgsql AS $$
 DECLARE
     v_job jobs;
+    v_started timestamptz;
 BEGIN
     PERFORM pg_advisory_lock(26450, hashtext(p_device));
+    v_started := clock_timestamp();
     UPDATE jobs AS j
     SET status = 'processing', attempts = j.attempts + 1, claim_id = nextval('job_claim_seq'),
-        worker_id = p_worker_id, device = p_device, started_at = now(), progress = NULL
+        worker_id = p_worker_id, device = p_device, started_at = v_started, progress = NULL
     FROM (SELECT id FROM jobs
-          WHERE status = 'queued' AND run_after <= now()
+          WHERE status = 'queued' AND run_after <= v_started
           ORDER BY priority DESC, queue_seq
           LIMIT 1 FOR UPDATE SKIP LOCKED) AS next
     WHERE j.id = next.id
@@ -175,7 +181,7 @@ BEGIN
         PERFORM pg_advisory_unlock(26450, hashtext(p_device));
         RETURN;
     END IF;
-    PERFORM gq_record_transition(v_job, 0);
+    PERFORM gq_record_transition(v_job, 0, '{}', v_started);
     RETURN NEXT v_job;
 END
 $$;

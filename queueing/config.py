@@ -30,6 +30,9 @@ class Settings:
     sweep_interval_s: float = 1.0
     lock_warn_s: float = 30.0
     grace_s: float = 30.0
+    # The web server's defaults: image side when a request names none, and its pool size.
+    default_size: int = 512
+    web_pool_size: int = 20
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -45,4 +48,6 @@ class Settings:
             sweep_interval_s=_float("GPUQUEUE_SWEEP_INTERVAL_S", 1.0),
             lock_warn_s=_float("GPUQUEUE_LOCK_WARN_S", 30.0),
             grace_s=_float("GPUQUEUE_GRACE_S", 30.0),
+            default_size=_int("GPUQUEUE_DEFAULT_SIZE", 512),
+            web_pool_size=_int("GPUQUEUE_WEB_POOL_SIZE", 20),
         )

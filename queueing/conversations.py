@@ -20,8 +20,12 @@ async def create_conversation(conn: db.Db, *, actor: Actor, title: str = "") -> 
     return row
 
 
-async def list_conversations(conn: db.Db, *, actor: Actor, limit: int = 200) -> list[db.Row]:
-    return await db.fetch_all(conn, "conversation_list", {"owner": actor.owner, "limit": limit})
+async def list_conversations(
+    conn: db.Db, *, actor: Actor, limit: int = 200, everyone: bool = True
+) -> list[db.Row]:
+    """Newest first. An admin sees everyone's unless `everyone` is False (then only its own)."""
+    owner = actor.owner if everyone else actor.user_id
+    return await db.fetch_all(conn, "conversation_list", {"owner": owner, "limit": limit})
 
 
 async def get_conversation(

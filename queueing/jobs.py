@@ -7,6 +7,7 @@ claim makes them return False and write nothing.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -128,6 +129,15 @@ async def list_jobs(
     if eta is None and any(j["status"] == "queued" for j in jobs):
         eta = await eta_model(conn)
     return [with_eta(j, eta or EtaModel(None, ())) for j in jobs]
+
+
+async def visible_jobs(conn: db.Db, job_ids: Iterable[UUID], *, actor: Actor) -> dict[UUID, UUID]:
+    """Those of the jobs the actor may see, each with its conversation id."""
+    ids = list(job_ids)
+    if not ids:
+        return {}
+    rows = await db.fetch_all(conn, "jobs_visible", {"job_ids": ids, "owner": actor.owner})
+    return {row["job_id"]: row["conversation_id"] for row in rows}
 
 
 async def job_image(conn: db.Db, job_id: UUID | str, *, actor: Actor) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
@@ -14,6 +16,30 @@ async def eta_model(conn: db.Db) -> EtaModel:
     row = await db.fetch_one(conn, "eta_context")
     assert row is not None
     return EtaModel.from_context(row)
+
+
+class EtaCache:
+    """The ETA model, re-read at most once per `ttl_s`: one eta_context query serves every
+    request of a busy second, and concurrent callers share the one refresh in flight."""
+
+    def __init__(self, ttl_s: float = 1.0) -> None:
+        self.ttl_s = ttl_s
+        self._model: EtaModel | None = None
+        self._read_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def get(self, conn: db.Db, *, max_age_s: float | None = None) -> EtaModel:
+        """The cached model while younger than `max_age_s` (default: the ttl), else a new one."""
+        max_age = self.ttl_s if max_age_s is None else max_age_s
+        if self._model is not None and time.monotonic() - self._read_at < max_age:
+            return self._model
+        async with self._lock:
+            if self._model is not None and time.monotonic() - self._read_at < max_age:
+                return self._model
+            started = time.monotonic()
+            model = await eta_model(conn)
+            self._model, self._read_at = model, started
+            return model
 
 
 def with_eta(job: dict[str, Any], model: EtaModel) -> dict[str, Any]:
@@ -37,3 +63,34 @@ async def positions_of(conn: db.Db, job_ids: Iterable[UUID | str]) -> dict[str, 
         return {}
     rows = await db.fetch_all(conn, "positions_of_jobs", {"job_ids": ids}, prepare=False)
     return {str(r["job_id"]): int(r["queue_position"]) for r in rows}
+
+
+async def positions_in_subscriptions(
+    conn: db.Db, *, conversation_ids: Iterable[UUID] = (), job_ids: Iterable[UUID] = ()
+) -> list[db.Row]:
+    """Queued jobs of some conversations and some job ids, with their positions, and `at_seq`:
+    the newest event the snapshot reflects (rows: job_id, queue_position, at_seq)."""
+    return await db.fetch_all(
+        conn,
+        "positions_in_subscriptions",
+        {"conversation_ids": list(conversation_ids), "job_ids": list(job_ids)},
+        prepare=False,
+    )
+
+
+async def queue_counts(conn: db.Db) -> db.Row:
+    """How many jobs are queued and processing, and the oldest queued job's age in seconds."""
+    row = await db.fetch_one(conn, "queue_counts")
+    assert row is not None
+    return row
+
+
+async def queue_overview(conn: db.Db) -> list[db.Row]:
+    """Jobs per status (every status, zero included), with the oldest queued age."""
+    return await db.fetch_all(conn, "queue_overview")
+
+
+async def queue_head(conn: db.Db, limit: int = 50) -> list[db.Row]:
+    """The first `limit` queued jobs in the order they will be taken, with their positions and
+    their owners' names."""
+    return await db.fetch_all(conn, "queue_head_with_users", {"limit": limit}, prepare=False)

@@ -108,20 +108,22 @@ WHERE i.job_id = %(job_id)s AND (%(owner)s::bigint IS NULL OR j.user_id = %(owne
 SELECT gq_cancel(%(job_id)s, %(owner)s) AS job
 
 -- name: job_lock_and_claim
-SELECT * FROM gq_lock_and_claim(%(worker_id)s, %(device)s)
+SELECT id, claim_id, message_id, conversation_id, prompt, params, timeout_s, attempts,
+       max_attempts, started_at
+FROM gq_lock_and_claim(%(worker_id)s, %(device)s)
 
 -- name: job_complete
-SELECT * FROM gq_complete(%(job_id)s, %(claim_id)s, %(png)s, %(release_device)s)
+SELECT id, status FROM gq_complete(%(job_id)s, %(claim_id)s, %(png)s, %(release_device)s)
 
 -- name: job_fail
-SELECT * FROM gq_fail(%(job_id)s, %(claim_id)s, %(error)s, %(retryable)s,
+SELECT id, status FROM gq_fail(%(job_id)s, %(claim_id)s, %(error)s, %(retryable)s,
                       %(backoff_base_s)s, %(backoff_cap_s)s, %(release_device)s)
 
 -- name: job_finish_canceled
-SELECT * FROM gq_finish_canceled(%(job_id)s, %(claim_id)s, %(release_device)s)
+SELECT id, status FROM gq_finish_canceled(%(job_id)s, %(claim_id)s, %(release_device)s)
 
 -- name: job_requeue
-SELECT * FROM gq_requeue(%(job_id)s, %(claim_id)s, %(release_device)s)
+SELECT id, status FROM gq_requeue(%(job_id)s, %(claim_id)s, %(release_device)s)
 
 -- name: job_requeue_lost
 SELECT id, status FROM gq_requeue_lost()
@@ -245,3 +247,32 @@ SELECT current_setting('lock_timeout') AS lock_timeout
 
 -- name: jsonb_deep_merge
 SELECT gq_jsonb_deep_merge(%(base)s, %(patch)s) AS merged
+
+-- name: positions_in_subscriptions
+-- The queued jobs that WebSocket subscriptions follow (those of some conversations, and some
+-- jobs by id) with their live positions, from one ranking of the queue; the ids are matched as
+-- hashed sets, so thousands of them stay cheap. at_seq is the newest event this snapshot
+-- reflects: one statement sees one snapshot, and seq order is commit order, so these positions
+-- are exactly the state after every event up to at_seq.
+SELECT q.job_id, q.queue_position::integer AS queue_position,
+       (SELECT coalesce(max(seq), 0) FROM job_events) AS at_seq
+FROM (SELECT id AS job_id, conversation_id,
+             row_number() OVER (ORDER BY priority DESC, queue_seq) AS queue_position
+      FROM jobs WHERE status = 'queued') AS q
+WHERE q.conversation_id IN (SELECT unnest(%(conversation_ids)s::uuid[]))
+   OR q.job_id IN (SELECT unnest(%(job_ids)s::uuid[]))
+
+-- name: progress_of_jobs_routed
+-- progress_of_jobs with the conversation, so the WebSocket fan-out can route it.
+SELECT id AS job_id, conversation_id, progress FROM jobs
+WHERE id = ANY(%(job_ids)s::uuid[]) AND status = 'processing' AND progress IS NOT NULL
+
+-- name: queue_head_with_users
+-- The first jobs of the queue in the order they will be taken, with their owners' names
+-- (`gpuqueue status`).
+SELECT p.queue_position::integer AS queue_position, p.job_id, u.name AS user_name, p.priority,
+       p.attempts, p.max_attempts, p.prompt, extract(epoch FROM p.waiting)::float8 AS waiting_s,
+       greatest(extract(epoch FROM p.run_after - now()), 0)::float8 AS retry_in_s
+FROM queue_positions AS p JOIN users AS u ON u.id = p.user_id
+ORDER BY p.queue_position
+LIMIT %(limit)s
