@@ -1,0 +1,144 @@
+"""The worker's session: one connection that is both its identity and its device's GPU lock.
+
+The session registers the worker, so the worker is alive exactly while this connection is
+(live_workers joins pg_stat_activity). Every call that takes or releases the GPU lock runs here:
+the claim takes it (waiting while another worker on the device holds it, R2.4) and each way a
+job ends releases it in the same round trip (R2.2, R2.3). When the connection dies, PostgreSQL
+frees the lock at once and the sweep requeues the job: nothing else has to notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from uuid import UUID
+
+import psycopg
+
+from queueing import db, jobs, workers
+from queueing.jobs import Backoff, Claim
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "gpuqueue-worker"
+
+
+class GpuSession:
+    """One registered worker on one device. A lost connection means a new session, new id."""
+
+    def __init__(self, conn: db.Connection, worker_id: UUID, device: str) -> None:
+        self.conn = conn
+        self.worker_id = worker_id
+        self.device = device
+
+    @classmethod
+    async def open(
+        cls, url: str, *, device: str, backend: str, model: str | None
+    ) -> GpuSession:
+        """Connect and register a new worker id under this connection."""
+        # lock_timeout=0: waiting for the GPU lock is this connection's purpose; never time out.
+        conn = await db.connect(url, APP_NAME, "-c lock_timeout=0")
+        worker_id = uuid.uuid4()
+        try:
+            await workers.register(conn, worker_id, device=device, backend=backend, model=model)
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn, worker_id, device)
+
+    @property
+    def backend_pid(self) -> int:
+        return self.conn.info.backend_pid
+
+    async def claim(self) -> Claim | None:
+        """Take the GPU lock (waiting for it), then claim the next job; None releases it."""
+        return await jobs.lock_and_claim(self.conn, self.worker_id, self.device)
+
+    async def interrupt_claim(self) -> None:
+        """Cancel a claim that is waiting for the GPU lock (only while one is in flight)."""
+        await self.conn.cancel_safe(timeout=5.0)
+
+    async def probe(self, claim: Claim) -> tuple[bool, bool]:
+        """(claim still current, cancel requested); raises when the session is gone."""
+        return await jobs.claim_state(self.conn, claim)
+
+    async def complete(self, claim: Claim, png: bytes) -> bool:
+        return await jobs.complete(self.conn, claim, png, release_device=self.device)
+
+    async def fail(
+        self, claim: Claim, error: str, *, retryable: bool, backoff: Backoff
+    ) -> str | None:
+        return await jobs.fail(
+            self.conn, claim, error, retryable=retryable, backoff=backoff,
+            release_device=self.device,
+        )
+
+    async def finish_canceled(self, claim: Claim) -> bool:
+        return await jobs.finish_canceled(self.conn, claim, release_device=self.device)
+
+    async def requeue(self, claim: Claim) -> str | None:
+        """Hand the job back (not counted as an attempt); a stale claim only frees the lock."""
+        return await jobs.requeue(self.conn, claim, release_device=self.device)
+
+    async def close(self) -> None:
+        """Mark the worker stopped and close; the session's end frees any lock it still has."""
+        try:
+            await workers.mark_stopped(self.conn, self.worker_id)
+        except psycopg.Error as exc:
+            log.warning("could not mark worker %s stopped (%s)", self.worker_id, exc)
+        await self.conn.close()
+
+    async def abandon(self) -> None:
+        """Drop a session that failed; its worker row stays, dead, and its job gets swept."""
+        await self.conn.close()
+
+
+class LockWatchdog:
+    """Warns when the GPU lock is held longer than `warn_s`, and again every `warn_s` after (R2.5).
+
+    A timer on the event loop, armed at the claim and disarmed at the release: it costs nothing
+    per job, and it keeps firing even while the pipeline thread computes.
+    """
+
+    def __init__(self, device: str, warn_s: float) -> None:
+        self._device = device
+        self._warn_s = warn_s
+        self._handle: asyncio.TimerHandle | None = None
+        self._claim: Claim | None = None
+        self._since = 0.0
+        self.warnings = 0
+
+    def held(self, claim: Claim) -> None:
+        self.released()
+        if self._warn_s <= 0:
+            return
+        self._claim = claim
+        self._since = time.monotonic()
+        self._arm(1)
+
+    def released(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = None
+        self._claim = None
+
+    def _arm(self, n: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._handle = loop.call_at(
+            loop.time() + self._since + n * self._warn_s - time.monotonic(), self._warn, n
+        )
+
+    def _warn(self, n: int) -> None:
+        claim = self._claim
+        if claim is None:
+            return
+        self.warnings += 1
+        log.warning(
+            "GPU lock on %s held for %.1f s by job %s (more than %g s; attempt %d of %d, "
+            "timeout_s=%d)",
+            self._device, time.monotonic() - self._since, claim.job_id, self._warn_s,
+            claim.attempts, claim.max_attempts, claim.timeout_s,
+        )
+        self._arm(n + 1)

@@ -1,0 +1,276 @@
+"""Runs one claimed job: the pipeline in a thread, the event loop watching over it.
+
+The pipeline cannot be interrupted from outside, so everything that must stop a job (its
+deadline, a cancel, a lost session, a stop past the grace period) is checked by the step
+callback, in the pipeline thread, at each step boundary: it raises `Interrupted`. The loop side
+probes the session meanwhile and notices a step that never returns (`RunResult.wedged`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import enum
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from gpu_worker.backends import Backend, ImageRequest
+from queueing import db, jobs
+from queueing.jobs import Claim
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+Probe = Callable[[Claim], Awaitable[tuple[bool, bool]]]
+
+
+class Reason(enum.Enum):
+    """Why a running job must stop, most binding first (see StepGate.reason)."""
+
+    LOST = "lost"  # the worker's session died: its GPU lock and identity are gone; write nothing
+    STALE = "stale"  # the claim is no longer current (someone else ended or requeued the job)
+    CANCEL = "cancel"  # the user asked for it
+    TIMEOUT = "timeout"  # started + timeout_s has passed
+    STOP = "stop"  # the worker is stopping and the grace period is over
+
+
+class Interrupted(Exception):
+    """Raised by the step callback, inside the pipeline thread, to end the run at a step."""
+
+    def __init__(self, reason: Reason, elapsed_s: float) -> None:
+        super().__init__(f"{reason.value} after {elapsed_s:.1f} s")
+        self.reason = reason
+        self.elapsed_s = elapsed_s
+
+
+class StepGate:
+    """What the step callback consults. Written from the loop, read from the pipeline thread.
+
+    Flags are only ever added (a dict insert is atomic under the GIL), so the thread needs no lock.
+    """
+
+    def __init__(self, *, timeout_s: float, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self.started = clock()
+        self.deadline = self.started + timeout_s
+        self.stop_at: float | None = None
+        self._flags: dict[Reason, float] = {}
+
+    def flag(self, reason: Reason) -> None:
+        """Mark a reason (LOST, STALE, CANCEL) as due from now on; the first time counts."""
+        self._flags.setdefault(reason, self._clock())
+
+    def flagged(self, reason: Reason) -> bool:
+        return reason in self._flags
+
+    def stop_by(self, when: float) -> None:
+        """The job must be interrupted at `when` (monotonic) because the worker is stopping."""
+        self.stop_at = when if self.stop_at is None else min(self.stop_at, when)
+
+    def elapsed(self) -> float:
+        return self._clock() - self.started
+
+    def due(self, now: float | None = None) -> tuple[Reason, float] | None:
+        """The most binding reason to stop that is due now, and since when it has been due."""
+        now = self._clock() if now is None else now
+        for reason in (Reason.LOST, Reason.STALE, Reason.CANCEL):
+            if reason in self._flags:
+                return reason, self._flags[reason]
+        if now >= self.deadline:
+            return Reason.TIMEOUT, self.deadline
+        if self.stop_at is not None and now >= self.stop_at:
+            return Reason.STOP, self.stop_at
+        return None
+
+    def reason(self) -> Reason | None:
+        due = self.due()
+        return None if due is None else due[0]
+
+    def check(self) -> None:
+        """Raise Interrupted when the job must stop; called at every step boundary."""
+        reason = self.reason()
+        if reason is not None:
+            raise Interrupted(reason, self.elapsed())
+
+
+class ProgressReporter:
+    """The step callback: checks the gate, then reports progress at most every `interval_s`.
+
+    Reports are scheduled onto the event loop and never awaited by the pipeline thread; while one
+    is in flight, later steps are not reported (they coalesce into the next one). Nothing is
+    reported in the first `interval_s`, so a job that short costs the database nothing extra.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        pool: db.Pool,
+        claim: Claim,
+        gate: StepGate,
+        *,
+        interval_s: float = 0.1,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._loop = loop
+        self._pool = pool
+        self._claim = claim
+        self._gate = gate
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last = gate.started
+        self._inflight: concurrent.futures.Future[None] | None = None
+        self.reported = 0
+
+    def on_step(self, step: int, steps: int) -> None:
+        self._gate.check()
+        now = self._clock()
+        if now - self._last < self._interval_s:
+            return
+        if self._inflight is not None and not self._inflight.done():
+            return
+        self._last = now
+        self.reported += 1
+        self._inflight = asyncio.run_coroutine_threadsafe(self._report(step, steps), self._loop)
+
+    async def _report(self, step: int, steps: int) -> None:
+        try:
+            cancel = await jobs.report_progress(self._pool, self._claim, step, steps)
+        except Exception as exc:  # progress is best effort; the probe watches the session
+            log.warning("job %s: progress not stored (%s)", self._claim.job_id, exc)
+            return
+        if cancel is None:
+            self._gate.flag(Reason.STALE)
+        elif cancel:
+            self._gate.flag(Reason.CANCEL)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended. `reason` None means the pipeline returned (png) or raised (error)."""
+
+    reason: Reason | None
+    elapsed_s: float
+    png: bytes | None = None
+    error: str | None = None
+    retryable: bool = True
+    wedged: bool = False
+    exception: BaseException | None = None
+
+
+def image_request(claim: Claim) -> ImageRequest:
+    """The backend's request from the job's params (the web layer fills every field in)."""
+    params: dict[str, Any] = claim.params or {}
+    negative = params.get("negative_prompt")
+    return ImageRequest(
+        prompt=claim.prompt,
+        negative_prompt=str(negative) if negative else None,
+        width=int(params.get("width", 512)),
+        height=int(params.get("height", 512)),
+        steps=int(params.get("steps", 20)),
+        guidance_scale=float(params.get("guidance_scale", 7.5)),
+        seed=int(params.get("seed", 0)),
+    )
+
+
+def error_message(exc: BaseException) -> str:
+    """What the user sees for a pipeline exception: its message, or its type when it has none."""
+    text = str(exc).strip()
+    return text if text else type(exc).__name__
+
+
+def _interrupt_in_chain(exc: BaseException) -> Interrupted | None:
+    """A backend may wrap our Interrupted in its own exception; find it."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, Interrupted):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+class JobRunner:
+    """Runs jobs one at a time on a backend, in the one pipeline thread of `executor`."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        executor: concurrent.futures.ThreadPoolExecutor,
+        pool: db.Pool,
+        *,
+        probe_interval_s: float = 0.25,
+        stuck_grace_s: float = 10.0,
+        progress_interval_s: float = 0.1,
+    ) -> None:
+        self._backend = backend
+        self._executor = executor
+        self._pool = pool
+        self._probe_interval_s = probe_interval_s
+        self._stuck_grace_s = stuck_grace_s
+        self._progress_interval_s = progress_interval_s
+
+    async def run(self, claim: Claim, gate: StepGate, probe: Probe) -> RunResult:
+        """Run the claim's pipeline until it returns, raises, or wedges past an interrupt.
+
+        `probe` reads (claim current, cancel requested) over the worker's session every
+        probe_interval_s; any database error from it means the session is lost.
+        """
+        try:
+            request = image_request(claim)
+        except (TypeError, ValueError) as exc:
+            return RunResult(None, 0.0, error=f"invalid job parameters: {exc}", retryable=False)
+        loop = asyncio.get_running_loop()
+        reporter = ProgressReporter(
+            loop, self._pool, claim, gate, interval_s=self._progress_interval_s
+        )
+        future = loop.run_in_executor(
+            self._executor, functools.partial(self._backend.generate, request, reporter.on_step)
+        )
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=self._probe_interval_s)
+            if done:
+                break
+            due = gate.due()
+            if due is not None and time.monotonic() - due[1] > self._stuck_grace_s:
+                return RunResult(due[0], gate.elapsed(), wedged=True)
+            if not gate.flagged(Reason.LOST):
+                await self._probe(claim, gate, probe)
+        return self._result(future, gate)
+
+    async def _probe(self, claim: Claim, gate: StepGate, probe: Probe) -> None:
+        try:
+            current, cancel = await probe(claim)
+        except psycopg.Error as exc:
+            log.warning("job %s: the worker's session failed (%s)", claim.job_id, exc)
+            gate.flag(Reason.LOST)
+            return
+        if not current:
+            gate.flag(Reason.STALE)
+        if cancel:
+            gate.flag(Reason.CANCEL)
+
+    def _result(self, future: asyncio.Future[bytes], gate: StepGate) -> RunResult:
+        elapsed = gate.elapsed()
+        try:
+            png = future.result()
+        except Exception as exc:
+            interrupted = _interrupt_in_chain(exc)
+            if interrupted is not None:
+                return RunResult(interrupted.reason, interrupted.elapsed_s)
+            reason = gate.reason()
+            if reason in (Reason.LOST, Reason.STALE, Reason.CANCEL):
+                return RunResult(reason, elapsed)
+            return RunResult(None, elapsed, error=error_message(exc), exception=exc)
+        # The image exists: a deadline or a stop that came due after the last step does not
+        # waste it. Losing the claim does, and a cancel is the user's explicit wish.
+        reason = gate.reason()
+        if reason in (Reason.LOST, Reason.STALE, Reason.CANCEL):
+            return RunResult(reason, elapsed)
+        return RunResult(None, elapsed, png=png)
