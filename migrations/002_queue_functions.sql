@@ -15,19 +15,29 @@
 -- object meeting a non-object) is replaced by the patch's value. A JSON null in the patch is a
 -- value like any other: it is stored as null and deletes nothing. An SQL NULL patch changes nothing.
 CREATE FUNCTION gq_jsonb_deep_merge(base jsonb, patch jsonb) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE
-        WHEN patch IS NULL THEN base
-        WHEN base IS NULL OR jsonb_typeof(base) <> 'object' OR jsonb_typeof(patch) <> 'object'
-            THEN patch
-        ELSE (
-            SELECT coalesce(jsonb_object_agg(
-                       coalesce(b.key, p.key),
-                       CASE WHEN p.key IS NULL THEN b.value
-                            WHEN b.key IS NULL THEN p.value
-                            ELSE gq_jsonb_deep_merge(b.value, p.value) END), '{}'::jsonb)
-            FROM jsonb_each(base) AS b FULL JOIN jsonb_each(patch) AS p ON b.key = p.key)
-    END
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+-- plpgsql, not SQL: its plans are cached across calls, and most patches (every transition's)
+-- are flat, so the shallow || is the whole answer and the loop below runs zero times.
+DECLARE
+    k text;
+    v jsonb;
+    merged jsonb;
+BEGIN
+    IF patch IS NULL THEN
+        RETURN base;
+    END IF;
+    IF base IS NULL OR jsonb_typeof(base) <> 'object' OR jsonb_typeof(patch) <> 'object' THEN
+        RETURN patch;
+    END IF;
+    merged := base || patch;  -- right for every key except where two objects meet
+    FOR k, v IN
+        SELECT e.key, e.value FROM jsonb_each(patch) AS e
+        WHERE jsonb_typeof(e.value) = 'object' AND jsonb_typeof(base -> e.key) = 'object'
+    LOOP
+        merged := jsonb_set(merged, ARRAY[k], gq_jsonb_deep_merge(base -> k, v));
+    END LOOP;
+    RETURN merged;
+END
 $$;
 
 -- 1-based rank among queued jobs in claim order. Two range counts over jobs_queued_idx: cheaper

@@ -58,11 +58,12 @@ async def job_position(conn: db.Db, job_id: UUID | str) -> int | None:
 
 async def positions_of(conn: db.Db, job_ids: Iterable[UUID | str]) -> dict[str, int]:
     """Positions of those of the given jobs that are queued, keyed by job id as text."""
-    ids = [str(i) for i in job_ids]
+    ids = [i if isinstance(i, UUID) else UUID(str(i)) for i in job_ids]
     if not ids:
         return {}
-    rows = await db.fetch_all(conn, "positions_of_jobs", {"job_ids": ids}, prepare=False)
-    return {str(r["job_id"]): int(r["queue_position"]) for r in rows}
+    row = await db.fetch_one(conn, "positions_of_jobs", {"job_ids": ids}, prepare=False)
+    assert row is not None
+    return {str(i): p for i, p in zip(ids, row["positions"], strict=True) if p is not None}
 
 
 async def positions_in_subscriptions(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 
@@ -78,7 +79,8 @@ async def test_position_queries_touch_only_queued_rows_among_100000_finished(
     one = await explain(pool, QUERIES["job_position"], {"job_id": last_queued["job_id"]})
     assert one["Shared Hit Blocks"] + one["Shared Read Blocks"] < 50
 
-    every = await explain(pool, QUERIES["positions_of_jobs"], {"job_ids": [last_queued["job_id"]]})
+    ids = {"job_ids": [UUID(last_queued["job_id"])]}
+    every = await explain(pool, QUERIES["positions_of_jobs"], ids)
     scans = [n for n in nodes(every) if n.get("Relation Name") == "jobs"]
     assert scans and all(n["Node Type"] == "Index Only Scan" for n in scans), scans
     assert all(n["Index Name"] == "jobs_queued_idx" for n in scans), scans

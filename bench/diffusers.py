@@ -1,0 +1,96 @@
+"""Tiny diffusers: seconds per 64x64 image (3 steps, CPU) through the queue vs called directly.
+
+Through the queue: `gpuqueue worker --backend diffusers` (the tiny randomly initialised Stable
+Diffusion pipeline it builds on first use) takes batches of jobs put in the queue at once; its
+seconds per image are the batch's GPU span (first claim to last completion, database clock)
+over the batch size, so the hand-offs between jobs count as queue overhead. Directly:
+bench/diffusers_direct.py calls the same pipeline with the same arguments and encodes each PNG,
+back to back. Batches alternate between the two processes; each idles while the other runs.
+
+Both run with OMP_NUM_THREADS=1: with torch's default of one thread per core, a 2-core machine
+that is busy with anything else (here: the event loop, PostgreSQL) spends most of each step in
+OpenMP barriers (measured: 2.7 s instead of 0.2 s per image under load).
+
+Memory: the worker's RSS after the warm-up jobs, then after the measured ones.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bench import env
+from bench.env import Child, Context
+from bench.report import Figure, at_most, ratio_at_most
+
+FAMILY = "diffusers"
+DEVICE = "cpu"
+THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+PARAMS = {"width": 64, "height": 64, "steps": 3, "guidance_scale": 7.5}
+
+
+async def _ask(child: Child, command: dict[str, Any], limit_s: float = 600.0) -> dict[str, Any]:
+    import asyncio
+
+    proc = child.proc
+    assert proc.stdin is not None and proc.stdout is not None
+    if command:
+        proc.stdin.write((json.dumps(command) + "\n").encode())
+        await proc.stdin.drain()
+    line = await asyncio.wait_for(proc.stdout.readline(), limit_s)
+    if not line:
+        raise RuntimeError(f"the direct pipeline process ended:\n{child.log_tail()}")
+    answer: dict[str, Any] = json.loads(line)
+    return answer
+
+
+async def run(ctx: Context) -> list[Figure]:
+    warm = 5 if ctx.quick else 10
+    rounds = 2
+    n = 10 if ctx.quick else 50
+    data_dir = ctx.scratch / "data"
+    queue_s = direct_s = 0.0
+    images = 0
+    rss: list[float] = []
+    async with ctx.database(FAMILY) as bdb:
+        direct = await env.start(
+            ctx, "diffusers-direct", ["-m", "bench.diffusers_direct", str(data_dir)],
+            env=THREADS, pipes=True,
+        )
+        async with env.running(direct):
+            await _ask(direct, {})  # ready: the model is built and loaded
+            await _ask(direct, {"cmd": "run", "n": warm, "seed": 10_000})
+            worker = await env.start_worker(
+                ctx, bdb, device=DEVICE, backend="diffusers", env=THREADS, limit_s=300
+            )
+            async with env.running(worker):
+                await _batch(bdb, "warm", warm, 10_000)
+                rss.append(worker.rss_mib())
+                for rnd in range(rounds):
+                    got = await _ask(direct, {"cmd": "run", "n": n, "seed": rnd * n})
+                    direct_s += float(got["seconds"])
+                    queue_s += await _batch(bdb, f"run-{rnd}", n, rnd * n)
+                    images += n
+                    rss.append(worker.rss_mib())
+                worker.check_alive()
+    per_queue, per_direct = queue_s / images, direct_s / images
+    growth = (rss[-1] / rss[0] - 1) * 100
+    return [
+        Figure(FAMILY, "tiny diffusers, seconds per 64x64 image (3 steps, CPU)",
+               f"{rounds} x {n} images", "s/image", per_queue, per_direct,
+               "the pipeline called directly", (ratio_at_most(1.05),),
+               "queue overhead = ratio - 1; OMP_NUM_THREADS=1 for both (see bench/README.md)"),
+        Figure(FAMILY, "worker RSS growth over tiny-diffusers jobs, after warm-up",
+               f"{images} jobs", "%", growth, None, "", (at_most(5.0, "%"),),
+               f"RSS {rss[0]:.1f} MiB after {warm} warm-up jobs, then "
+               f"{' → '.join(f'{r:.1f}' for r in rss[1:])} MiB after each {n}"),
+    ]
+
+
+async def _batch(bdb: env.BenchDb, prompt: str, n: int, seed: int) -> float:
+    """n jobs with seeds seed, seed+1, ... put in the queue at once; returns their GPU span."""
+    await env.seed(bdb, n, status="queued", prompt=prompt, params=PARAMS, seed_base=seed - 1,
+                   wake=True)
+    return await env.wait_batch(bdb, prompt, n, limit_s=600)

@@ -1,0 +1,253 @@
+"""Dispatch and the GPU hand-off gap: no-op jobs through one worker, three ways.
+
+1. queueing directly: a registered worker session calls queueing.jobs.lock_and_claim then
+   queueing.jobs.complete(release_device=...) back to back. Each job: the GPU lock taken and
+   released, claim and complete with their events (under the event lock), the message metadata
+   deep-merged twice, two NOTIFYs, the image stored.
+2. the worker's own loop (gpu_worker.worker.Worker with the stub backend at zero delay, run in
+   this process so its loop can be timed): the same, plus the runner's thread hop, the listener
+   that the NOTIFYs wake, and its logging.
+3. the ceiling: the same session holding the GPU lock once for the whole run, and one-statement
+   CTEs (bench/sql/ceilings.sql: claim_one, complete_one) that write the job, its event, the image
+   and the NOTIFY; no plpgsql, no metadata merge, no event lock.
+
+The hand-off gap is the time the GPU would sit idle: from complete's round trip returning (its
+commit done) to the next claim returning a job. The real worker process (`gpuqueue worker`) is
+measured by the `worker` family.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import env
+from bench.env import BenchDb, Context
+from bench.png import tiny_png
+from bench.queries import BENCH_SQL
+from bench.report import Figure, at_most, not_run, ratio_at_least
+from bench.stats import ms, p50, p99
+from queueing import db, jobs, workers
+
+FAMILY = "dispatch"
+CEILING = "raw claim+complete CTE loop, lock held"
+PARAMS = {"width": 64, "height": 64, "steps": 1, "seed": 0}
+PNG = tiny_png(64, 64)
+
+
+@dataclass
+class Loop:
+    """Dispatch loops of one kind, added up over rounds: rate and the gaps between jobs."""
+
+    jobs: int = 0
+    seconds: float = 0.0
+    gaps: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.jobs / self.seconds if self.seconds else 0.0
+
+    def add(self, other: Loop) -> None:
+        self.jobs += other.jobs
+        self.seconds += other.seconds
+        self.gaps += other.gaps
+
+
+async def _session(bdb: BenchDb, device: str) -> tuple[db.Connection, uuid.UUID]:
+    conn = await db.connect(bdb.url, "gpuqueue-bench-worker", "-c lock_timeout=0")
+    worker_id = uuid.uuid4()
+    await workers.register(conn, worker_id, device=device, backend="bench", model=None)
+    return conn, worker_id
+
+
+async def queueing_loop(bdb: BenchDb, n: int, device: str) -> Loop:
+    conn, worker_id = await _session(bdb, device)
+    loop = Loop()
+    try:
+        last_complete: float | None = None
+        started = time.perf_counter()
+        while True:
+            claim = await jobs.lock_and_claim(conn, worker_id, device)
+            claimed = time.perf_counter()
+            if claim is None:
+                break
+            if last_complete is not None:
+                loop.gaps.append(claimed - last_complete)
+            if not await jobs.complete(conn, claim, PNG, release_device=device):
+                raise AssertionError("a fresh claim went stale")
+            last_complete = time.perf_counter()
+            loop.jobs += 1
+        loop.seconds = (last_complete or started) - started
+    finally:
+        await conn.close()
+    if loop.jobs != n:
+        raise AssertionError(f"the queueing loop ran {loop.jobs} jobs, expected {n}")
+    return loop
+
+
+async def ceiling_loop(bdb: BenchDb, n: int, device: str) -> Loop:
+    conn, worker_id = await _session(bdb, device)
+    loop = Loop()
+    claim_sql, complete_sql = BENCH_SQL["claim_one"], BENCH_SQL["complete_one"]
+    try:
+        await env.execute(conn, "gpu_lock", {"device": device})
+        last_complete: float | None = None
+        started = time.perf_counter()
+        while True:
+            cur = await conn.execute(claim_sql, {"worker_id": worker_id, "device": device})
+            row = await cur.fetchone()
+            claimed = time.perf_counter()
+            if row is None:
+                break
+            if last_complete is not None:
+                loop.gaps.append(claimed - last_complete)
+            cur = await conn.execute(
+                complete_sql, {"job_id": row["job_id"], "claim_id": row["claim_id"], "png": PNG}
+            )
+            if await cur.fetchone() is None:
+                raise AssertionError("a fresh raw claim went stale")
+            last_complete = time.perf_counter()
+            loop.jobs += 1
+        loop.seconds = (last_complete or started) - started
+        await env.execute(conn, "gpu_unlock", {"device": device})
+    finally:
+        await conn.close()
+    if loop.jobs != n:
+        raise AssertionError(f"the raw loop ran {loop.jobs} jobs, expected {n}")
+    return loop
+
+
+async def worker_loop(bdb: BenchDb, n: int, device: str) -> Loop:
+    """The worker's own loop in this process, timed at complete's return and claim's return."""
+    from gpu_worker import worker as worker_module
+    from gpu_worker.backends.stub import StubBackend
+
+    loop = Loop()
+    stamps: dict[str, float] = {}
+    finished = asyncio.Event()
+
+    class TimedWorker(worker_module.Worker):
+        async def _connect(self) -> Any:
+            session = await super()._connect()
+            if session is not None:
+                complete: Callable[..., Any] = session.complete
+
+                async def timed_complete(*args: Any, **kwargs: Any) -> Any:
+                    result = await complete(*args, **kwargs)
+                    stamps["complete"] = time.perf_counter()
+                    loop.jobs += 1
+                    if loop.jobs >= n:
+                        finished.set()
+                    return result
+
+                session.complete = timed_complete  # type: ignore[method-assign]
+            return session
+
+        async def _claim(self, session: Any) -> Any:
+            claim = await super()._claim(session)
+            if claim is not None:
+                now = time.perf_counter()
+                stamps.setdefault("first", now)
+                if "complete" in stamps:
+                    loop.gaps.append(now - stamps["complete"])
+            return claim
+
+    worker = TimedWorker(
+        bdb.url, device=device, backend=StubBackend(delay=0.0), backend_name="stub",
+        config=worker_module.WorkerConfig(),
+    )
+    quiet = logging.getLogger("gpu_worker")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # the process's default handler would print every job
+    task = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(max(60.0, n / 20)):
+            await finished.wait()
+    finally:
+        worker.request_stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 30)
+        quiet.setLevel(level)
+    loop.seconds = stamps["complete"] - stamps["first"]
+    return loop
+
+
+async def _fill(bdb: BenchDb, n: int, prompt: str) -> None:
+    await env.seed(bdb, n, status="queued", prompt=prompt, params=PARAMS, wake=True)
+    await env.vacuum(bdb)
+
+
+async def run(ctx: Context) -> list[Figure]:
+    rounds = 3 if ctx.quick else 4
+    n = 150 if ctx.quick else 300
+    loops = {"queueing": Loop(), "ceiling": Loop(), "worker": Loop()}
+    worker_error = ""
+    async with ctx.database(FAMILY) as bdb:
+        await _fill(bdb, 100, "warm")  # plans and caches warm before anything is timed
+        await queueing_loop(bdb, 100, "bench-gpu")
+        # Many short rounds, the variants taking turns: drift on a shared machine then hits
+        # every variant alike, and the rates are sums over the rounds.
+        for rnd in range(rounds):
+            for name in ("queueing", "ceiling", "worker"):
+                if name == "worker" and worker_error:
+                    continue
+                await _fill(bdb, n, f"{name}-{rnd}")
+                try:
+                    if name == "queueing":
+                        got = await queueing_loop(bdb, n, "bench-gpu")
+                    elif name == "ceiling":
+                        got = await ceiling_loop(bdb, n, "bench-gpu")
+                    else:
+                        got = await worker_loop(bdb, n, f"bench-worker-{rnd}")
+                except Exception as exc:
+                    if name != "worker":
+                        raise
+                    worker_error = f"{type(exc).__name__}: {exc}"
+                    env.log(f"dispatch: the worker's loop failed: {worker_error}")
+                    await _drain(bdb)
+                    continue
+                loops[name].add(got)
+    ceiling, queue, worker = loops["ceiling"], loops["queueing"], loops["worker"]
+    at = f"{rounds} x {n:,} jobs"
+    figures = [
+        Figure(FAMILY, "dispatch no-op jobs, one worker: queueing.jobs directly", at,
+               "jobs/s", queue.rate, ceiling.rate, CEILING, (ratio_at_least(0.7),),
+               "claim + complete per job: GPU lock taken and released, events, metadata merge, "
+               "NOTIFY, image; rounds interleaved with the ceiling's"),
+    ]
+    figures += _gaps("queueing.jobs loop", queue, ceiling, at)
+    if worker.jobs:
+        figures.append(
+            Figure(FAMILY, "dispatch no-op jobs: the worker's loop (in-process)", at,
+                   "jobs/s", worker.rate, ceiling.rate, CEILING, (),
+                   "gpu_worker Worker + stub backend (0 s), run in the bench process to time "
+                   "its loop; the process figure is in the worker family")
+        )
+        figures += _gaps("the worker's loop", worker, ceiling, at)
+    else:
+        figures.append(not_run(FAMILY, "GPU hand-off gap: the worker's loop", worker_error))
+    return figures
+
+
+async def _drain(bdb: BenchDb) -> None:
+    conn = await bdb.connect()
+    try:
+        await env.execute(conn, "cancel_queued")
+    finally:
+        await conn.close()
+
+
+def _gaps(label: str, ours: Loop, ceiling: Loop, at: str) -> list[Figure]:
+    note = f"complete returned → next claim returned, {len(ours.gaps):,} hand-offs"
+    return [
+        Figure(FAMILY, f"GPU hand-off gap p50: {label}", at, "ms", ms(p50(ours.gaps)),
+               ms(p50(ceiling.gaps)), CEILING, (at_most(1.0, "ms"),), note),
+        Figure(FAMILY, f"GPU hand-off gap p99: {label}", at, "ms", ms(p99(ours.gaps)),
+               ms(p99(ceiling.gaps)), CEILING, (), note),
+    ]

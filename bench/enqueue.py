@@ -1,0 +1,192 @@
+"""Enqueue: one job's latency from one connection, and throughput from 8 connections.
+
+Ours is queueing.jobs.enqueue (gq_enqueue: conversation check, per-user queue limit, the event
+lock, the position, message + job + two events + NOTIFY, then the job as JSON). The ETA model is
+read once and passed in, as the web server's one-second cache does. The ceiling is one
+statement: message + job + one event (bench/sql/ceilings.sql: enqueue_one); a second ceiling
+adds the NOTIFY (enqueue_one_notify), to show what NOTIFY's commit lock costs on its own.
+
+Jobs are spread over 64 users (each with its own conversation), so a user's queued count stays
+near the product's per-user limit of 100, as in real use. Each throughput round starts from an
+empty queue: enqueue cost grows with the queue (the new job's position is a count).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from bench import env
+from bench.env import BenchDb, Context, User
+from bench.queries import BENCH_SQL
+from bench.report import Figure, ratio_at_least
+from bench.stats import ms, p50, p99
+from queueing import db, jobs
+from queueing.eta import EtaModel
+from queueing.positions import eta_model
+
+FAMILY = "enqueue"
+CEILING = "raw one-statement CTE insert"
+CEILING_NOTIFY = "the same CTE + pg_notify"
+PARAMS = {"width": 64, "height": 64, "steps": 1, "seed": 0}
+USERS = 64
+MAX_QUEUED = 1_000_000_000
+
+Op = Callable[[db.Connection], Awaitable[Any]]
+
+
+class Enqueuers:
+    """Round-robin over users, so that no user's queued count grows without bound."""
+
+    def __init__(self, users: list[User], eta: EtaModel) -> None:
+        self._users = itertools.cycle(users)
+        self._eta = eta
+        self._request = jobs.JobRequest(prompt="bench enqueue", params=PARAMS)
+
+    async def ours(self, conn: db.Connection) -> Any:
+        user = next(self._users)
+        return await jobs.enqueue(
+            conn, user.conversation_id, self._request, actor=user.actor, max_queued=MAX_QUEUED,
+            eta=self._eta,
+        )
+
+    async def ceiling(self, conn: db.Connection) -> Any:
+        return await self._raw(conn, "enqueue_one")
+
+    async def ceiling_notify(self, conn: db.Connection) -> Any:
+        return await self._raw(conn, "enqueue_one_notify")
+
+    async def _raw(self, conn: db.Connection, query: str) -> Any:
+        user = next(self._users)
+        cur = await conn.execute(
+            BENCH_SQL[query],
+            {
+                "conversation_id": user.conversation_id,
+                "user_id": user.actor.user_id,
+                "prompt": "bench enqueue",
+                "params": Jsonb(PARAMS),
+            },
+        )
+        return await cur.fetchall()
+
+
+async def users(bdb: BenchDb, conn: db.Db, count: int) -> list[User]:
+    return [await bdb.new_user(conn, f"bench-{i}") for i in range(count)]
+
+
+async def latencies(conn: db.Connection, op: Op, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        started = time.perf_counter()
+        await op(conn)
+        out.append(time.perf_counter() - started)
+    return out
+
+
+LOAD_APP = "gpuqueue-bench-load"
+
+
+async def throughput(
+    bdb: BenchDb, op: Op, clients: int, seconds: float, waits: dict[str, int] | None = None
+) -> float:
+    """Jobs per second from `clients` connections, each enqueueing back to back; with `waits`,
+    what the connections were doing (pg_stat_activity samples) is added to it."""
+    conns = [await bdb.connect(LOAD_APP) for _ in range(clients)]
+    try:
+        for conn in conns:  # warm: each connection prepares its statements
+            for _ in range(6):
+                await op(conn)
+        stop_at = 0.0
+        done = 0
+
+        async def client(conn: db.Connection) -> None:
+            nonlocal done
+            while time.perf_counter() < stop_at:
+                await op(conn)
+                done += 1
+
+        async with env.WaitSampler(bdb, LOAD_APP) as sampler:
+            started = time.perf_counter()
+            stop_at = started + seconds
+            await asyncio.gather(*(client(c) for c in conns))
+            elapsed = time.perf_counter() - started
+        if waits is not None:
+            for key, count in sampler.counts.items():
+                waits[key] = waits.get(key, 0) + count
+        return done / elapsed
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
+def summarize(counts: dict[str, int], top: int = 3) -> str:
+    total = sum(counts.values())
+    if not total:
+        return "no samples"
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+    return ", ".join(f"{100 * n / total:.0f} % {k}" for k, n in ranked)
+
+
+async def empty_queue(bdb: BenchDb) -> None:
+    """Cancel every queued job (no events: bookkeeping, not a transition) and vacuum."""
+    conn = await bdb.connect()
+    try:
+        await env.execute(conn, "cancel_queued")
+    finally:
+        await conn.close()
+    await env.vacuum(bdb)
+
+
+async def run(ctx: Context) -> list[Figure]:
+    singles = 200 if ctx.quick else 400
+    seconds = 1.5 if ctx.quick else 3.0
+    async with ctx.database(FAMILY) as bdb:
+        conn = await bdb.connect()
+        try:
+            enqueuers = Enqueuers(await users(bdb, conn, USERS), await eta_model(conn))
+            ours: list[float] = []
+            ceiling: list[float] = []
+            await latencies(conn, enqueuers.ours, 20)
+            await latencies(conn, enqueuers.ceiling, 20)
+            for _ in range(4):  # interleaved blocks, so drift hits both alike
+                ours += await latencies(conn, enqueuers.ours, singles // 4)
+                ceiling += await latencies(conn, enqueuers.ceiling, singles // 4)
+        finally:
+            await conn.close()
+        await empty_queue(bdb)
+        variants = {
+            "ours": enqueuers.ours,
+            "ceiling": enqueuers.ceiling,
+            "notify": enqueuers.ceiling_notify,
+        }
+        rates: dict[str, list[float]] = {name: [] for name in variants}
+        waits: dict[str, dict[str, int]] = {name: {} for name in variants}
+        for _ in range(3):
+            for name, op in variants.items():
+                rates[name].append(await throughput(bdb, op, 8, seconds, waits[name]))
+                await empty_queue(bdb)
+    mean = {name: sum(r) / len(r) for name, r in rates.items()}
+
+    def spread(name: str) -> str:
+        return ", ".join(f"{r:,.0f}" for r in rates[name])
+
+    return [
+        Figure(FAMILY, "enqueue one job p50, one connection", "one connection", "ms",
+               ms(p50(ours)), ms(p50(ceiling)), CEILING, (),
+               f"p99 ours {ms(p99(ours)):.2f} ms, ceiling {ms(p99(ceiling)):.2f} ms; "
+               f"{len(ours)} samples each"),
+        Figure(FAMILY, "enqueue throughput, 8 connections", "8 connections", "jobs/s",
+               mean["ours"], mean["ceiling"], CEILING, (ratio_at_least(0.5),),
+               f"mean of 3 interleaved rounds of {seconds:g} s (ours {spread('ours')}; "
+               f"ceiling {spread('ceiling')}). Connections were, ours: "
+               f"{summarize(waits['ours'])}; ceiling: {summarize(waits['ceiling'])}"),
+        Figure(FAMILY, "enqueue throughput, 8 connections, vs a ceiling that also NOTIFYs",
+               "8 connections", "jobs/s", mean["ours"], mean["notify"], CEILING_NOTIFY, (),
+               f"what NOTIFY alone costs the ceiling (rounds {spread('notify')}); its "
+               f"connections were: {summarize(waits['notify'])}"),
+    ]
