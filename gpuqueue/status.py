@@ -1,0 +1,173 @@
+"""`gpuqueue status`: the operator's view of the queue, as a table or as JSON.
+
+Counts per status, the head of the queue in claim order with positions and ETAs, the live
+workers with the job each runs and how long it has held its GPU lock, and the oldest queued
+job's age. Everything is read from the database, so it shows the same from any machine.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, TextIO
+
+import psycopg
+
+from queueing import db, positions, workers
+from queueing.config import Settings
+
+QUEUE_SHOWN = 50
+STATUSES = ("pending", "queued", "processing", "complete", "error", "canceled")
+
+
+async def collect(conn: db.Db, *, limit: int = QUEUE_SHOWN) -> dict[str, Any]:
+    """The status as plain data (what --json prints)."""
+    overview = await positions.queue_overview(conn)
+    head = await positions.queue_head(conn, limit)
+    live = await workers.live_workers(conn)
+    model = await positions.eta_model(conn)
+    counts = {row["status"]: row["jobs"] for row in overview}
+    oldest = next((r["oldest_queued_s"] for r in overview if r["status"] == "queued"), None)
+    return {
+        "counts": {status: counts.get(status, 0) for status in STATUSES},
+        "oldest_queued_s": oldest,
+        "queue": [
+            {
+                "queue_position": row["queue_position"],
+                "job_id": str(row["job_id"]),
+                "user": row["user_name"],
+                "priority": row["priority"],
+                "attempts": row["attempts"],
+                "max_attempts": row["max_attempts"],
+                "waiting_s": row["waiting_s"],
+                "retry_in_s": row["retry_in_s"] or None,
+                "eta_s": model.eta_s(row["queue_position"]),
+                "prompt": row["prompt"],
+            }
+            for row in head
+        ],
+        "workers": [
+            {
+                "worker_id": str(w["worker_id"]),
+                "device": w["device"],
+                "backend": w["backend"],
+                "model": w["model"],
+                "hostname": w["hostname"],
+                "pid": w["pid"],
+                "job_id": None if w["job_id"] is None else str(w["job_id"]),
+                "lock_held_s": w["lock_held_s"],
+            }
+            for w in live
+        ],
+    }
+
+
+async def show_status(url: str, *, as_json: bool = False, out: TextIO | None = None) -> int:
+    """Print the status; 0 when the database answered, 1 when it did not."""
+    out = out or sys.stdout
+    try:
+        conn = await db.connect(url, "gpuqueue-status")
+    except psycopg.OperationalError as exc:
+        print(f"gpuqueue status: cannot reach the database: {exc}", file=sys.stderr)
+        return 1
+    try:
+        data = await collect(conn)
+    except psycopg.errors.UndefinedTable:
+        print("gpuqueue status: the schema is missing; run `gpuqueue migrate`", file=sys.stderr)
+        return 1
+    finally:
+        await conn.close()
+    if as_json:
+        print(json.dumps(data, indent=2), file=out)
+    else:
+        print(render(data, lock_warn_s=Settings.from_env().lock_warn_s), file=out)
+    return 0
+
+
+def render(data: dict[str, Any], *, lock_warn_s: float = 30.0) -> str:
+    """The status as a terminal table."""
+    counts = data["counts"]
+    lines = ["jobs    " + "  ".join(f"{status} {counts[status]}" for status in STATUSES)]
+    oldest = data["oldest_queued_s"]
+    lines.append(f"oldest queued: {duration(oldest) if oldest is not None else '-'}")
+
+    queue = data["queue"]
+    shown = f", first {len(queue)} shown" if counts["queued"] > len(queue) else ""
+    lines += ["", f"queue ({counts['queued']} queued{shown})"]
+    if queue:
+        rows = [
+            [
+                str(job["queue_position"]),
+                job["job_id"][:8],
+                job["user"],
+                str(job["priority"]),
+                f"{job['attempts']}/{job['max_attempts']}",
+                duration(job["waiting_s"]),
+                "-" if job["eta_s"] is None else duration(job["eta_s"]),
+                _prompt(job["prompt"])
+                + (f"  (retry in {duration(job['retry_in_s'])})" if job["retry_in_s"] else ""),
+            ]
+            for job in queue
+        ]
+        lines += table(
+            ["pos", "job", "user", "pri", "tries", "waiting", "eta", "prompt"], rows, right={0, 3}
+        )
+    else:
+        lines.append("  (empty)")
+
+    live = data["workers"]
+    lines += ["", f"workers ({len(live)} live)"]
+    if live:
+        rows = []
+        for w in live:
+            held = w["lock_held_s"]
+            lock = "-" if held is None else duration(held)
+            if held is not None and held > lock_warn_s:
+                lock += f" (over {lock_warn_s:g}s!)"
+            rows.append(
+                [
+                    w["device"],
+                    w["worker_id"][:8],
+                    w["backend"],
+                    f"{w['hostname']}:{w['pid']}",
+                    "idle" if w["job_id"] is None else w["job_id"][:8],
+                    lock,
+                ]
+            )
+        lines += table(["device", "worker", "backend", "host:pid", "job", "GPU lock held"], rows)
+    else:
+        lines.append("  (none)")
+    return "\n".join(lines)
+
+
+def table(header: list[str], rows: list[list[str]], right: set[int] | None = None) -> list[str]:
+    right = right or set()
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return (
+            "  "
+            + "  ".join(
+                c.rjust(w) if i in right else c.ljust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            ).rstrip()
+        )
+
+    return [line(header), *(line(r) for r in rows)]
+
+
+def duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    return f"{hours // 24}d{hours % 24:02d}h"
+
+
+def _prompt(text: str, width: int = 48) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"

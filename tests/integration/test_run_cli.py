@@ -1,0 +1,136 @@
+"""`gpuqueue run` (issue 4, item 6; contract: Setup): migrations, a token printed as the open:
+line, the web server and one worker; a job completes; SIGINT stops everything with exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import sys
+
+import aiohttp
+import pytest
+
+from gpuqueue.cli import build_parser
+from gpuqueue.run import page_url, run_settings
+from queueing import db, workers
+from queueing.config import Settings
+from tests.helpers import eventually
+
+OPEN_LINE = re.compile(r"^open: http://127\.0\.0\.1:(\d+)/\?token=(gq_[A-Za-z0-9_-]+)$")
+
+
+def test_the_tiny_default_model_makes_small_images_the_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`gpuqueue run` with diffusers and no --model (the tiny model) defaults images to 64x64;
+    a real model, another backend or GPUQUEUE_DEFAULT_SIZE keep the configured size."""
+    monkeypatch.delenv("GPUQUEUE_DEFAULT_SIZE", raising=False)
+    settings = Settings(default_size=512)
+
+    def size(*argv: str) -> int:
+        return run_settings(build_parser().parse_args(["run", *argv]), settings).default_size
+
+    assert size("--backend", "diffusers") == 64
+    assert size("--backend", "diffusers", "--model", "some/model") == 512
+    assert size("--backend", "stub") == 512
+    monkeypatch.setenv("GPUQUEUE_DEFAULT_SIZE", "256")
+    assert size("--backend", "diffusers") == 512  # the env var already set settings
+
+
+def test_the_open_line_names_a_reachable_address() -> None:
+    """The open: URL points at the loopback address when the server listens everywhere."""
+    assert page_url("127.0.0.1", 8080, "gq_x") == "http://127.0.0.1:8080/?token=gq_x"
+    assert page_url("0.0.0.0", 9000, "gq_x") == "http://127.0.0.1:9000/?token=gq_x"
+    assert page_url("::1", 80, "gq_x") == "http://[::1]:80/?token=gq_x"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+async def test_run_serves_the_page_runs_a_job_and_stops_cleanly_on_sigint(
+    database_url: str, pool: db.Pool
+) -> None:
+    """Contract: `gpuqueue run` prints `open: http://127.0.0.1:PORT/?token=TOKEN`, the page and
+    API answer with that token, a submitted job completes on the worker it started, a worker
+    that dies is restarted, and Ctrl-C (SIGINT) stops worker and server with exit code 0."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "GPUQUEUE_STUB_DELAY": "0.01",
+        "PYTHONPATH": os.getcwd(),
+        "GPUQUEUE_LOG_LEVEL": "WARNING",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gpuqueue.cli",
+        "--database-url",
+        database_url,
+        "run",
+        "--backend",
+        "stub",
+        "--port",
+        str(port),
+        "--user",
+        "tester",
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode().strip()
+        match = OPEN_LINE.match(line)
+        assert match, line
+        assert int(match.group(1)) == port
+        token = match.group(2)
+        base = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(base) as http:
+            async with http.get(f"/?token={token}") as page:
+                assert page.status == 200 and page.content_type == "text/html"
+            async with http.get("/api/me", headers=headers) as me:
+                assert await me.json() == {**(await me.json()), "user": "tester", "is_admin": True}
+            async with http.post("/api/conversations", json={}, headers=headers) as created:
+                conversation_id = (await created.json())["id"]
+            async with http.post(
+                f"/api/conversations/{conversation_id}/images",
+                json={"prompt": "a test"},
+                headers=headers,
+            ) as posted:
+                assert posted.status == 202
+                job = await posted.json()
+            # The stub backend gives no tiny-model size: the default stays 512 unless diffusers.
+            assert job["params"]["width"] == 512
+
+            async def completed() -> bool:
+                async with http.get(f"/api/jobs/{job['job_id']}", headers=headers) as read:
+                    return (await read.json())["status"] == "complete"
+
+            await eventually(completed, within=60, interval=0.1)
+            [first] = await workers.live_workers(pool)
+
+        # A worker that dies is started again.
+        os.kill(first["pid"], signal.SIGKILL)
+
+        async def replaced() -> bool:
+            live = await workers.live_workers(pool)
+            return len(live) == 1 and live[0]["pid"] != first["pid"]
+
+        await eventually(replaced, within=30, interval=0.1)
+
+        process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(process.wait(), 60) == 0
+        assert await workers.live_workers(pool) == []
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", port)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

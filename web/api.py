@@ -1,0 +1,259 @@
+"""The HTTP API (contract: HTTP API). Handlers validate at the edge, call queueing/, and answer
+JSON; the database scopes every read and change to the actor, so another user's ids are 404."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from aiohttp import web
+from psycopg_pool import PoolTimeout
+
+from queueing import conversations, db, jobs, positions, workers
+from queueing.actors import Actor
+from queueing.errors import QueueFull
+
+from . import auth, validation
+from .errors import ApiError, not_found
+from .keys import ACTOR, BROADCASTER, ETA_CACHE, OPTIONS, POOL, SETTINGS
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, default=_default, separators=(",", ":"), ensure_ascii=False)
+
+
+def json_response(
+    value: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response(value, status=status, headers=headers, dumps=dumps)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every /api request needs a valid token; the image also takes ?token= (for <img src>)."""
+    if request.path.startswith("/api/"):
+        allow_query = request.method == "GET" and request.path.endswith("/image")
+        token = auth.request_token(request, allow_query=allow_query)
+        request[ACTOR] = await auth.authenticate(request.app[POOL], token)
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
+def _actor(request: web.Request) -> Actor:
+    return request[ACTOR]
+
+
+# -- the page and health ----------------------------------------------------------------------
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    page = STATIC_DIR / "index.html"
+    if not page.is_file():
+        raise not_found("the page is not built yet (web/static/index.html is missing)")
+    return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    try:
+        async with asyncio.timeout(2.0):
+            await db.fetch_one(request.app[POOL], "ping")
+    except (psycopg.Error, PoolTimeout, TimeoutError, OSError):
+        return json_response({"ok": False}, status=503)
+    return json_response({"ok": True})
+
+
+async def me(request: web.Request) -> web.Response:
+    actor = _actor(request)
+    return json_response({"user": actor.name, "user_id": actor.user_id, "is_admin": actor.is_admin})
+
+
+# -- conversations and messages ---------------------------------------------------------------
+
+
+async def create_conversation(request: web.Request) -> web.Response:
+    body = await validation.read_json_object(request, allow_empty=True)
+    title = validation.conversation_title(body)
+    row = await conversations.create_conversation(
+        request.app[POOL], actor=_actor(request), title=title
+    )
+    return json_response(row, status=201, headers={"Location": f"/api/conversations/{row['id']}"})
+
+
+async def list_conversations(request: web.Request) -> web.Response:
+    """Newest first; an admin sees only its own unless it asks for ?all=true."""
+    actor = _actor(request)
+    everyone = actor.is_admin and request.query.get("all", "").lower() in ("1", "true", "yes")
+    rows = await conversations.list_conversations(request.app[POOL], actor=actor, everyone=everyone)
+    return json_response({"conversations": rows})
+
+
+async def get_conversation(request: web.Request) -> web.Response:
+    conversation_id = validation.parse_uuid(request.match_info["id"], "conversation")
+    row = await conversations.get_conversation(
+        request.app[POOL], conversation_id, actor=_actor(request)
+    )
+    return json_response(row)
+
+
+async def merge_metadata(request: web.Request) -> web.Response:
+    message_id = validation.parse_uuid(request.match_info["id"], "message")
+    patch = validation.metadata_patch(await validation.read_json_object(request))
+    message = await conversations.merge_metadata(
+        request.app[POOL], message_id, patch, actor=_actor(request)
+    )
+    return json_response(message)
+
+
+# -- jobs -------------------------------------------------------------------------------------
+
+
+async def enqueue(request: web.Request) -> web.Response:
+    conversation_id = validation.parse_uuid(request.match_info["id"], "conversation")
+    actor, settings, pool = _actor(request), request.app[SETTINGS], request.app[POOL]
+    job_request = validation.image_request(
+        await validation.read_json_object(request), actor=actor, settings=settings
+    )
+    try:
+        job = await jobs.enqueue(
+            pool,
+            conversation_id,
+            job_request,
+            actor=actor,
+            max_queued=settings.max_queued_per_user,
+            eta=await request.app[ETA_CACHE].get(pool),
+        )
+    except QueueFull:
+        limit = settings.max_queued_per_user
+        raise ApiError(
+            429,
+            "queue_full",
+            f"you already have {limit} jobs queued, the most one user may have at once; "
+            "wait for some to start",
+        ) from None
+    return json_response(job, status=202, headers={"Location": f"/api/jobs/{job['job_id']}"})
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    conversation_id = validation.parse_uuid(request.match_info["id"], "conversation")
+    pool = request.app[POOL]
+    rows = await jobs.list_jobs(
+        pool, conversation_id, actor=_actor(request), eta=await request.app[ETA_CACHE].get(pool)
+    )
+    return json_response({"jobs": rows})
+
+
+async def get_job(request: web.Request) -> web.Response:
+    job_id = validation.parse_uuid(request.match_info["id"], "job")
+    pool = request.app[POOL]
+    job = await jobs.get_job(
+        pool, job_id, actor=_actor(request), eta=await request.app[ETA_CACHE].get(pool)
+    )
+    return json_response(job)
+
+
+async def job_image(request: web.Request) -> web.Response:
+    job_id = validation.parse_uuid(request.match_info["id"], "job")
+    png = await jobs.job_image(request.app[POOL], job_id, actor=_actor(request))
+    return web.Response(
+        body=png,
+        content_type="image/png",
+        headers={"Cache-Control": "private, max-age=31536000, immutable"},
+    )
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    """A queued job is canceled at once. A running one is asked to stop: we wait a little for its
+    worker to end it (200, canceled) and otherwise answer 202 with cancel_requested true."""
+    job_id = validation.parse_uuid(request.match_info["id"], "job")
+    actor, pool = _actor(request), request.app[POOL]
+    broadcaster, eta_cache = request.app[BROADCASTER], request.app[ETA_CACHE]
+    waiter = broadcaster.watch(job_id)
+    try:
+        job = await jobs.cancel(pool, job_id, actor=actor, eta=await eta_cache.get(pool))
+        deadline = time.monotonic() + request.app[OPTIONS].cancel_wait_s
+        while job["status"] == "processing":
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return json_response(job, status=202)
+            try:
+                # The fan-out sees the final event; the poll is the safety net.
+                async with asyncio.timeout(min(remaining, 0.5)):
+                    await waiter.wait()
+            except TimeoutError:
+                pass
+            waiter.clear()
+            job = await jobs.get_job(pool, job_id, actor=actor, eta=await eta_cache.get(pool))
+    finally:
+        broadcaster.unwatch(job_id, waiter)
+    if job["status"] != "canceled":
+        raise ApiError(409, "conflict", f"job {job_id} ended {job['status']} before it could stop")
+    return json_response(job)
+
+
+# -- the queue --------------------------------------------------------------------------------
+
+
+async def queue(request: web.Request) -> web.Response:
+    """Counts and workers. Users see each worker's device and whether it is busy; admins also
+    see which worker (id, host, pid) holds which GPU lock, for which job, and for how long."""
+    pool, actor = request.app[POOL], _actor(request)
+    counts = await positions.queue_counts(pool)
+    live = await workers.live_workers(pool)
+    body: dict[str, Any] = {"queued": counts["queued"], "processing": counts["processing"]}
+    if actor.is_admin:
+        body["oldest_queued_s"] = counts["oldest_queued_s"]
+        body["workers"] = [
+            {
+                "worker_id": w["worker_id"],
+                "device": w["device"],
+                "backend": w["backend"],
+                "model": w["model"],
+                "hostname": w["hostname"],
+                "pid": w["pid"],
+                "started_at": w["started_at"],
+                "busy": w["job_id"] is not None,
+                "job_id": w["job_id"],
+                "lock_held_s": w["lock_held_s"],
+            }
+            for w in live
+        ]
+    else:
+        body["workers"] = [{"device": w["device"], "busy": w["job_id"] is not None} for w in live]
+    return json_response(body)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", index)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/api/me", me)
+    app.router.add_get("/api/conversations", list_conversations)
+    app.router.add_post("/api/conversations", create_conversation)
+    app.router.add_get("/api/conversations/{id}", get_conversation)
+    app.router.add_post("/api/conversations/{id}/images", enqueue)
+    app.router.add_get("/api/conversations/{id}/jobs", list_jobs)
+    app.router.add_get("/api/jobs/{id}", get_job)
+    app.router.add_get("/api/jobs/{id}/image", job_image)
+    app.router.add_post("/api/jobs/{id}/cancel", cancel_job)
+    app.router.add_patch("/api/messages/{id}/metadata", merge_metadata)
+    app.router.add_get("/api/queue", queue)
+    if STATIC_DIR.is_dir():
+        app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)

@@ -1,0 +1,105 @@
+"""create_app: the aiohttp application, its long-lived resources and its response headers.
+
+The pool and the fan-out live in cleanup_ctx generators, pool first and broadcaster second, so
+the LISTEN task stops before the pool closes. Open WebSockets are closed with GOING_AWAY when
+the server shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import weakref
+from collections.abc import AsyncIterator
+
+from aiohttp import WSCloseCode, web
+
+from queueing import db
+from queueing.config import Settings
+from queueing.positions import EtaCache
+
+from . import api, ws
+from .broadcaster import Broadcaster, Client
+from .errors import error_middleware
+from .keys import BROADCASTER, CLIENTS, DATABASE_URL, ETA_CACHE, OPTIONS, POOL, SETTINGS, WebOptions
+from .validation import MAX_BODY_BYTES
+
+_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+
+
+def create_app(settings: Settings, url: str, options: WebOptions | None = None) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware, api.auth_middleware], client_max_size=MAX_BODY_BYTES
+    )
+    app[SETTINGS] = settings
+    app[DATABASE_URL] = url
+    app[OPTIONS] = options or WebOptions()
+    app[ETA_CACHE] = EtaCache(app[OPTIONS].eta_ttl_s)
+    app[CLIENTS] = weakref.WeakSet()
+    app.cleanup_ctx.append(_pool_ctx)
+    app.cleanup_ctx.append(_broadcaster_ctx)
+    app.on_shutdown.append(_close_websockets)
+    app.on_response_prepare.append(_security_headers)
+    api.add_routes(app)
+    app.router.add_get("/ws", ws.websocket)
+    return app
+
+
+async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    pool = db.make_pool(
+        app[DATABASE_URL], "gpuqueue-web", min_size=2, max_size=max(2, settings.web_pool_size)
+    )
+    await pool.open(wait=True, timeout=30)
+    app[POOL] = pool
+    yield
+    await pool.close()
+
+
+async def _broadcaster_ctx(app: web.Application) -> AsyncIterator[None]:
+    broadcaster = Broadcaster(
+        app[POOL],
+        app[DATABASE_URL],
+        eta_cache=app[ETA_CACHE],
+        outbox_size=app[OPTIONS].outbox_size,
+        poll_interval_s=app[SETTINGS].poll_interval_s,
+    )
+    await broadcaster.start()
+    app[BROADCASTER] = broadcaster
+    yield
+    await broadcaster.stop()
+
+
+async def _close_websockets(app: web.Application) -> None:
+    registered = app[CLIENTS]
+    clients: list[Client] = list(registered)
+    for client in clients:
+        client.kill(WSCloseCode.GOING_AWAY, "server shutdown")
+    if clients:
+        await asyncio.wait([asyncio.ensure_future(c.wait_closed()) for c in clients], timeout=2.0)
+
+
+def _page_csp(request: web.BaseRequest) -> str:
+    host = request.host if _HOST.match(request.host) else ""
+    sockets = f" ws://{host} wss://{host}" if host else ""
+    return (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+        f"connect-src 'self'{sockets}; font-src 'self'; manifest-src 'self'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    )
+
+
+async def _security_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """On every response, including files, errors and the WebSocket upgrade."""
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("X-Frame-Options", "DENY")
+    if request.path.startswith("/api/"):
+        headers.setdefault("Cache-Control", "no-store")
+        headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+    else:
+        headers.setdefault("Content-Security-Policy", _page_csp(request))
+
+
+__all__ = ["Broadcaster", "create_app"]

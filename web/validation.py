@@ -1,0 +1,210 @@
+"""Request validation at the edge: a refused request writes nothing and says what was wrong.
+
+Types are strict (JSON true is not an integer, "5" is not a number); an optional field given as
+null takes its default; unknown fields are refused by name, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from collections.abc import Mapping
+from typing import Any, NoReturn
+from uuid import UUID
+
+from aiohttp import web
+
+from queueing.actors import Actor
+from queueing.config import Settings
+from queueing.jobs import JobRequest
+
+from .errors import ApiError, bad_request, invalid, not_found
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_PROMPT_CHARS = 2000
+MAX_TITLE_CHARS = 200
+MAX_METADATA_DEPTH = 32
+PRIORITY_RANGE = (-1000, 1000)
+SEED_MAX = 2**32 - 1
+RESERVED_METADATA_KEYS = ("job_id", "status", "queue_position", "error")
+
+IMAGE_FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "width",
+    "height",
+    "steps",
+    "guidance_scale",
+    "seed",
+    "priority",
+    "max_attempts",
+    "timeout_s",
+)
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """Strict JSON: NaN and Infinity are refused; so are nesting too deep and invalid UTF-8."""
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise bad_request(f"the body is not valid JSON: {exc}", "invalid_json") from None
+
+
+async def read_json_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
+    """The body as a JSON object (413 beyond 64 KiB, 400 when not JSON or not an object)."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise ApiError(413, "payload_too_large", "the request body is too large (64 KiB at most)")
+    raw = await request.read()
+    if not raw.strip():
+        if allow_empty:
+            return {}
+        raise bad_request("the request body must be a JSON object")
+    value = parse_json(raw)
+    if not isinstance(value, dict):
+        raise bad_request("the request body must be a JSON object")
+    return value
+
+
+def parse_uuid(value: str, what: str) -> UUID:
+    """A path id; anything that is not a UUID names nothing, so it is a 404 like any other."""
+    try:
+        return UUID(value)
+    except ValueError:
+        raise not_found(f"{what} {value[:80]!r} not found") from None
+
+
+def refuse_unknown(body: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise invalid(
+            f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(allowed)}",
+            "unknown_fields",
+        )
+
+
+def check_text(value: str, name: str) -> str:
+    """No NUL (PostgreSQL text cannot hold it) and no lone surrogate (not UTF-8)."""
+    if "\x00" in value:
+        raise invalid(f"{name} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid(f"{name} is not valid Unicode text") from None
+    return value
+
+
+def _string(
+    body: Mapping[str, Any], name: str, *, max_chars: int, required: bool = False
+) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise invalid(f"{name} is required")
+        return None
+    if not isinstance(value, str):
+        raise invalid(f"{name} must be a string")
+    if len(value) > max_chars:
+        raise invalid(f"{name} must be at most {max_chars} characters (got {len(value)})")
+    return check_text(value, name)
+
+
+def _integer(body: Mapping[str, Any], name: str, low: int, high: int, default: int) -> int:
+    value = body.get(name)
+    if value is None:
+        return default
+    if type(value) is not int:  # bool is an int subclass: true is not 1 here
+        raise invalid(f"{name} must be an integer")
+    if not low <= value <= high:
+        raise invalid(f"{name} must be between {low} and {high} (got {value})")
+    return value
+
+
+def _number(body: Mapping[str, Any], name: str, low: float, high: float, default: float) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise invalid(f"{name} must be a number")
+    if not low <= value <= high:
+        raise invalid(f"{name} must be between {low:g} and {high:g} (got {value})")
+    return float(value)
+
+
+def _side(body: Mapping[str, Any], name: str, default: int) -> int:
+    value = _integer(body, name, 64, 2048, default)
+    if value % 8:
+        raise invalid(f"{name} must be a multiple of 8 (got {value})")
+    return value
+
+
+def image_request(body: Mapping[str, Any], *, actor: Actor, settings: Settings) -> JobRequest:
+    """POST /api/conversations/{id}/images, checked field by field.
+
+    The seed is chosen here when none is given, so every job is reproducible and the page can
+    show it. Users may lower their priority; raising it is for admins.
+    """
+    refuse_unknown(body, IMAGE_FIELDS)
+    prompt = _string(body, "prompt", max_chars=MAX_PROMPT_CHARS, required=True)
+    assert prompt is not None
+    if not prompt.strip():
+        raise invalid("prompt must not be empty")
+    negative = _string(body, "negative_prompt", max_chars=MAX_PROMPT_CHARS)
+    default_size = settings.default_size
+    params: dict[str, Any] = {
+        "negative_prompt": negative,
+        "width": _side(body, "width", default_size),
+        "height": _side(body, "height", default_size),
+        "steps": _integer(body, "steps", 1, 150, 20),
+        "guidance_scale": _number(body, "guidance_scale", 0.0, 30.0, 7.5),
+        "seed": _integer(body, "seed", 0, SEED_MAX, secrets.randbelow(SEED_MAX + 1)),
+    }
+    priority = _integer(body, "priority", *PRIORITY_RANGE, 0)
+    if priority > 0 and not actor.is_admin:
+        raise ApiError(403, "forbidden", "only an admin may raise a job's priority above 0")
+    return JobRequest(
+        prompt=prompt,
+        params=params,
+        priority=priority,
+        max_attempts=_integer(body, "max_attempts", 1, 10, settings.default_max_attempts),
+        timeout_s=_integer(body, "timeout_s", 1, 3600, settings.default_timeout_s),
+    )
+
+
+def conversation_title(body: Mapping[str, Any]) -> str:
+    """POST /api/conversations: {"title"?}."""
+    refuse_unknown(body, ("title",))
+    return _string(body, "title", max_chars=MAX_TITLE_CHARS) or ""
+
+
+def metadata_patch(body: dict[str, Any]) -> dict[str, Any]:
+    """PATCH /api/messages/{id}/metadata: any JSON object, except the keys the queue keeps in
+    step with the job (they would be overwritten at its next transition)."""
+    reserved = sorted(k for k in body if k in RESERVED_METADATA_KEYS)
+    if reserved:
+        raise invalid(
+            f"{', '.join(reserved)} belong(s) to the queue and cannot be set; "
+            f"reserved: {', '.join(RESERVED_METADATA_KEYS)}",
+            "reserved_fields",
+        )
+    _check_json(body, "metadata", 0)
+    return body
+
+
+def _check_json(value: Any, path: str, depth: int) -> None:
+    """Every string (keys too) storable in jsonb, and nesting PostgreSQL accepts."""
+    if depth > MAX_METADATA_DEPTH:
+        raise invalid(f"metadata is nested more than {MAX_METADATA_DEPTH} levels deep")
+    if isinstance(value, str):
+        check_text(value, path)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key, f"a key in {path}")
+            _check_json(item, f"{path}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json(item, f"{path}[{index}]", depth + 1)
