@@ -11,6 +11,7 @@ import pytest
 
 from queueing import db
 from queueing.actors import Actor
+from tests.integration.test_worker_memory import assert_rss_flat
 from tests.integration.worker_support import (
     WorkerProcess,
     rows,
@@ -18,7 +19,6 @@ from tests.integration.worker_support import (
     submit,
     wait_all_final,
 )
-from tests.integration.test_worker_memory import assert_rss_flat
 
 SpawnWorker = Callable[..., WorkerProcess]
 pytestmark = pytest.mark.slow
