@@ -144,7 +144,8 @@ BEGIN
     PERFORM gq_event_lock();
     SELECT count(*) INTO v_queued FROM jobs WHERE user_id = v_user_id AND status = 'queued';
     IF v_queued >= p_max_queued THEN
-        RAISE EXCEPTION 'you already have % jobs waiting, the most one user may queue; wait for some to finish', v_queued
+        RAISE EXCEPTION 'you already have % jobs queued and one user may have at most %; wait for some to start',
+            v_queued, p_max_queued
             USING ERRCODE = 'GQ429';
     END IF;
     v_queue_seq := nextval('job_queue_seq');

@@ -27,7 +27,21 @@ from .validation import MAX_BODY_BYTES
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
 
+def check_settings(settings: Settings) -> None:
+    """Defaults the edge would refuse in a request are refused here, at start-up."""
+    size = settings.default_size
+    if not (64 <= size <= 2048 and size % 8 == 0):
+        raise ValueError(f"GPUQUEUE_DEFAULT_SIZE must be a multiple of 8 in 64..2048, not {size}")
+    if not 1 <= settings.default_timeout_s <= 3600:
+        raise ValueError("GPUQUEUE_DEFAULT_TIMEOUT_S must be in 1..3600")
+    if not 1 <= settings.default_max_attempts <= 10:
+        raise ValueError("GPUQUEUE_DEFAULT_MAX_ATTEMPTS must be in 1..10")
+    if settings.max_queued_per_user < 1:
+        raise ValueError("GPUQUEUE_MAX_QUEUED_PER_USER must be at least 1")
+
+
 def create_app(settings: Settings, url: str, options: WebOptions | None = None) -> web.Application:
+    check_settings(settings)
     app = web.Application(
         middlewares=[error_middleware, api.auth_middleware], client_max_size=MAX_BODY_BYTES
     )

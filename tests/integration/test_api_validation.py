@@ -20,6 +20,7 @@ from tests.integration.web_support import (
     running_app,
     web_settings,
 )
+from web.app import create_app
 
 Client = TestClient[web.Request, web.Application]
 
@@ -294,3 +295,20 @@ async def test_a_user_over_the_queue_limit_gets_429_naming_it(
         assert body["error"]["code"] == "queue_full"
         assert await _counts(pool) == before
         await enqueue(client, bob, await new_conversation(client, bob))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"default_size": 100},
+        {"default_size": 4096},
+        {"default_timeout_s": 0},
+        {"default_max_attempts": 11},
+        {"max_queued_per_user": 0},
+    ],
+)
+def test_defaults_the_edge_would_refuse_stop_the_server_at_start(overrides: dict[str, int]) -> None:
+    """Configuration: a default no request could carry (GPUQUEUE_DEFAULT_SIZE=100, ...) is
+    refused when the app is built, not at every request."""
+    with pytest.raises(ValueError):
+        create_app(web_settings(**overrides), "postgresql:///unused")

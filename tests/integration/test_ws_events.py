@@ -12,6 +12,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 
 from queueing import db, tokens
+from tests.helpers import eventually
 from tests.integration.web_support import (
     Frame,
     HandWorker,
@@ -26,6 +27,7 @@ from tests.integration.web_support import (
     running_app,
     subscribe,
 )
+from web.keys import BROADCASTER
 
 Client = TestClient[web.Request, web.Application]
 EVENT_KEYS = {
@@ -234,9 +236,16 @@ async def test_a_position_message_goes_only_where_a_position_changed(
     await enqueue(client, alice, conversation_id)
     ws = await connect(client, alice)
     await subscribe(ws, conversation_id=conversation_id)
+    stats = client.app[BROADCASTER].stats
+    passes = stats.position_passes
     behind = await enqueue(client, alice, conversation_id)
     assert (await next_of(ws, "queued"))["job_id"] == behind["job_id"]
+    await eventually(lambda: _true(stats.position_passes > passes))  # positions were re-read
     assert [f for f in await quiet(ws) if f["type"] == "position"] == []
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def test_a_job_ids_subscription_gets_only_those_jobs(
@@ -343,6 +352,9 @@ async def test_the_websocket_needs_a_valid_token(client: Client, alice: User) ->
     ws = await client.ws_connect("/ws", headers=alice.headers)
     await ws.send_json({"op": "ping"})
     assert (await next_frame(ws))["type"] == "pong"
+    plain = await client.get("/ws", params={"token": alice.token})  # no upgrade asked
+    assert plain.status == 400
+    assert (await plain.json())["error"]["code"] == "bad_request"
 
 
 async def test_a_revoked_token_is_refused_at_the_next_message(
