@@ -26,7 +26,7 @@ migrate: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check queueing
-	$(VENV)/bin/mypy queueing web gpu_worker gpuqueue
+	$(VENV)/bin/mypy queueing web gpu_worker gpuqueue bench
 
 bench: $(STAMP)
 	$(PY) -m bench
