@@ -399,17 +399,39 @@ class Broadcaster:
     # -- events -------------------------------------------------------------------------------
 
     async def _pump_events(self) -> bool:
-        """Route every event after last_seq; True when there was any."""
-        routed = False
+        """Route every event after last_seq; True when one of them may move a followed job."""
+        moved = False
         while True:
             rows = await events.events_after(self._pool, self.last_seq, limit=PAGE)
             if rows:
-                self._route(rows)
-                routed = True
+                moved = self._route(rows) or moved
             if len(rows) < PAGE:
-                return routed
+                return moved
 
-    def _route(self, rows: list[db.Row]) -> None:
+    def _may_move_followed_jobs(self, rows: list[db.Row]) -> bool:
+        """Whether these events can change a followed queued job's position.
+
+        A job leaving the queue (processing, canceled) moves those behind it; a job entering it
+        moves those at or behind its position; complete and error come from processing and move
+        no one. New jobs at the tail, the common case, so cost no positions pass.
+        """
+        deepest: int | None = None
+        for row in rows:
+            event = row["event"]
+            if event["status"] in ("processing", "canceled"):
+                return True
+            if event["status"] == "queued":
+                if deepest is None:
+                    deepest = max(
+                        (pos for s in self._subscriptions for pos, _ in s.tracked.values()),
+                        default=0,
+                    )
+                if event["queue_position"] <= deepest:
+                    return True
+        return False
+
+    def _route(self, rows: list[db.Row]) -> bool:
+        moved = self._may_move_followed_jobs(rows)
         by_conversation, by_job, watchers = self._by_conversation, self._by_job, self._watchers
         for row in rows:
             job_id = row["job_id"]
@@ -426,6 +448,7 @@ class Broadcaster:
                 for waiter in watchers.get(job_id, ()):
                     waiter.set()
             self.last_seq = row["seq"]
+        return moved
 
     async def _send_progress(self, job_ids: set[UUID]) -> None:
         if not self._subscriptions:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -38,7 +39,31 @@ class AccessLogger(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.DEBUG) or self.logger.isEnabledFor(logging.INFO)
 
 
+_SECRET = re.compile(r"(token=|bearer\s+)[^\s&'\"]+", re.IGNORECASE)
+
+
+class RedactTokens(logging.Filter):
+    """aiohttp logs the first bytes of a request it cannot parse: never let a token through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        message = record.getMessage()
+        if exc is not None:
+            message = f"{message}: {type(exc).__name__}: {exc}"
+            record.exc_info = None
+            record.exc_text = None
+        record.msg, record.args = _SECRET.sub(r"\1<redacted>", message), None
+        return True
+
+
+def _redact_server_logs() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, RedactTokens) for f in server_log.filters):
+        server_log.addFilter(RedactTokens())
+
+
 def make_runner(app: web.Application) -> web.AppRunner:
+    _redact_server_logs()
     return web.AppRunner(
         app,
         access_log_class=AccessLogger,
@@ -50,6 +75,7 @@ def make_runner(app: web.Application) -> web.AppRunner:
 def serve(settings: Settings, url: str, *, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Blocks until SIGINT or SIGTERM; open sockets are closed with GOING_AWAY on the way out."""
     app = create_app(settings, url)
+    _redact_server_logs()
     web.run_app(
         app,
         host=host,

@@ -1,0 +1,763 @@
+"""Chaos (issue 7, item 1): the whole system under faults, with nothing lost.
+
+One run (about two minutes), on a private PostgreSQL server this module starts and restarts:
+3 `gpuqueue worker` processes on 2 devices, 2 `gpuqueue web` processes, 50 WebSocket clients of
+10 users that drop and come back with since_seq, and 500 jobs submitted over HTTP over time (stub
+backend: short and longer jobs, `[fail]` with retries, `[hang]` with 1-2 s timeouts, some
+canceled by their user). Meanwhile, at random moments: kill -9 of a worker (a new one replaces
+it), pg_terminate_backend of the web processes' LISTEN connections and of random pool
+connections, and one restart of PostgreSQL itself.
+
+The tests below each judge one guarantee from that run's record; what the clients were told is
+compared with the database's own log (job_events, whose seq order is commit order).
+GPUQUEUE_RELIABILITY_SEED=<seed printed at the start> replays the same schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import aiohttp
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from queueing import conversations, db, tokens
+from queueing.migrate import migrate
+from tests.helpers import eventually
+from tests.reliability.conftest import seeded
+from tests.reliability.history import (
+    FINAL,
+    Event,
+    History,
+    JobKey,
+    illegal_transitions,
+    intersect,
+)
+from tests.reliability.pgserver import PrivateServer
+from tests.reliability.processes import WebProcess, WorkerProcess
+from tests.reliability.wsclient import FollowingClient
+
+pytestmark = pytest.mark.slow
+
+USERS = 10
+CONVERSATIONS_PER_USER = 2
+CLIENTS = 50
+JOBS = 500
+SUBMITTERS = 5
+SUBMIT_SPAN_S = 45.0
+BURSTS, BURST_SIZE = 3, 15
+# (device, GPUQUEUE_STUB_DELAY): two workers share cuda:0 and take turns on its GPU lock.
+WORKERS = (("cuda:0", "0.03"), ("cuda:0", "0.12"), ("cuda:1", "0.08"))
+KILLS, LISTEN_CUTS, POOL_CUTS = 3, 4, 6
+
+WEB_ENV = {"GPUQUEUE_MAX_QUEUED_PER_USER": "100000", "GPUQUEUE_WEB_POOL_SIZE": "10"}
+WORKER_ENV = {
+    "GPUQUEUE_POLL_INTERVAL_S": "0.2",
+    "GPUQUEUE_SWEEP_INTERVAL_S": "0.3",
+    "GPUQUEUE_RETRY_BASE_S": "0.1",
+    "GPUQUEUE_RETRY_CAP_S": "0.4",
+}
+POOL_APPS = ("gpuqueue-web", "gpuqueue-worker-pool")
+LISTEN_APP = "gpuqueue-web-listen"
+SESSION_APP = "gpuqueue-worker"  # the worker's session: claims and ends jobs, holds the GPU lock
+
+# Test instrumentation, in the private database only: one row per status change of a job, with
+# the session that made it and the moment (clock_timestamp(): when the UPDATE ran, i.e. after the
+# claim got its GPU lock and before the end released it). The product's job_events cannot say on
+# which device an earlier attempt ran (a retry clears jobs.device).
+AUDIT_SQL = """
+CREATE TABLE reliability_audit (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id      uuid NOT NULL,
+    old_status  text NOT NULL,
+    new_status  text NOT NULL,
+    worker_id   uuid,
+    device      text,
+    app         text NOT NULL,
+    backend_pid integer NOT NULL,
+    at          timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE FUNCTION reliability_audit_job() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO reliability_audit (job_id, old_status, new_status, worker_id, device, app,
+                                   backend_pid)
+    VALUES (NEW.id, OLD.status, NEW.status, NEW.worker_id, NEW.device,
+            current_setting('application_name'), pg_backend_pid());
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER reliability_audit AFTER UPDATE OF status ON jobs FOR EACH ROW
+    WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION reliability_audit_job();
+"""
+
+
+@dataclass
+class Attempt:
+    job_id: UUID
+    device: str
+    worker_id: UUID
+    start: datetime
+    end: datetime
+    lost: bool
+
+
+@dataclass
+class ChaosRun:
+    """What the run did and saw; the tests judge it."""
+
+    seed: int
+    folder: Path
+    accepted: set[str] = field(default_factory=set)
+    unexpected_http: list[str] = field(default_factory=list)
+    submit_retries: int = 0
+    cancels: Counter[int] = field(default_factory=Counter)
+    clients: list[FollowingClient] = field(default_factory=list)
+    snapshots: list[tuple[UUID, dict[UUID, tuple[str, int]]]] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+    deaths: dict[int, datetime] = field(default_factory=dict)  # worker pid -> dead for sure by
+    restarts: list[tuple[datetime, datetime]] = field(default_factory=list)
+    survivors: dict[str, str] = field(default_factory=dict)  # process -> "ok" or what is wrong
+    history: History | None = None
+    jobs: dict[UUID, db.Row] = field(default_factory=dict)
+    audit: list[db.Row] = field(default_factory=list)
+    workers: dict[UUID, db.Row] = field(default_factory=dict)
+    missing_images: int = 0
+    durations: dict[str, float] = field(default_factory=dict)
+
+    def logs(self, chars: int = 3000) -> str:
+        """The tail of every process log, for an assertion message."""
+        parts = []
+        for path in sorted(self.folder.glob("*.log")):
+            text = path.read_text(errors="replace")
+            parts.append(f"--- {path.name} (last {chars} chars) ---\n{text[-chars:]}")
+        return "\n".join(parts)
+
+    def where(self) -> str:
+        return (f"seed {self.seed} (GPUQUEUE_RELIABILITY_SEED); logs in {self.folder}; "
+                f"chaos: {self.actions}")  # fmt: skip
+
+
+def _utc(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+class Scenario:
+    """Drives one chaos run; every process it starts is stopped in `close`."""
+
+    def __init__(self, run: ChaosRun, rng: random.Random) -> None:
+        self.run = run
+        self.rng = rng
+        self.server = PrivateServer()
+        self.url = self.server.url("gpuqueue")
+        self.webs: list[WebProcess] = []
+        self.workers: list[WorkerProcess] = []
+        self.killed: set[int] = set()
+        self.delays: dict[int, str] = {}  # worker pid -> GPUQUEUE_STUB_DELAY
+        self.cancels: list[asyncio.Task[None]] = []
+        self.users: list[tuple[str, list[str]]] = []  # token, conversation ids
+        self.pool: db.Pool | None = None
+        self.stop_clients = asyncio.Event()
+        self.stop_polling = asyncio.Event()
+        self.started = time.monotonic()
+
+    def note(self, text: str) -> None:
+        self.run.actions.append(f"{time.monotonic() - self.started:6.1f}s {text}")
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    async def set_up(self) -> None:
+        self.server.start()
+        with psycopg.connect(self.server.url("postgres"), autocommit=True) as admin:
+            admin.execute("CREATE DATABASE gpuqueue")
+        await migrate(self.url)
+        async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+            await conn.execute(AUDIT_SQL)
+        # Checked on every borrow: the restart leaves the idle connections broken.
+        self.pool = AsyncConnectionPool(
+            db.conninfo(self.url, "reliability-check"), min_size=1, max_size=4, open=False,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            check=AsyncConnectionPool.check_connection,
+        )  # fmt: skip
+        await self.pool.open(wait=True)
+        for i in range(USERS):
+            token = await tokens.create_token(self.pool, f"chaos-user-{i}")
+            actor = await tokens.authenticate(self.pool, token)
+            assert actor is not None
+            ids = [
+                str((await conversations.create_conversation(
+                    self.pool, actor=actor, title=f"user {i} conversation {c}"))["id"])
+                for c in range(CONVERSATIONS_PER_USER)
+            ]  # fmt: skip
+            self.users.append((token, ids))
+        folder = self.run.folder
+        self.webs = [WebProcess(self.url, folder / f"web-{i}.log", WEB_ENV) for i in range(2)]
+        for device, delay in WORKERS:
+            self.spawn_worker(device, delay)
+        await asyncio.gather(*(web.ready() for web in self.webs))
+        for worker in list(self.workers):
+            await worker.registered(self.pool)
+        self.note(f"up: webs {[w.pid for w in self.webs]}, workers "
+                  f"{[(w.pid, w.device) for w in self.workers]}")  # fmt: skip
+
+    def spawn_worker(self, device: str, delay: str) -> WorkerProcess:
+        index = len(self.workers)
+        env = {**WORKER_ENV, "GPUQUEUE_STUB_DELAY": delay}
+        worker = WorkerProcess(self.url, self.run.folder / f"worker-{index}.log", device, "stub",
+                               env)  # fmt: skip
+        self.delays[worker.pid] = delay
+        self.workers.append(worker)
+        return worker
+
+    # -- traffic ----------------------------------------------------------------------------
+
+    def job_body(self, n: int) -> dict[str, Any]:
+        rng = self.rng
+        body: dict[str, Any] = {
+            "prompt": f"chaos job {n}", "width": 64, "height": 64,
+            "steps": rng.randint(1, 8), "seed": rng.randrange(1000),
+            "max_attempts": rng.choice((1, 2, 3)),
+        }  # fmt: skip
+        kind = rng.random()
+        if kind < 0.04:
+            body.update(prompt=f"[hang] chaos job {n}", timeout_s=rng.choice((1, 2)))
+        elif kind < 0.12:
+            body.update(prompt=f"[fail] chaos job {n}")
+        if rng.random() < 0.15:
+            body["priority"] = -rng.randint(1, 3)  # users may lower their priority
+        return body
+
+    async def request(
+        self, session: aiohttp.ClientSession, method: str, path: str, token: str,
+        body: dict[str, Any] | None = None,
+    ) -> tuple[int, Any] | None:
+        """One request to a random web process, retried while the database is away (503) or the
+        connection fails; None when it never got through."""
+        for _ in range(100):
+            web = self.rng.choice(self.webs)
+            try:
+                async with session.request(
+                    method, f"{web.base_url}{path}", json=body,
+                    headers={"Authorization": f"Bearer {token}"},
+                ) as response:  # fmt: skip
+                    payload = await response.json(content_type=None)
+                    status = response.status
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                self.run.submit_retries += 1
+                await asyncio.sleep(self.rng.uniform(0.05, 0.2))
+                continue
+            if status == 503 and payload.get("error", {}).get("code") == "unavailable":
+                self.run.submit_retries += 1
+                await asyncio.sleep(self.rng.uniform(0.05, 0.2))
+                continue
+            return status, payload
+        self.run.unexpected_http.append(f"{method} {path}: never got through")
+        return None
+
+    async def submitter(self, session: aiohttp.ClientSession, index: int, count: int) -> None:
+        pause = SUBMIT_SPAN_S / count
+        for n in range(count):
+            await asyncio.sleep(self.rng.expovariate(1 / pause))
+            await self.submit_one(session, index * count + n)
+
+    async def bursts(self, session: aiohttp.ClientSession, first: int) -> None:
+        """Jobs submitted at the same instant (R1.5): the queue deepens and the two workers of
+        cuda:0 wait for each other's GPU lock."""
+        for b, at in enumerate(sorted(self.rng.uniform(2, SUBMIT_SPAN_S - 5)
+                                      for _ in range(BURSTS))):  # fmt: skip
+            await asyncio.sleep(max(0.0, self.started + at - time.monotonic()))
+            self.note(f"burst of {BURST_SIZE} jobs")
+            base = first + b * BURST_SIZE
+            await asyncio.gather(*(self.submit_one(session, base + i) for i in range(BURST_SIZE)))
+
+    async def submit_one(self, session: aiohttp.ClientSession, n: int) -> None:
+        token, ids = self.rng.choice(self.users)
+        conversation = self.rng.choice(ids)
+        body = self.job_body(n)
+        answer = await self.request(session, "POST", f"/api/conversations/{conversation}/images",
+                                    token, body)  # fmt: skip
+        if answer is None:
+            return
+        status, payload = answer
+        if status != 202:
+            self.run.unexpected_http.append(f"enqueue {body}: {status} {payload}")
+            return
+        job_id = str(payload["job_id"])
+        self.run.accepted.add(job_id)
+        if self.rng.random() < 0.06:
+            self.cancels.append(asyncio.create_task(self.cancel_later(session, token, job_id)))
+
+    async def cancel_later(self, session: aiohttp.ClientSession, token: str, job_id: str) -> None:
+        await asyncio.sleep(self.rng.uniform(0.0, 1.5))
+        answer = await self.request(session, "POST", f"/api/jobs/{job_id}/cancel", token)
+        if answer is None:
+            return
+        status, payload = answer
+        self.run.cancels[status] += 1
+        if status not in (200, 202, 409):
+            self.run.unexpected_http.append(f"cancel {job_id}: {status} {payload}")
+
+    async def poller(self, session: aiohttp.ClientSession) -> None:
+        """Reads a conversation's jobs now and then, as a page reload does: one snapshot each."""
+        while not self.stop_polling.is_set():
+            await asyncio.sleep(self.rng.uniform(0.1, 0.4))
+            token, ids = self.rng.choice(self.users)
+            conversation = self.rng.choice(ids)
+            web = self.rng.choice(self.webs)
+            try:
+                async with session.get(
+                    f"{web.base_url}/api/conversations/{conversation}/jobs",
+                    headers={"Authorization": f"Bearer {token}"},
+                ) as response:  # fmt: skip
+                    if response.status != 200:
+                        continue
+                    payload = await response.json()
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                continue
+            self.run.snapshots.append((UUID(conversation), {
+                UUID(j["job_id"]): (j["status"], j["queue_position"]) for j in payload["jobs"]
+            }))  # fmt: skip
+
+    # -- faults -----------------------------------------------------------------------------
+
+    async def terminate(
+        self, apps: tuple[str, ...], pick: Callable[[list[int]], list[int]]
+    ) -> None:
+        for _ in range(20):
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as c:
+                    cur = await c.execute(
+                        "SELECT pid, application_name FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND application_name = ANY(%s)",
+                        (list(apps),),
+                    )
+                    found = {row[0]: row[1] for row in await cur.fetchall()}
+                    chosen = pick(sorted(found))
+                    for pid in chosen:
+                        await c.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                    self.note(f"pg_terminate_backend {[(p, found[p]) for p in chosen]}")
+                    return
+            except psycopg.OperationalError:
+                await asyncio.sleep(0.2)
+        self.note(f"could not terminate {apps}: the server did not answer")
+
+    async def kill_worker(self) -> None:
+        alive = [w for w in self.workers if w.proc.poll() is None]
+        victim = self.rng.choice(alive)
+        victim.proc.kill()
+        # SIGKILL is delivered as kill() returns: no instruction of the worker runs after this.
+        self.run.deaths[victim.pid] = _utc(time.time())
+        await asyncio.to_thread(victim.proc.wait)
+        self.killed.add(victim.pid)
+        replacement = self.spawn_worker(victim.device, self.delays[victim.pid])
+        self.note(f"kill -9 worker {victim.pid} on {victim.device}; started {replacement.pid}")
+
+    async def restart_server(self) -> None:
+        self.note("pg_ctl restart (fast)")
+        stopped, started = await asyncio.to_thread(self.server.restart)
+        self.run.restarts.append((_utc(stopped), _utc(started)))
+        self.note(f"PostgreSQL back after {started - stopped:.2f} s down")
+
+    async def chaos(self) -> None:
+        rng = self.rng
+        plan: list[tuple[float, str]] = [(rng.uniform(15, 30), "restart")]
+        plan += [(rng.uniform(4, 40), "kill") for _ in range(KILLS)]
+        plan += [(rng.uniform(3, 42), "listen") for _ in range(LISTEN_CUTS)]
+        plan += [(rng.uniform(3, 42), "pool") for _ in range(POOL_CUTS)]
+        for at, kind in sorted(plan):
+            await asyncio.sleep(max(0.0, self.started + at - time.monotonic()))
+            if kind == "restart":
+                await self.restart_server()
+            elif kind == "kill":
+                await self.kill_worker()
+            elif kind == "listen":
+                await self.terminate((LISTEN_APP,), lambda pids: rng.sample(
+                    pids, rng.randint(1, len(pids))) if pids else [])  # fmt: skip
+            else:
+                await self.terminate(POOL_APPS, lambda pids: rng.sample(
+                    pids, min(len(pids), rng.randint(1, 3))))  # fmt: skip
+
+    # -- the end ----------------------------------------------------------------------------
+
+    async def all_final(self) -> bool:
+        assert self.pool is not None
+        row = await db.fetch_one(self.pool, "queue_counts")
+        missing = await self.rows(
+            "SELECT count(*) AS n FROM unnest(%(ids)s::uuid[]) AS a(id)"
+            " WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = a.id)",
+            {"ids": sorted(self.run.accepted)},
+        )
+        pending = await self.rows("SELECT count(*) AS n FROM jobs WHERE status = 'pending'")
+        return bool(row and row["queued"] == 0 and row["processing"] == 0
+                    and missing[0]["n"] == 0 and pending[0]["n"] == 0)  # fmt: skip
+
+    async def rows(self, query: str, params: dict[str, Any] | None = None) -> list[db.Row]:
+        assert self.pool is not None
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(sql.SQL(query), params)
+            return await cur.fetchall()
+
+    async def check_survivors(self, session: aiohttp.ClientSession) -> None:
+        for web in self.webs:
+
+            async def answers(web: WebProcess = web) -> bool:
+                return await web.healthz(session) == 200
+
+            try:
+                await eventually(answers, within=15)
+                self.run.survivors[f"web {web.pid}"] = "ok"
+            except AssertionError:
+                self.run.survivors[f"web {web.pid}"] = (
+                    f"alive={web.alive()}, /healthz={await web.healthz(session)}")
+        assert self.pool is not None
+        for worker in self.workers:
+            name = f"worker {worker.pid} ({worker.device})"
+            if worker.pid in self.killed:
+                continue
+            try:
+                await worker.registered(self.pool, within=15)
+                self.run.survivors[name] = "ok"
+            except AssertionError as exc:
+                self.run.survivors[name] = f"not registered: {str(exc)[:300]}"
+
+    async def collect(self) -> None:
+        events = [Event.from_row(r) for r in await self.rows("SELECT * FROM job_events")]
+        jobs = await self.rows("SELECT * FROM jobs")
+        self.run.jobs = {j["id"]: j for j in jobs}
+        keys = {j["id"]: JobKey(j["priority"], j["queue_seq"], j["conversation_id"]) for j in jobs}
+        self.run.history = History.build(events, keys)
+        self.run.audit = await self.rows("SELECT * FROM reliability_audit ORDER BY id")
+        self.run.workers = {w["id"]: w for w in await self.rows("SELECT * FROM workers")}
+        missing = await self.rows(
+            "SELECT count(*) AS n FROM jobs AS j WHERE j.status = 'complete'"
+            " AND NOT EXISTS (SELECT 1 FROM job_images AS i WHERE i.job_id = j.id)"
+        )
+        self.run.missing_images = int(missing[0]["n"])
+        # Kept beside the logs, to read a failure afterwards.
+        for table in ("job_events", "reliability_audit", "jobs", "workers"):
+            found = await self.rows(f"SELECT * FROM {table} ORDER BY 1")
+            lines = ["\t".join(found[0]) if found else ""]
+            lines += ["\t".join(str(v) for k, v in r.items() if k != "png") for r in found]
+            (self.run.folder / f"{table}.tsv").write_text("\n".join(lines))
+
+    async def play(self) -> None:
+        await self.set_up()
+        self.run.durations["set-up"] = time.monotonic() - self.started
+        self.started = time.monotonic()
+        connector = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=20)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            for i in range(CLIENTS):
+                token, ids = self.users[i % USERS]
+                self.run.clients.append(FollowingClient(
+                    f"client-{i}", token, ids[(i // USERS) % CONVERSATIONS_PER_USER],
+                    [w.base_url for w in self.webs], random.Random(self.rng.random()),
+                ))  # fmt: skip
+            wandering = [asyncio.create_task(c.wander(session, self.stop_clients))
+                         for c in self.run.clients]  # fmt: skip
+            polling = [asyncio.create_task(self.poller(session)) for _ in range(2)]
+            try:
+                per = (JOBS - BURSTS * BURST_SIZE) // SUBMITTERS
+                await asyncio.gather(
+                    self.chaos(), self.bursts(session, per * SUBMITTERS),
+                    *(self.submitter(session, i, per) for i in range(SUBMITTERS)),
+                )  # fmt: skip
+                await asyncio.gather(*self.cancels)
+                self.run.durations["submitted"] = time.monotonic() - self.started
+                self.note(f"all {len(self.run.accepted)} jobs accepted")
+                await eventually(self.all_final, within=90, interval=0.25)
+                self.run.durations["all final"] = time.monotonic() - self.started
+                self.note("every job final")
+            finally:
+                self.stop_clients.set()
+                self.stop_polling.set()
+                ended = await asyncio.gather(*wandering, *polling, return_exceptions=True)
+                for outcome in ended:
+                    if isinstance(outcome, Exception):
+                        raise outcome
+            await asyncio.gather(*(c.catch_up(session) for c in self.run.clients))
+            await self.check_survivors(session)
+        await self.collect()
+        self.run.durations["total"] = time.monotonic() - self.started
+
+    async def close(self) -> None:
+        for worker in self.workers:
+            if worker.proc.poll() is None:
+                worker.proc.kill()
+                worker.proc.wait(10)
+        for web in self.webs:
+            web.stop()
+        if self.pool is not None:
+            await self.pool.close()
+        with contextlib.suppress(OSError):
+            (self.run.folder / "postgresql.log").write_text(self.server.log_tail(200_000))
+        self.server.close()
+
+
+@pytest.fixture(scope="module")
+async def chaos(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ChaosRun]:
+    rng, seed = seeded("chaos")
+    run = ChaosRun(seed=seed, folder=tmp_path_factory.mktemp("chaos"))
+    scenario = Scenario(run, rng)
+    try:
+        await scenario.play()
+    finally:
+        await scenario.close()
+    history = run.history
+    assert history is not None
+    print(
+        f"chaos: {len(run.accepted)} jobs accepted ({run.submit_retries} retries), "
+        f"{len(history.events)} events, {Counter(j['status'] for j in run.jobs.values())}, "
+        f"cancels {dict(run.cancels)}, {len(run.snapshots)} HTTP snapshots, "
+        f"{sum(c.connections for c in run.clients)} WebSocket connections, "
+        f"{sum(len(c.positions) for c in run.clients)} position messages; "
+        f"timings {({k: round(v, 1) for k, v in run.durations.items()})}"
+    )
+    for line in run.actions:
+        print("  ", line)
+    yield run
+
+
+# -- the guarantees -----------------------------------------------------------------------------
+
+
+def test_every_accepted_job_ends_in_exactly_one_final_state(chaos: ChaosRun) -> None:
+    """At-least-once start, exactly one final state (R5, R6.2): every job accepted over HTTP
+    exists and ends complete, error or canceled, by a legal walk of the state machine with one
+    final event; each attempt was a recorded start; a complete job has its image; no request was
+    answered with anything but the contract's statuses (503 only while the database was away)."""
+    history = chaos.history
+    assert history is not None
+    assert not chaos.unexpected_http, (chaos.unexpected_http[:20], chaos.where())
+    assert len(chaos.accepted) >= JOBS * 0.98, (len(chaos.accepted), chaos.where())
+    known = {str(j) for j in chaos.jobs}
+    assert chaos.accepted <= known, (sorted(chaos.accepted - known)[:10], chaos.where())
+    not_final = {str(j): r["status"] for j, r in chaos.jobs.items() if r["status"] not in FINAL}
+    assert not not_final, (not_final, chaos.where(), chaos.logs())
+    problems = illegal_transitions(history)
+    assert not problems, (problems[:20], chaos.where())
+    for job_id, row in chaos.jobs.items():
+        starts = sum(1 for e in history.by_job[job_id] if e.status == "processing")
+        assert starts == row["attempts"], (job_id, starts, row["attempts"], chaos.where())
+        if row["status"] in ("complete", "error"):
+            assert starts >= 1, (job_id, row["status"], chaos.where())
+    assert chaos.missing_images == 0, chaos.where()
+    statuses = Counter(r["status"] for r in chaos.jobs.values())
+    assert statuses["complete"] > JOBS / 2, (statuses, chaos.where())
+
+
+def _attempts(chaos: ChaosRun) -> tuple[list[tuple[db.Row, Attempt]], list[str]]:
+    """Every claim (from the audit), with when it really ended: its own end, or for a job taken
+    back from a lost worker the moment that worker's session was surely dead (kill -9 or the
+    server's stop), whichever is earlier."""
+    rows_by_job: dict[UUID, list[db.Row]] = defaultdict(list)
+    for row in chaos.audit:
+        rows_by_job[row["job_id"]].append(row)
+    attempts: list[tuple[db.Row, Attempt]] = []
+    problems: list[str] = []
+    for job_id, rows in rows_by_job.items():
+        for i, claim in enumerate(rows):
+            if claim["new_status"] != "processing":
+                continue
+            if i + 1 >= len(rows):
+                problems.append(f"job {job_id}: claimed at {claim['at']} and never ended")
+                continue
+            end_row = rows[i + 1]
+            own = end_row["app"] == SESSION_APP and end_row["backend_pid"] == claim["backend_pid"]
+            end = end_row["at"]
+            if not own:
+                worker = chaos.workers.get(claim["worker_id"])
+                bounds = [t for t, _ in chaos.restarts if t >= claim["at"]]
+                if worker is not None and worker["pid"] in chaos.deaths:
+                    bounds.append(chaos.deaths[worker["pid"]])
+                if not bounds:
+                    problems.append(
+                        f"job {job_id}: taken from worker {claim['worker_id']} by "
+                        f"{end_row['app']} ({end_row['new_status']}) at {end_row['at']} although "
+                        "nothing had killed that worker's session"
+                    )
+                    continue
+                end = min(end, *bounds)
+            attempts.append((claim, Attempt(job_id, claim["device"], claim["worker_id"],
+                                            claim["at"], end, not own)))  # fmt: skip
+    return attempts, problems
+
+
+def _overlaps(attempts: list[Attempt]) -> list[str]:
+    by_device: dict[str, list[Attempt]] = defaultdict(list)
+    for attempt in attempts:
+        by_device[attempt.device].append(attempt)
+    found = []
+    for device, mine in by_device.items():
+        mine.sort(key=lambda a: a.start)
+        latest: Attempt | None = None
+        for attempt in mine:
+            if latest is not None and attempt.start < latest.end:
+                found.append(
+                    f"{device}: job {attempt.job_id} (worker {attempt.worker_id}) started "
+                    f"{attempt.start.isoformat()} before job {latest.job_id} (worker "
+                    f"{latest.worker_id}, lost={latest.lost}) ended {latest.end.isoformat()}"
+                )
+            if latest is None or attempt.end > latest.end:
+                latest = attempt
+    return found
+
+
+def test_no_device_ever_ran_two_jobs_at_once(chaos: ChaosRun) -> None:
+    """GPU exclusivity (R2.1-R2.4): per device, the moments a claim held the job (from the claim's
+    UPDATE, after it got the GPU lock, to the UPDATE that ended it, or to its worker's death)
+    never overlap, across kill -9, cut connections and a server restart. A job is only ever taken
+    back from a worker whose session was really gone."""
+    attempts, problems = _attempts(chaos)
+    assert not problems, (problems[:10], chaos.where())
+    assert len({a.device for _, a in attempts}) == 2, chaos.where()
+    overlaps = _overlaps([a for _, a in attempts])
+    assert not overlaps, (overlaps[:10], chaos.where())
+
+
+def test_processing_intervals_in_job_events_never_overlap_per_device(chaos: ChaosRun) -> None:
+    """R2.4 as the transition log tells it: per device, [processing event, next event] intervals
+    of job_events never overlap (an attempt lost with its worker ends when the worker died). The
+    processing event's time is when the GPU lock was granted, not when the claim began waiting."""
+    history = chaos.history
+    assert history is not None
+    attempts, problems = _attempts(chaos)
+    assert not problems, (problems[:10], chaos.where())
+    claims_of: dict[UUID, list[Attempt]] = defaultdict(list)
+    for _, attempt in sorted(attempts, key=lambda pair: pair[0]["id"]):
+        claims_of[attempt.job_id].append(attempt)
+    logged: list[Attempt] = []
+    for job_id, events in history.by_job.items():
+        starts = [i for i, e in enumerate(events) if e.status == "processing"]
+        assert len(starts) == len(claims_of[job_id]), (job_id, chaos.where())
+        for i, claim in zip(starts, claims_of[job_id], strict=True):
+            end = events[i + 1].at
+            if claim.lost:
+                end = min(end, claim.end)
+            logged.append(Attempt(job_id, claim.device, claim.worker_id, events[i].at, end,
+                                  claim.lost))  # fmt: skip
+    overlaps = _overlaps(logged)
+    assert not overlaps, (len(overlaps), overlaps[:5], chaos.where())
+
+
+def test_every_client_log_holds_each_transition_once_in_seq_order(chaos: ChaosRun) -> None:
+    """No lost events with since_seq (R8, contract: WebSocket): after all its drops and replays,
+    each client's events are exactly its conversation's stored transitions ('pending' is not
+    sent), each once, in seq order, each as stored (job, message, status, position)."""
+    history = chaos.history
+    assert history is not None
+    expected: dict[UUID, list[Event]] = defaultdict(list)
+    for event in history.events:
+        if event.status != "pending":
+            expected[event.conversation_id].append(event)
+    for client in chaos.clients:
+        want = expected[UUID(client.conversation_id)]
+        got = [int(f["seq"]) for f in client.events]
+        if got != [e.seq for e in want]:
+            counts = Counter(got)
+            raise AssertionError(
+                f"{client.name} ({client.connections} connections): "
+                f"missing {sorted({e.seq for e in want} - set(got))[:20]}, "
+                f"twice {sorted(s for s, n in counts.items() if n > 1)[:20]}, "
+                f"out of order {[(a, b) for a, b in itertools.pairwise(got) if b <= a][:10]}, "
+                f"unexpected {sorted(set(got) - {e.seq for e in want})[:20]}; {chaos.where()}"
+            )
+        for frame, event in zip(client.events, want, strict=True):
+            assert frame["type"] == frame["status"] == event.status, (client.name, frame, event)
+            assert frame["job_id"] == str(event.job_id), (client.name, frame, event)
+            assert frame["message_id"] == str(event.message_id), (client.name, frame, event)
+            assert frame["conversation_id"] == client.conversation_id, (client.name, frame)
+            assert frame["queue_position"] == event.queue_position, (client.name, frame, event)
+    reconnects = sum(c.connections for c in chaos.clients)
+    assert reconnects >= 3 * CLIENTS, f"clients did not wander enough ({reconnects} connections)"
+
+
+def test_positions_seen_by_clients_were_real_and_consistent(chaos: ChaosRun) -> None:
+    """Positions (R4.5, R3.1, R8.5), judged as soundly as asynchronous delivery allows.
+
+    - The position stored with each 'queued' event is the rank the job had at a committed state
+      between its previous event and this one (the transaction may read the queue before it takes
+      the event lock).
+    - Every position message is >= 1 and is a rank its job really held, while queued, at a
+      committed state in the window the message can come from: not older than the connection's
+      since_seq and than the job's newest event the client had seen (once "subscribed" has
+      arrived, not older than any event the connection had delivered: those messages come from
+      a refresh that read the queue after routing them, nor than the state the connection's
+      previous refresh message can have been read from: refreshes read one after another), and
+      not newer than the last state committed when it arrived (an event's time is taken before
+      its commit).
+      Messages of one refresh arrive as separate frames, interleaved with events and with
+      messages computed from other snapshots, so "distinct among the client's jobs" is not a
+      sound test of frames as they arrive; it is tested where one snapshot is known to be whole:
+    - every page read of a conversation's jobs (GET .../jobs, one SQL statement) equals the
+      conversation as it was at some committed state: the same jobs, each with its status, each
+      queued one with its rank, so its positions are distinct, >= 1 and in claim order.
+    """
+    history = chaos.history
+    assert history is not None
+    bad_stored = [(e.seq, str(e.job_id), e.queue_position, sorted(allowed))
+                  for e, allowed in history.bad_event_positions]  # fmt: skip
+    assert not bad_stored, (bad_stored[:10], chaos.where())
+    seen = caught = 0
+    for client in chaos.clients:
+        mine = {str(j) for j, k in history.keys.items()
+                if str(k.conversation_id) == client.conversation_id}  # fmt: skip
+        floors: dict[int, int] = {}  # connection -> the oldest state its last refresh can be
+        for position in client.positions:
+            seen += 1
+            job, value = UUID(position.job_id), position.queue_position
+            assert position.job_id in mine and value >= 1, (client.name, position)
+            low = position.not_before_seq
+            if position.refresh:
+                low = max(low, floors.get(position.connection, 0))
+            newest = history.newest_state_by(_utc(position.received_at))
+            window = [(low, max(newest, low) + 1)]
+            held = intersect(history.rank_intervals(job, value), window)
+            assert held, (
+                f"{client.name}: position {value} for job {job} read from a state between "
+                f"{low} and {newest}, where it held only ranks "
+                f"{sorted(history.ranks_between(job, low, newest))}; {chaos.where()}"
+            )
+            if position.refresh:
+                floors[position.connection] = held[0][0]
+            caught += not intersect(history.rank_intervals(job, value + 1), window)
+    assert seen > 0, "no position message at all: the check would prove nothing"
+    print(f"positions: {seen} messages checked; a value one too high would have failed "
+          f"{caught / seen:.0%} of them")  # fmt: skip
+    assert len(chaos.snapshots) >= 20, len(chaos.snapshots)
+    for conversation_id, jobs in chaos.snapshots:
+        queued = sorted((history.keys[j].order(j), p) for j, (s, p) in jobs.items()
+                        if s == "queued")  # fmt: skip
+        positions = [p for _, p in queued]
+        assert all(p >= 1 for p in positions), (conversation_id, jobs)
+        assert positions == sorted(set(positions)), (
+            f"positions not distinct or not in claim order: {queued}; {chaos.where()}")
+        assert history.consistent_state(conversation_id, jobs), (
+            f"conversation {conversation_id} was never in the state a page read showed: "
+            f"{ {str(j): v for j, v in jobs.items()} }; {chaos.where()}"
+        )
+
+
+def test_processes_never_killed_are_still_up_and_answering(chaos: ChaosRun) -> None:
+    """The web processes answer /healthz with 200 after it all; every worker not killed is alive
+    and registered again (its session came back after the restart)."""
+    assert chaos.survivors, chaos.where()
+    broken = {name: state for name, state in chaos.survivors.items() if state != "ok"}
+    assert not broken, (broken, chaos.where(), chaos.logs())
+    assert sum(name.startswith("web") for name in chaos.survivors) == 2
