@@ -26,6 +26,7 @@ from gpu_worker.backends import Backend
 from gpu_worker.gpu_lock import GpuSession, LockWatchdog
 from gpu_worker.runner import JobRunner, Reason, RunResult, StepGate
 from queueing import db, jobs, workers
+from queueing.cancellation import cancel_and_wait
 from queueing.config import Settings
 from queueing.jobs import Backoff, Claim
 from queueing.listener import CHANNEL_CANCEL, CHANNEL_EVENT, Listener
@@ -159,12 +160,7 @@ class Worker:
                 self.request_stop(immediately=True)  # no grace: the worker is unsound
             code = max(code, await main)
         finally:
-            for task in side:
-                task.cancel()
-            await asyncio.gather(*side, return_exceptions=True)
-            if not main.done():
-                main.cancel()
-                await asyncio.gather(main, return_exceptions=True)
+            await cancel_and_wait([*side, main])
             await pool.close()
             executor.shutdown(wait=False, cancel_futures=True)
         return code

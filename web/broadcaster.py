@@ -33,6 +33,7 @@ from aiohttp import web
 from psycopg_pool import PoolTimeout
 
 from queueing import db, events, positions
+from queueing.cancellation import cancel_and_wait
 from queueing.listener import CHANNEL_EVENT, CHANNEL_PROGRESS, Listener
 from queueing.positions import EtaCache
 
@@ -304,11 +305,7 @@ class Broadcaster:
             log.warning("the LISTEN connection is not up yet; live updates start once it is")
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     def connect(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None) -> Client:
