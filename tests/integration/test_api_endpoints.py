@@ -63,12 +63,6 @@ async def user(pool: db.Pool) -> User:
     return await make_user(pool, "alice")
 
 
-@pytest.fixture
-async def worker(database_url: str) -> AsyncIterator[HandWorker]:
-    hand = await HandWorker(database_url).start()
-    yield hand
-    await hand.close()
-
 
 async def test_healthz_answers_while_the_database_does(client: Client) -> None:
     """Contract: GET /healthz is 200 {"ok": true} when the database answers."""

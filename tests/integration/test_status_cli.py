@@ -17,16 +17,7 @@ from gpuqueue.status import render, show_status
 from queueing import db, jobs
 from queueing.conversations import create_conversation
 from queueing.jobs import JobRequest
-from tests.integration.web_support import HandWorker, User, make_user
-
-PARAMS = {
-    "negative_prompt": None,
-    "width": 64,
-    "height": 64,
-    "steps": 2,
-    "guidance_scale": 7.5,
-    "seed": 1,
-}
+from tests.integration.web_support import PARAMS, HandWorker, User, make_user
 
 
 @pytest.fixture

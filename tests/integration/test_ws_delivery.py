@@ -18,6 +18,7 @@ from queueing import db, jobs
 from queueing.jobs import JobRequest
 from tests.helpers import eventually
 from tests.integration.web_support import (
+    PARAMS,
     Frame,
     HandWorker,
     User,
@@ -35,14 +36,6 @@ from tests.integration.web_support import (
 from web.keys import BROADCASTER, CLIENTS, WebOptions
 
 Client = TestClient[web.Request, web.Application]
-PARAMS = {
-    "negative_prompt": None,
-    "width": 64,
-    "height": 64,
-    "steps": 2,
-    "guidance_scale": 7.5,
-    "seed": 1,
-}
 
 
 @pytest.fixture

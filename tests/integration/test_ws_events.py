@@ -52,12 +52,6 @@ async def alice(pool: db.Pool) -> User:
     return await make_user(pool, "alice")
 
 
-@pytest.fixture
-async def worker(database_url: str) -> AsyncIterator[HandWorker]:
-    hand = await HandWorker(database_url).start()
-    yield hand
-    await hand.close()
-
 
 async def connect(client: Client, user: User) -> aiohttp.ClientWebSocketResponse:
     return await client.ws_connect("/ws", params={"token": user.token})

@@ -25,6 +25,17 @@ PNG = encode_rgb(8, 8, [bytes(range(24))] * 8)
 Frame = dict[str, Any]
 
 
+# Small, valid image parameters for jobs the tests enqueue directly.
+PARAMS = {
+    "negative_prompt": None,
+    "width": 64,
+    "height": 64,
+    "steps": 2,
+    "guidance_scale": 7.5,
+    "seed": 1,
+}
+
+
 @dataclass
 class User:
     name: str
