@@ -11,7 +11,8 @@ from queueing import db, jobs
 from queueing.actors import Actor
 from queueing.conversations import get_conversation
 from queueing.errors import IllegalTransition, InvalidData, NotFound
-from tests.helpers import eventually, worker_session
+from tests.helpers import eventually
+from tests.integration.web_support import HandWorker
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"0" * 16
 REQUEST = jobs.JobRequest(prompt="a lighthouse at dusk", params={"steps": 3, "seed": 1})
@@ -41,17 +42,16 @@ async def test_a_new_job_is_pending_then_queued_with_its_position_written(
 
 
 async def test_processing_then_complete_sets_position_zero_and_stamps_each_transition(
-    pool: db.Pool, database_url: str, alice: Actor, conversation_id: str
+    pool: db.Pool, worker: HandWorker, alice: Actor, conversation_id: str
 ) -> None:
     """R5.3, R5.4, R5.6, R3.2, R3.3: processing and complete carry position 0 and their times."""
     job = await jobs.enqueue(pool, conversation_id, REQUEST, actor=alice, max_queued=100)
-    session, worker_id = await worker_session(database_url)
-    claim = await jobs.lock_and_claim(session, worker_id, "cpu")
-    assert claim is not None and str(claim.job_id) == job["job_id"]
+    claim = await worker.claim()
+    assert str(claim.job_id) == job["job_id"]
     running = await jobs.get_job(pool, job["job_id"], actor=alice)
     assert running["status"] == "processing" and running["queue_position"] == 0
     assert (await metadata_of(pool, alice, conversation_id, job["job_id"]))["queue_position"] == 0
-    assert await jobs.complete(session, claim, PNG, release_device="cpu")
+    assert await jobs.complete(worker.conn, claim, PNG, release_device="cpu")
     done = await jobs.get_job(pool, job["job_id"], actor=alice)
     assert done["status"] == "complete" and done["queue_position"] == 0
     assert done["image_url"] == f"/api/jobs/{job['job_id']}/image"
@@ -67,20 +67,17 @@ async def test_processing_then_complete_sets_position_zero_and_stamps_each_trans
     meta = await metadata_of(pool, alice, conversation_id, job["job_id"])
     assert meta["status"] == "complete" and meta["queue_position"] == 0
     assert await jobs.job_image(pool, job["job_id"], actor=alice) == PNG
-    await session.close()
 
 
 async def test_a_failure_without_attempts_left_ends_in_error_with_its_message(
-    pool: db.Pool, database_url: str, alice: Actor, conversation_id: str
+    pool: db.Pool, worker: HandWorker, alice: Actor, conversation_id: str
 ) -> None:
     """R5.5, R6.3: the failed job has status error and keeps the message a user can read."""
     request = jobs.JobRequest(prompt="x", params={}, max_attempts=1)
     job = await jobs.enqueue(pool, conversation_id, request, actor=alice, max_queued=100)
-    session, worker_id = await worker_session(database_url)
-    claim = await jobs.lock_and_claim(session, worker_id, "cpu")
-    assert claim is not None
+    claim = await worker.claim()
     status = await jobs.fail(
-        session,
+        worker.conn,
         claim,
         "CUDA out of memory",
         retryable=True,
@@ -92,24 +89,22 @@ async def test_a_failure_without_attempts_left_ends_in_error_with_its_message(
     assert failed["status"] == "error" and failed["error"] == "CUDA out of memory"
     meta = await metadata_of(pool, alice, conversation_id, job["job_id"])
     assert meta["status"] == "error" and meta["error"] == "CUDA out of memory"
-    await session.close()
 
 
 async def test_retries_back_off_longer_each_time_until_max_attempts(
-    pool: db.Pool, database_url: str, alice: Actor, conversation_id: str
+    pool: db.Pool, worker: HandWorker, alice: Actor, conversation_id: str
 ) -> None:
     """R6.5: a failed job is retried with growing backoff, and ends in error at max_attempts."""
     request = jobs.JobRequest(prompt="x", params={}, max_attempts=4)
     job = await jobs.enqueue(pool, conversation_id, request, actor=alice, max_queued=100)
-    session, worker_id = await worker_session(database_url)
     backoff = jobs.Backoff(base_s=0.04, cap_s=10.0)
     statuses = []
     for attempt in range(1, 5):
-        claim = await eventually(lambda: jobs.lock_and_claim(session, worker_id, "cpu"))
+        claim = await eventually(lambda: jobs.lock_and_claim(worker.conn, worker.worker_id, "cpu"))
         assert claim.attempts == attempt
         statuses.append(
             await jobs.fail(
-                session,
+                worker.conn,
                 claim,
                 f"boom {attempt}",
                 retryable=True,
@@ -128,12 +123,9 @@ async def test_retries_back_off_longer_each_time_until_max_attempts(
     final = await jobs.get_job(pool, job["job_id"], actor=alice)
     assert final["error"] == "boom 4" and final["attempts"] == 4
     assert [t["status"] for t in final["transitions"]].count("processing") == 4
-    await session.close()
 
 
-async def test_terminal_states_are_final(
-    pool: db.Pool, database_url: str, alice: Actor, conversation_id: str
-) -> None:
+async def test_terminal_states_are_final(pool: db.Pool, alice: Actor, conversation_id: str) -> None:
     """A refused transition raises a clear error and writes nothing."""
     job = await jobs.enqueue(pool, conversation_id, REQUEST, actor=alice, max_queued=100)
     canceled = await jobs.cancel(pool, job["job_id"], actor=alice)
@@ -145,14 +137,12 @@ async def test_terminal_states_are_final(
 
 
 async def test_a_stale_claim_cannot_complete_or_fail_the_job(
-    pool: db.Pool, database_url: str, alice: Actor, conversation_id: str
+    pool: db.Pool, worker: HandWorker, alice: Actor, conversation_id: str
 ) -> None:
     """Fencing: once a lost worker's job is requeued, its late complete and fail are no-ops."""
     job = await jobs.enqueue(pool, conversation_id, REQUEST, actor=alice, max_queued=100)
-    session, worker_id = await worker_session(database_url)
-    claim = await jobs.lock_and_claim(session, worker_id, "cpu")
-    assert claim is not None
-    await session.close()  # the worker's session dies: it is no longer alive
+    claim = await worker.claim()
+    await worker.close()  # the worker's session dies: it is no longer alive
     requeued = await eventually(lambda: jobs.requeue_lost(pool))
     assert [r["status"] for r in requeued] == ["queued"]
     assert not await jobs.complete(pool, claim, PNG)
@@ -163,58 +153,49 @@ async def test_a_stale_claim_cannot_complete_or_fail_the_job(
 
 
 async def test_a_lost_job_on_its_last_attempt_ends_in_error(
-    pool: db.Pool, database_url: str, alice: Actor, conversation_id: str
+    pool: db.Pool, worker: HandWorker, alice: Actor, conversation_id: str
 ) -> None:
     request = jobs.JobRequest(prompt="x", params={}, max_attempts=1)
     job = await jobs.enqueue(pool, conversation_id, request, actor=alice, max_queued=100)
-    session, worker_id = await worker_session(database_url)
-    assert await jobs.lock_and_claim(session, worker_id, "cpu") is not None
-    await session.close()
+    await worker.claim()
+    await worker.close()
     await eventually(lambda: jobs.requeue_lost(pool))
     lost = await jobs.get_job(pool, job["job_id"], actor=alice)
     assert lost["status"] == "error" and "worker" in lost["error"] and "lost" in lost["error"]
 
 
 async def test_the_sweep_leaves_jobs_of_live_workers_alone(
-    pool: db.Pool, database_url: str, alice: Actor, conversation_id: str
+    pool: db.Pool, worker: HandWorker, alice: Actor, conversation_id: str
 ) -> None:
     await jobs.enqueue(pool, conversation_id, REQUEST, actor=alice, max_queued=100)
-    session, worker_id = await worker_session(database_url)
-    claim = await jobs.lock_and_claim(session, worker_id, "cpu")
-    assert claim is not None
+    claim = await worker.claim()
     assert await jobs.requeue_lost(pool) == []
-    assert await jobs.complete(session, claim, PNG, release_device="cpu")
-    await session.close()
+    assert await jobs.complete(worker.conn, claim, PNG, release_device="cpu")
 
 
 async def test_cancel_of_a_running_job_is_requested_then_finished_by_its_worker(
-    pool: db.Pool, database_url: str, alice: Actor, conversation_id: str
+    pool: db.Pool, worker: HandWorker, alice: Actor, conversation_id: str
 ) -> None:
     job = await jobs.enqueue(pool, conversation_id, REQUEST, actor=alice, max_queued=100)
-    session, worker_id = await worker_session(database_url)
-    claim = await jobs.lock_and_claim(session, worker_id, "cpu")
-    assert claim is not None
+    claim = await worker.claim()
     requested = await jobs.cancel(pool, job["job_id"], actor=alice)
     assert requested["status"] == "processing" and requested["cancel_requested"] is True
     assert await jobs.report_progress(pool, claim, 1, 3) is True
     assert await jobs.claim_state(pool, claim) == (True, True)
-    assert await jobs.finish_canceled(session, claim, release_device="cpu")
+    assert await jobs.finish_canceled(worker.conn, claim, release_device="cpu")
     assert (await jobs.get_job(pool, job["job_id"], actor=alice))["status"] == "canceled"
-    await session.close()
 
 
 async def test_a_graceful_requeue_keeps_the_place_and_does_not_count_the_attempt(
-    pool: db.Pool, database_url: str, alice: Actor, conversation_id: str
+    pool: db.Pool, worker: HandWorker, alice: Actor, conversation_id: str
 ) -> None:
     first = await jobs.enqueue(pool, conversation_id, REQUEST, actor=alice, max_queued=100)
     await jobs.enqueue(pool, conversation_id, REQUEST, actor=alice, max_queued=100)
-    session, worker_id = await worker_session(database_url)
-    claim = await jobs.lock_and_claim(session, worker_id, "cpu")
-    assert claim is not None and str(claim.job_id) == first["job_id"]
-    assert await jobs.requeue(session, claim, release_device="cpu") == "queued"
+    claim = await worker.claim()
+    assert str(claim.job_id) == first["job_id"]
+    assert await jobs.requeue(worker.conn, claim, release_device="cpu") == "queued"
     back = await jobs.get_job(pool, first["job_id"], actor=alice)
     assert back["queue_position"] == 1 and back["attempts"] == 0
-    await session.close()
 
 
 async def test_another_users_job_is_not_found(

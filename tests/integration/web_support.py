@@ -15,9 +15,10 @@ from aiohttp import ClientWebSocketResponse, WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gpu_worker.png import encode_rgb
-from queueing import db, jobs, tokens, workers
+from queueing import db, jobs, tokens
 from queueing.actors import Actor
 from queueing.config import Settings
+from tests.helpers import worker_session
 from web.app import create_app
 from web.keys import WebOptions
 
@@ -78,10 +79,7 @@ class HandWorker:
     conn: db.Connection | None = None
 
     async def start(self) -> HandWorker:
-        self.conn = await db.connect(self.url, "gpuqueue-test-worker")
-        await workers.register(
-            self.conn, self.worker_id, device=self.device, backend="stub", model=None
-        )
+        self.conn, self.worker_id = await worker_session(self.url, self.device)
         return self
 
     async def claim(self) -> jobs.Claim:
