@@ -29,6 +29,7 @@ from bench.report import MISS, NOT_RUN, Figure, markdown, not_run, write_results
 # family -> module; each module has `async def run(ctx) -> list[Figure]`.
 FAMILIES: dict[str, str] = {
     "positions": "bench.positions",
+    "merge": "bench.merge",
     "enqueue": "bench.enqueue",
     "dispatch": "bench.dispatch",
     "worker": "bench.worker",

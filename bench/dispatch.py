@@ -62,7 +62,9 @@ class Loop:
 async def _session(bdb: BenchDb, device: str) -> tuple[db.Connection, uuid.UUID]:
     conn = await db.connect(bdb.url, "gpuqueue-bench-worker", "-c lock_timeout=0")
     worker_id = uuid.uuid4()
-    await workers.register(conn, worker_id, device=device, backend="bench", model=None)
+    await workers.register(
+        conn, worker_id, host="bench-host", device=device, backend="bench", model=None
+    )
     return conn, worker_id
 
 
@@ -73,13 +75,13 @@ async def queueing_loop(bdb: BenchDb, n: int, device: str) -> Loop:
         last_complete: float | None = None
         started = time.perf_counter()
         while True:
-            claim = await jobs.lock_and_claim(conn, worker_id, device)
+            claim = await jobs.lock_and_claim(conn, worker_id)
             claimed = time.perf_counter()
             if claim is None:
                 break
             if last_complete is not None:
                 loop.gaps.append(claimed - last_complete)
-            if not await jobs.complete(conn, claim, PNG, release_device=device):
+            if not await jobs.complete(conn, claim, PNG, release_device=claim.gpu_lock):
                 raise AssertionError("a fresh claim went stale")
             last_complete = time.perf_counter()
             loop.jobs += 1
@@ -137,6 +139,16 @@ async def worker_loop(bdb: BenchDb, n: int, device: str) -> Loop:
             session = await super()._connect()
             if session is not None:
                 complete: Callable[..., Any] = session.complete
+                claim: Callable[..., Any] = session.claim
+
+                async def timed_claim() -> Any:
+                    got = await claim()
+                    if got is not None:
+                        now = time.perf_counter()
+                        stamps.setdefault("first", now)
+                        if "complete" in stamps:
+                            loop.gaps.append(now - stamps["complete"])
+                    return got
 
                 async def timed_complete(*args: Any, **kwargs: Any) -> Any:
                     result = await complete(*args, **kwargs)
@@ -147,16 +159,8 @@ async def worker_loop(bdb: BenchDb, n: int, device: str) -> Loop:
                     return result
 
                 session.complete = timed_complete  # type: ignore[method-assign]
+                session.claim = timed_claim  # type: ignore[method-assign]
             return session
-
-        async def _claim(self, session: Any) -> Any:
-            claim = await super()._claim(session)
-            if claim is not None:
-                now = time.perf_counter()
-                stamps.setdefault("first", now)
-                if "complete" in stamps:
-                    loop.gaps.append(now - stamps["complete"])
-            return claim
 
     worker = TimedWorker(
         bdb.url, device=device, backend=StubBackend(delay=0.0), backend_name="stub",

@@ -1,10 +1,11 @@
-"""The worker's session: one connection that is both its identity and its device's GPU lock.
+"""The worker's session: one connection that is both its identity and its GPU's lock.
 
+A GPU is its host and device; its lock is named host/device (gq_gpu_lock_name, migration 003).
 The session registers the worker, so the worker is alive exactly while this connection is
 (live_workers joins pg_stat_activity). Every call that takes or releases the GPU lock runs here:
-the claim takes it (waiting while another worker on the device holds it, R2.4) and each way a
-job ends releases it in the same round trip (R2.2, R2.3). When the connection dies, PostgreSQL
-frees the lock at once and the sweep requeues the job: nothing else has to notice.
+the claim takes it when it is free (it never waits in the database, so a waiting worker holds no
+snapshot) and each way a job ends releases it in the same round trip (R2.2, R2.3). When the
+connection dies, PostgreSQL frees the lock at once and the sweep requeues the job.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -23,64 +26,78 @@ from queueing.jobs import Backoff, Claim
 log = logging.getLogger(__name__)
 
 APP_NAME = "gpuqueue-worker"
+CHANNEL_GPU = "gq_gpu"  # payload: a GPU lock's name; gq_release_gpu freed it
+
+T = TypeVar("T")
 
 
 class GpuSession:
-    """One registered worker on one device. A lost connection means a new session, new id."""
+    """One registered worker on one GPU. A lost connection means a new session, new id."""
 
-    def __init__(self, conn: db.Connection, worker_id: UUID, device: str) -> None:
+    def __init__(
+        self, conn: db.Connection, worker_id: UUID, gpu_lock: str, claim_deadline_s: float
+    ) -> None:
         self.conn = conn
         self.worker_id = worker_id
-        self.device = device
+        self.gpu_lock = gpu_lock
+        self._claim_deadline_s = claim_deadline_s
 
     @classmethod
     async def open(
-        cls, url: str, *, device: str, backend: str, model: str | None
+        cls, url: str, *, host: str, device: str, backend: str, model: str | None,
+        claim_deadline_s: float,
     ) -> GpuSession:
         """Connect and register a new worker id under this connection."""
-        # lock_timeout=0: waiting for the GPU lock is this connection's purpose; never time out.
-        conn = await db.connect(url, APP_NAME, "-c lock_timeout=0")
+        conn = await db.connect(url, APP_NAME)
         worker_id = uuid.uuid4()
         try:
-            await workers.register(conn, worker_id, device=device, backend=backend, model=model)
+            gpu_lock = await workers.register(
+                conn, worker_id, host=host, device=device, backend=backend, model=model
+            )
         except BaseException:
             await conn.close()
             raise
-        return cls(conn, worker_id, device)
+        return cls(conn, worker_id, gpu_lock, claim_deadline_s)
 
     @property
     def backend_pid(self) -> int:
         return self.conn.info.backend_pid
 
     async def claim(self) -> Claim | None:
-        """Take the GPU lock (waiting for it), then claim the next job; None releases it."""
-        return await jobs.lock_and_claim(self.conn, self.worker_id, self.device)
+        """Take the GPU lock if free and claim the next job; None when busy or nothing to run.
 
-    async def interrupt_claim(self) -> None:
-        """Cancel a claim that is waiting for the GPU lock (only while one is in flight)."""
-        await self.conn.cancel_safe(timeout=5.0)
+        The round trip never waits for a lock, so past claim_deadline_s the session is taken
+        for lost: TimeoutError, and the caller abandons it.
+        """
+        return await _within(
+            self._claim_deadline_s, jobs.lock_and_claim(self.conn, self.worker_id)
+        )
+
+    async def release_gpu(self) -> None:
+        """Free the GPU lock after a claim raised: a session lock survives the rollback."""
+        await _within(self._claim_deadline_s, jobs.release_gpu(self.conn, self.gpu_lock))
 
     async def probe(self, claim: Claim) -> tuple[bool, bool]:
         """(claim still current, cancel requested); raises when the session is gone."""
         return await jobs.claim_state(self.conn, claim)
 
     async def complete(self, claim: Claim, png: bytes) -> bool:
-        return await jobs.complete(self.conn, claim, png, release_device=self.device)
+        return await jobs.complete(self.conn, claim, png, release_device=claim.gpu_lock)
 
     async def fail(
         self, claim: Claim, error: str, *, retryable: bool, backoff: Backoff
     ) -> str | None:
         return await jobs.fail(
             self.conn, claim, error, retryable=retryable, backoff=backoff,
-            release_device=self.device,
+            release_device=claim.gpu_lock,
         )
 
     async def finish_canceled(self, claim: Claim) -> bool:
-        return await jobs.finish_canceled(self.conn, claim, release_device=self.device)
+        return await jobs.finish_canceled(self.conn, claim, release_device=claim.gpu_lock)
 
     async def requeue(self, claim: Claim) -> str | None:
         """Hand the job back (not counted as an attempt); a stale claim only frees the lock."""
-        return await jobs.requeue(self.conn, claim, release_device=self.device)
+        return await jobs.requeue(self.conn, claim, release_device=claim.gpu_lock)
 
     async def close(self) -> None:
         """Mark the worker stopped and close; the session's end frees any lock it still has."""
@@ -95,6 +112,31 @@ class GpuSession:
         await self.conn.close()
 
 
+async def _within(deadline_s: float, call: Coroutine[Any, Any, T]) -> T:
+    """Await `call` for at most deadline_s, then raise TimeoutError at once.
+
+    Not asyncio.timeout: psycopg answers a cancel by cancelling the query on the server and
+    waiting for that, up to 10 s more, and the server may be out of reach. The statement is left
+    to die with the session, which the caller abandons.
+    """
+    task = asyncio.ensure_future(call)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=deadline_s)
+    except BaseException:
+        task.cancel()
+        raise
+    if not done:
+        task.add_done_callback(_ignore_outcome)
+        task.cancel()
+        raise TimeoutError(f"no answer within {deadline_s:g} s")
+    return task.result()
+
+
+def _ignore_outcome(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class LockWatchdog:
     """Warns when the GPU lock is held longer than `warn_s`, and again every `warn_s` after (R2.5).
 
@@ -102,8 +144,7 @@ class LockWatchdog:
     per job, and it keeps firing even while the pipeline thread computes.
     """
 
-    def __init__(self, device: str, warn_s: float) -> None:
-        self._device = device
+    def __init__(self, warn_s: float) -> None:
         self._warn_s = warn_s
         self._handle: asyncio.TimerHandle | None = None
         self._claim: Claim | None = None
@@ -138,7 +179,7 @@ class LockWatchdog:
         log.warning(
             "GPU lock on %s held for %.1f s by job %s (more than %g s; attempt %d of %d, "
             "timeout_s=%d)",
-            self._device, time.monotonic() - self._since, claim.job_id, self._warn_s,
+            claim.gpu_lock, time.monotonic() - self._since, claim.job_id, self._warn_s,
             claim.attempts, claim.max_attempts, claim.timeout_s,
         )
         self._arm(n + 1)

@@ -21,9 +21,9 @@ log = logging.getLogger(__name__)
 
 
 def run_worker(
-    settings: Settings, url: str, *, device: str, backend: str, model: str | None
+    settings: Settings, url: str, *, host: str, device: str, backend: str, model: str | None
 ) -> int:
-    """Run a worker until SIGTERM or SIGINT; returns the process exit code."""
+    """Run a worker on GPU host/device until SIGTERM or SIGINT; returns the exit code."""
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=logging.INFO,
@@ -32,6 +32,7 @@ def run_worker(
         )
     worker = Worker(
         url,
+        host=host,
         device=device,
         backend=make_backend(backend, device=device, model=model, data_dir=settings.data_dir),
         backend_name=backend,
@@ -41,7 +42,7 @@ def run_worker(
     try:
         return asyncio.run(_serve(worker))
     except Exception:
-        log.exception("the worker on %s failed", device)
+        log.exception("the worker on GPU %s/%s failed", host, device)
         return EXIT_FAILED
 
 

@@ -1,4 +1,5 @@
-"""A minimal PNG encoder, so the stub backend can write real images without Pillow."""
+"""A minimal PNG encoder, so the stub backend can write real images without Pillow, and the
+check the worker applies to every backend's output before it stores it."""
 
 import struct
 import zlib
@@ -32,3 +33,19 @@ def encode_rgb(width: int, height: int, rows: Iterable[bytes]) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, *_RGB_8BIT, 0, 0, 0)
     image = b"".join(parts)
     return _SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", image) + _chunk(b"IEND", b"")
+
+
+def problem(data: object) -> str | None:
+    """Why `data` is not a PNG image (signature, then an IHDR chunk), or None when it is one.
+
+    A backend's output is checked before it is stored, so a bad one fails its job with a
+    message a user can read instead of a refusal from the database.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        return f"expected bytes, got {type(data).__name__}"
+    head = bytes(data[:16])
+    if not head.startswith(_SIGNATURE):
+        return f"{len(data)} bytes without the PNG signature (they start {head[:8]!r})"
+    if head[12:16] != b"IHDR":
+        return "the PNG signature is not followed by an IHDR chunk"
+    return None

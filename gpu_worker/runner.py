@@ -18,8 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
-
+from gpu_worker import png
 from gpu_worker.backends import Backend, ImageRequest
 from queueing import db, jobs
 from queueing.jobs import Claim
@@ -206,6 +205,7 @@ class JobRunner:
         pool: db.Pool,
         *,
         probe_interval_s: float = 0.25,
+        probe_timeout_s: float = 5.0,
         stuck_grace_s: float = 10.0,
         progress_interval_s: float = 0.1,
     ) -> None:
@@ -213,6 +213,8 @@ class JobRunner:
         self._executor = executor
         self._pool = pool
         self._probe_interval_s = probe_interval_s
+        self._probe_timeout_s = probe_timeout_s
+        self._abandoned: set[asyncio.Future[tuple[bool, bool]]] = set()
         self._stuck_grace_s = stuck_grace_s
         self._progress_interval_s = progress_interval_s
 
@@ -220,11 +222,12 @@ class JobRunner:
         """Run the claim's pipeline until it returns, raises, or wedges past an interrupt.
 
         `probe` reads (claim current, cancel requested) over the worker's session every
-        probe_interval_s; any database error from it means the session is lost.
+        probe_interval_s; an error from it, or no answer within probe_timeout_s, means the
+        session is lost.
         """
         try:
             request = image_request(claim)
-        except (TypeError, ValueError) as exc:
+        except Exception as exc:  # whatever is wrong with this job's params fails this job only
             return RunResult(None, 0.0, error=f"invalid job parameters: {exc}", retryable=False)
         loop = asyncio.get_running_loop()
         reporter = ProgressReporter(
@@ -245,9 +248,24 @@ class JobRunner:
         return self._result(future, gate)
 
     async def _probe(self, claim: Claim, gate: StepGate, probe: Probe) -> None:
+        """One probe with a deadline: a network that drops packets never answers nor fails."""
+        probing = asyncio.ensure_future(probe(claim))
+        await asyncio.wait({probing}, timeout=self._probe_timeout_s)
+        if not probing.done():
+            log.warning(
+                "job %s: the worker's session did not answer a probe in %g s; taking it as lost",
+                claim.job_id, self._probe_timeout_s,
+            )
+            gate.flag(Reason.LOST)
+            # Not awaited: psycopg's own cancel of the query can take as long again, and the
+            # session is abandoned anyway. Kept referenced until it ends, its outcome read.
+            probing.cancel()
+            self._abandoned.add(probing)
+            probing.add_done_callback(self._forget)
+            return
         try:
-            current, cancel = await probe(claim)
-        except psycopg.Error as exc:
+            current, cancel = probing.result()
+        except Exception as exc:  # the session's state is unknown: treat it as gone
             log.warning("job %s: the worker's session failed (%s)", claim.job_id, exc)
             gate.flag(Reason.LOST)
             return
@@ -256,10 +274,15 @@ class JobRunner:
         if cancel:
             gate.flag(Reason.CANCEL)
 
+    def _forget(self, probing: asyncio.Future[tuple[bool, bool]]) -> None:
+        self._abandoned.discard(probing)
+        if not probing.cancelled():
+            probing.exception()  # read, so asyncio does not report it as never retrieved
+
     def _result(self, future: asyncio.Future[bytes], gate: StepGate) -> RunResult:
         elapsed = gate.elapsed()
         try:
-            png = future.result()
+            image = future.result()
         except Exception as exc:
             interrupted = _interrupt_in_chain(exc)
             if interrupted is not None:
@@ -273,4 +296,10 @@ class JobRunner:
         reason = gate.reason()
         if reason in (Reason.LOST, Reason.STALE, Reason.CANCEL):
             return RunResult(reason, elapsed)
-        return RunResult(None, elapsed, png=png)
+        problem = png.problem(image)
+        if problem is not None:  # the same request would give the same output: no retry
+            return RunResult(
+                None, elapsed, error=f"the backend's output is not a PNG image: {problem}",
+                retryable=False,
+            )
+        return RunResult(None, elapsed, png=image)

@@ -1,5 +1,10 @@
 """The worker loop: claim under the GPU lock, run, record the outcome, claim the next.
 
+A GPU is (host, device). Before each claim the worker takes its GPU's OS-level lock (an flock,
+gpu_worker/device_lock.py) and keeps it until the pipeline has stopped; the claim then takes the
+database's GPU lock if it is free. A worker that finds either busy waits outside any statement,
+for a NOTIFY, its poll interval or a stop.
+
 Three side tasks keep it honest: a Listener (NOTIFY wakes the loop and cancels running jobs), a
 poll timer (a lost NOTIFY never strands a job), and the crash-recovery sweep (jobs of dead
 worker sessions go back to the queue). If a side task dies, the worker stops instead of limping
@@ -13,21 +18,26 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NoReturn
 
 import psycopg
 from psycopg_pool import PoolTimeout
 
 from gpu_worker.backends import Backend
-from gpu_worker.gpu_lock import GpuSession, LockWatchdog
-from gpu_worker.runner import JobRunner, Reason, RunResult, StepGate
-from queueing import db, jobs, workers
+from gpu_worker.device_lock import DeviceLock
+from gpu_worker.gpu_lock import CHANNEL_GPU, GpuSession, LockWatchdog
+from gpu_worker.runner import JobRunner, Reason, RunResult, StepGate, error_message
+from gpu_worker.sweeper import Sweeper
+from queueing import db, workers
 from queueing.cancellation import cancel_and_wait
-from queueing.config import Settings
+from queueing.config import Settings, default_gpu_lock_dir
+from queueing.errors import QueueError
 from queueing.jobs import Backoff, Claim
 from queueing.listener import CHANNEL_CANCEL, CHANNEL_EVENT, Listener
 
@@ -38,6 +48,9 @@ EXIT_FAILED = 1  # a side task died, or the backend could not load
 EXIT_WEDGED = 75  # a pipeline step never returned: the process ends so its GPU is freed
 
 STUCK_GRACE_ENV = "GPUQUEUE_STUCK_GRACE_S"
+
+# What says a session is gone (or must be taken for gone: a claim past its deadline).
+SESSION_LOST = (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,10 @@ class WorkerConfig:
     stuck_grace_s: float = 10.0
     progress_interval_s: float = 0.1
     reconnect_max_s: float = 2.0
+    # The claim never waits for a lock, so a claim round trip slower than this means the
+    # session (or its host's network) is gone.
+    claim_deadline_s: float = 5.0
+    gpu_lock_dir: Path = field(default_factory=default_gpu_lock_dir)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerConfig:
@@ -65,7 +82,12 @@ class WorkerConfig:
             grace_s=settings.grace_s,
             backoff=Backoff(settings.retry_base_s, settings.retry_cap_s),
             stuck_grace_s=float(os.environ.get(STUCK_GRACE_ENV, 10.0)),
+            gpu_lock_dir=settings.gpu_lock_dir,
         )
+
+
+class SessionGivenUp(psycopg.OperationalError):
+    """A job's end could not be written at all: the session is dropped as if it were lost."""
 
 
 @dataclass
@@ -81,7 +103,7 @@ def _hard_exit(code: int) -> NoReturn:
 
 
 class Worker:
-    """One process, one device, one job at a time."""
+    """One process, one GPU (host and device), one job at a time."""
 
     def __init__(
         self,
@@ -90,11 +112,14 @@ class Worker:
         device: str,
         backend: Backend,
         backend_name: str,
+        host: str | None = None,
         model: str | None = None,
         config: WorkerConfig | None = None,
         hard_exit: Callable[[int], NoReturn] = _hard_exit,
     ) -> None:
+        """`host` names this machine in GPU names (--host-id); None: its hostname."""
         self.url = url
+        self.host = host or socket.gethostname()
         self.device = device
         self.backend = backend
         self.backend_name = backend_name
@@ -106,7 +131,8 @@ class Worker:
         self._wake = asyncio.Event()
         self._running: _Running | None = None
         self._session: GpuSession | None = None
-        self._watchdog = LockWatchdog(device, self.config.lock_warn_s)
+        self._device_lock: DeviceLock | None = None
+        self._watchdog = LockWatchdog(self.config.lock_warn_s)
         self.jobs_done = 0
         self.sessions = 0
 
@@ -129,6 +155,7 @@ class Worker:
             self._stop_at = now
             log.info("stopping now: a running job is interrupted and handed back to the queue")
         self._stopping.set()
+        self._wake.set()  # a wait for the device lock ends too
         if self._running is not None:
             self._running.gate.stop_by(self._stop_at)
 
@@ -140,7 +167,7 @@ class Worker:
         pool = db.make_pool(self.url, "gpuqueue-worker-pool", min_size=1, max_size=4)
         await pool.open(wait=False)
         listener = Listener(
-            self.url, (CHANNEL_EVENT, CHANNEL_CANCEL), self._on_notify,
+            self.url, (CHANNEL_EVENT, CHANNEL_CANCEL, CHANNEL_GPU), self._on_notify,
             on_connect=self._wake.set, app="gpuqueue-worker-listen",
         )
         side = {
@@ -162,7 +189,8 @@ class Worker:
         finally:
             await cancel_and_wait([*side, main])
             await pool.close()
-            executor.shutdown(wait=False, cancel_futures=True)
+            # Not cancel_futures: a pending device-lock release must run once the pipeline ends.
+            executor.shutdown(wait=False)
         return code
 
     async def _work(self, executor: concurrent.futures.ThreadPoolExecutor, pool: db.Pool) -> int:
@@ -181,20 +209,31 @@ class Worker:
                 session = self._session or await self._connect()
                 if session is None:
                     break
+                device_lock = self._device_lock_of(session, executor)
+                if not await device_lock.acquire(self._stopping, self._wake):
+                    break
                 self._wake.clear()
                 try:
-                    claim = await self._claim(session)
-                except psycopg.OperationalError as exc:
-                    await self._lost(session, pool, f"while claiming ({exc})")
+                    claim = await session.claim()
+                except SESSION_LOST as exc:
+                    device_lock.release()
+                    await self._lost(session, pool, f"while claiming ({_describe(exc)})")
                     continue
-                if claim is None:
+                except (psycopg.Error, QueueError) as exc:
+                    device_lock.release()
+                    await self._claim_failed(session, pool, exc)
+                    continue
+                if claim is None:  # the GPU is busy, or nothing is runnable
+                    device_lock.release()
                     await self._idle()
                     continue
-                await self._process(session, claim, runner, pool)
+                await self._process(session, claim, device_lock, runner, pool)
         finally:
             if self._session is not None:
                 await self._session.close()
                 self._session = None
+            if self._device_lock is not None:
+                self._device_lock.close()
         log.info("worker stopped after %d job(s)", self.jobs_done)
         return EXIT_OK
 
@@ -224,7 +263,8 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 session = await GpuSession.open(
-                    self.url, device=self.device, backend=self.backend_name, model=self.model
+                    self.url, host=self.host, device=self.device, backend=self.backend_name,
+                    model=self.model, claim_deadline_s=self.config.claim_deadline_s,
                 )
             except psycopg.OperationalError as exc:
                 log.warning("cannot open the worker session (%s); retrying in %.2f s", exc, backoff)
@@ -234,11 +274,35 @@ class Worker:
             self._session = session
             self.sessions += 1
             log.info(
-                "worker %s registered on %s (backend %s, session pid %d)",
-                session.worker_id, self.device, self.backend_name, session.backend_pid,
+                "worker %s registered on GPU %s (host %s, device %s; backend %s, session pid %d)",
+                session.worker_id, session.gpu_lock, self.host, self.device, self.backend_name,
+                session.backend_pid,
             )
             return session
         return None
+
+    def _device_lock_of(
+        self, session: GpuSession, executor: concurrent.futures.ThreadPoolExecutor
+    ) -> DeviceLock:
+        """This GPU's OS-level lock, named like its database lock (the same for every session)."""
+        if self._device_lock is None:
+            self._device_lock = DeviceLock(self.config.gpu_lock_dir, session.gpu_lock, executor)
+        return self._device_lock
+
+    async def _claim_failed(self, session: GpuSession, pool: db.Pool, exc: Exception) -> None:
+        """A claim the database refused (not a lost session): free the GPU lock it may have
+        taken, which outlives the rollback, and try again after a poll interval."""
+        log.error(
+            "the claim on GPU %s failed (%s); the GPU lock is released and the worker tries "
+            "again in %g s", session.gpu_lock, _describe(exc), self.config.poll_interval_s,
+            exc_info=exc,
+        )
+        try:
+            await session.release_gpu()
+        except SESSION_LOST as lost:
+            await self._lost(session, pool, f"while releasing the GPU lock ({_describe(lost)})")
+            return
+        await self._sleep_unless_stopping(self.config.poll_interval_s)
 
     async def _lost(self, session: GpuSession, pool: db.Pool, context: str) -> None:
         """The session died: its GPU lock and worker id are gone. Come back as a new worker."""
@@ -271,47 +335,32 @@ class Worker:
             for task in waits:
                 task.cancel()
 
-    async def _claim(self, session: GpuSession) -> Claim | None:
-        """Claim under the GPU lock; a stop while waiting for the lock cancels the wait."""
-        claiming = asyncio.ensure_future(session.claim())
-        stop = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait({claiming, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if claiming.done():
-            return claiming.result()
-        # Only the claim runs on the session now, so the cancel can hit nothing else.
-        await session.interrupt_claim()
-        try:
-            claim = await claiming
-        except psycopg.errors.QueryCanceled:
-            return None
-        if claim is not None:  # the claim won the race against the cancel: hand it back
-            await session.requeue(claim)
-        return None
-
     # -- one job --------------------------------------------------------------------------
 
     async def _process(
-        self, session: GpuSession, claim: Claim, runner: JobRunner, pool: db.Pool
+        self, session: GpuSession, claim: Claim, device_lock: DeviceLock, runner: JobRunner,
+        pool: db.Pool,
     ) -> None:
+        """Run one claimed job and record its end. The device lock is released only once the
+        pipeline has stopped, also when the session was lost meanwhile."""
         gate = StepGate(timeout_s=claim.timeout_s)
         if self._stop_at is not None:
             gate.stop_by(self._stop_at)
         self._running = _Running(claim, gate)
         self._watchdog.held(claim)
         log.debug(
-            "job %s: processing on %s (attempt %d of %d, timeout %d s)",
-            claim.job_id, self.device, claim.attempts, claim.max_attempts, claim.timeout_s,
+            "job %s: processing on GPU %s (attempt %d of %d, timeout %d s)",
+            claim.job_id, claim.gpu_lock, claim.attempts, claim.max_attempts, claim.timeout_s,
         )
         try:
             try:
                 result = await runner.run(claim, gate, session.probe)
             except BaseException:
                 gate.flag(Reason.LOST)  # whatever went wrong here, the pipeline thread stops
+                device_lock.release_when_idle()  # ... and the GPU stays ours until it has
                 raise
             if result.wedged:
+                device_lock.release_when_idle()  # never, unless the step returns after all
                 await self._give_up(session, claim, result)
             if result.reason is Reason.LOST:
                 await self._lost(session, pool, f"while job {claim.job_id} ran")
@@ -323,23 +372,43 @@ class Worker:
         finally:
             self._watchdog.released()
             self._running = None
+            device_lock.release()  # the pipeline has stopped (or the release waits for it)
 
     async def _record(self, session: GpuSession, claim: Claim, result: RunResult) -> None:
-        """Write the job's end and release the GPU lock, in one round trip."""
+        """Write the job's end and release the GPU lock, in one round trip.
+
+        What the database refuses for this one job (an image it will not store, any other error
+        that is not a lost connection) fails the job with the reason, and the worker goes on.
+        When not even that can be written, the session is given up (SessionGivenUp): its end
+        frees the GPU lock and the sweep takes the job back.
+        """
+        try:
+            await self._write_end(session, claim, result)
+        except psycopg.OperationalError:
+            raise
+        except Exception as exc:
+            log.error("job %s: its end could not be recorded (%s); failing it", claim.job_id, exc,
+                      exc_info=True)
+            stored = "image" if result.png is not None else "end"
+            what = f"the job's {stored} could not be stored"
+            try:
+                await session.fail(
+                    claim, f"{what}: {error_message(exc)}", retryable=False,
+                    backoff=self.config.backoff,
+                )
+            except psycopg.OperationalError:
+                raise
+            except Exception as again:
+                raise SessionGivenUp(
+                    f"job {claim.job_id}: not even its failure could be written ({again})"
+                ) from again
+            self.jobs_done += 1
+
+    async def _write_end(self, session: GpuSession, claim: Claim, result: RunResult) -> None:
         job = claim.job_id
         reason = result.reason
         if reason is None and result.png is not None:
-            try:
-                stored = await session.complete(claim, result.png)
-            except psycopg.OperationalError:
-                raise
-            except psycopg.Error as exc:  # e.g. the backend returned something that is no PNG
-                log.error("job %s: the image could not be stored (%s)", job, exc)
-                await session.fail(
-                    claim, f"the image could not be stored: {exc}", retryable=False,
-                    backoff=self.config.backoff,
-                )
-                return
+            stored = await session.complete(claim, result.png)
             self.jobs_done += 1
             log.info("job %s: complete in %.2f s%s", job, result.elapsed_s,
                      "" if stored else " (claim was stale: result discarded)")
@@ -410,18 +479,19 @@ class Worker:
             if running is not None and str(running.claim.job_id) == payload:
                 log.info("job %s: cancel requested", payload)
                 running.gate.flag(Reason.CANCEL)
-        else:
+        elif channel != CHANNEL_GPU or (
+            self._device_lock is not None and payload == self._device_lock.gpu
+        ):
             self._wake.set()
 
     async def _sweep_forever(self, pool: db.Pool) -> None:
-        """Crash recovery: requeue the jobs of dead worker sessions. Racing sweepers are fine."""
-        while True:
-            try:
-                for row in await jobs.requeue_lost(pool):
-                    log.warning("job %s: its worker was lost; now %s", row["id"], row["status"])
-            except (psycopg.OperationalError, PoolTimeout) as exc:
-                log.warning("sweep skipped: %s", exc)
-            await asyncio.sleep(self.config.sweep_interval_s)
+        """Crash recovery (see Sweeper): it never ends on its own, whatever a sweep raises."""
+        await Sweeper(pool, self.config.sweep_interval_s).run()
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception for a log line, also one without a message."""
+    return str(exc).strip() or type(exc).__name__
 
 
 def timeout_message(elapsed_s: float, timeout_s: int) -> str:

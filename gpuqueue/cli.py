@@ -10,8 +10,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from gpuqueue import prune_cli
 from queueing import locate
-from queueing.config import Settings
+from queueing.config import Settings, check_host_id
 
 
 def database_url(args: argparse.Namespace, settings: Settings) -> str:
@@ -47,9 +48,15 @@ def _web(args: argparse.Namespace, settings: Settings) -> int:
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from gpu_worker.main import run_worker
 
+    try:
+        host = check_host_id(args.host_id or settings.host_id)
+    except ValueError as exc:
+        print(f"gpuqueue worker: GPUQUEUE_HOST_ID: {exc}", file=sys.stderr)
+        return 2
     return run_worker(
         settings,
         database_url(args, settings),
+        host=host,
         device=args.device,
         backend=args.backend,
         model=args.model,
@@ -66,6 +73,13 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     from gpuqueue.status import show_status
 
     return asyncio.run(show_status(database_url(args, settings), as_json=args.json))
+
+
+def _host_id(value: str) -> str:
+    try:
+        return check_host_id(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
             default=os.environ.get("GPUQUEUE_BACKEND", "diffusers"),
         )
         p.add_argument("--model", default=os.environ.get("GPUQUEUE_MODEL") or None)
+        p.add_argument(
+            "--host-id",
+            type=_host_id,
+            help="this machine's name in GPU names host/device "
+            "(default: $GPUQUEUE_HOST_ID, else the hostname)",
+        )
         if name == "run":
             p.add_argument("--host", default="127.0.0.1")
             p.add_argument("--port", type=int, default=8080)
@@ -114,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="the operator's view of the queue")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_status)
+    prune_cli.add_parser(sub)
     return parser
 
 

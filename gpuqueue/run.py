@@ -103,6 +103,8 @@ def worker_command(args: argparse.Namespace) -> list[str]:
     command += ["worker", "--device", args.device, "--backend", args.backend]
     if args.model:
         command += ["--model", args.model]
+    if args.host_id:
+        command += ["--host-id", args.host_id]
     return command
 
 

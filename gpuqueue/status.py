@@ -1,8 +1,9 @@
 """`gpuqueue status`: the operator's view of the queue, as a table or as JSON.
 
 Counts per status, the head of the queue in claim order with positions and ETAs, the live
-workers with the job each runs and how long it has held its GPU lock, and the oldest queued
-job's age. Everything is read from the database, so it shows the same from any machine.
+workers with their GPU (host and device), the job each runs and how long it has held its GPU
+lock, and the oldest queued job's age. Everything is read from the database, so it shows the
+same from any machine.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ async def collect(conn: db.Db, *, limit: int = QUEUE_SHOWN) -> dict[str, Any]:
         "workers": [
             {
                 "worker_id": str(w["worker_id"]),
+                "host": w["host"],
                 "device": w["device"],
                 "backend": w["backend"],
                 "model": w["model"],
@@ -126,6 +128,7 @@ def render(data: dict[str, Any], *, lock_warn_s: float = 30.0) -> str:
                 lock += f" (over {lock_warn_s:g}s!)"
             rows.append(
                 [
+                    w["host"],
                     w["device"],
                     w["worker_id"][:8],
                     w["backend"],
@@ -134,7 +137,9 @@ def render(data: dict[str, Any], *, lock_warn_s: float = 30.0) -> str:
                     lock,
                 ]
             )
-        lines += table(["device", "worker", "backend", "host:pid", "job", "GPU lock held"], rows)
+        lines += table(
+            ["host", "device", "worker", "backend", "machine:pid", "job", "GPU lock held"], rows
+        )
     else:
         lines.append("  (none)")
     return "\n".join(lines)

@@ -47,16 +47,26 @@ async def conversation_visible(conn: db.Db, conversation_id: UUID | str, *, acto
     return row is not None
 
 
+# A message's metadata as compact UTF-8 JSON text, at most (contract: Input limits). The row's
+# CHECK (migrations/004) leaves room above it, so the queue's own fields always fit.
+METADATA_MAX_BYTES = 192 * 1024
+
+
 async def merge_metadata(
     conn: db.Db, message_id: UUID | str, patch: dict[str, Any], *, actor: Actor
 ) -> dict[str, Any]:
-    """Deep-merge `patch` into the message's extra_metadata in one statement (R7)."""
+    """Deep-merge `patch` into the message's extra_metadata in one statement (R7); TooLarge,
+    nothing written, when the merged object would be over METADATA_MAX_BYTES."""
     row = await db.fetch_one(
         conn,
         "message_merge_metadata",
-        {"message_id": message_id, "patch": Jsonb(patch), "owner": actor.owner},
+        {
+            "message_id": message_id,
+            "patch": Jsonb(patch),
+            "owner": actor.owner,
+            "max_bytes": METADATA_MAX_BYTES,
+        },
     )
-    if row is None:
-        raise NotFound(f"message {message_id} not found")
+    assert row is not None  # gq_merge_metadata raises GQ404 (NotFound) for a message not seen
     message: dict[str, Any] = row["message"]
     return message

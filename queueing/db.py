@@ -20,9 +20,29 @@ Db: TypeAlias = Connection | Pool
 Row: TypeAlias = dict[str, Any]
 
 
+# A peer that vanishes without a word (power loss, a cut network) is given up on both ends well
+# within 30 s: the server's defaults here (keepalive idle 7200 s, tcp_user_timeout 0) would keep
+# a dead worker's session, its job and its GPU lock for about 2 h 11 min. Keepalives probe an
+# idle connection (5 s idle, then every 2 s, 3 misses: ~11 s); tcp_user_timeout ends one whose
+# sent data stays unacknowledged for 10 s (keepalives never probe those). The server also checks
+# its client's socket every 2 s while a statement runs (a worker waiting for a GPU lock).
+KEEPALIVE_IDLE_S = 5
+KEEPALIVE_INTERVAL_S = 2
+KEEPALIVE_COUNT = 3
+TCP_USER_TIMEOUT_MS = 10_000
+CLIENT_CHECK_INTERVAL_MS = 2_000
+
+
 def _session_options() -> str:
-    """Timestamps leave the database as ISO 8601 in UTC; no statement waits long on a lock."""
-    return f"-c timezone=UTC -c lock_timeout={os.environ.get('GPUQUEUE_LOCK_TIMEOUT', '10s')}"
+    """UTC timestamps, short lock waits, and the server's side of dead-peer detection."""
+    return (
+        f"-c timezone=UTC -c lock_timeout={os.environ.get('GPUQUEUE_LOCK_TIMEOUT', '10s')}"
+        f" -c tcp_keepalives_idle={KEEPALIVE_IDLE_S}"
+        f" -c tcp_keepalives_interval={KEEPALIVE_INTERVAL_S}"
+        f" -c tcp_keepalives_count={KEEPALIVE_COUNT}"
+        f" -c tcp_user_timeout={TCP_USER_TIMEOUT_MS}"
+        f" -c client_connection_check_interval={CLIENT_CHECK_INTERVAL_MS}"
+    )
 
 
 def conninfo(url: str, app: str, extra_options: str = "") -> str:
@@ -31,11 +51,12 @@ def conninfo(url: str, app: str, extra_options: str = "") -> str:
         url,
         application_name=app,
         options=f"{_session_options()} {extra_options}".strip(),
-        # A peer that vanished without a word (machine gone) is noticed in seconds, not hours.
+        # The client's side of the same: a server that vanished is noticed in seconds, not hours.
         keepalives=1,
-        keepalives_idle=5,
-        keepalives_interval=2,
-        keepalives_count=3,
+        keepalives_idle=KEEPALIVE_IDLE_S,
+        keepalives_interval=KEEPALIVE_INTERVAL_S,
+        keepalives_count=KEEPALIVE_COUNT,
+        tcp_user_timeout=TCP_USER_TIMEOUT_MS,
     )
 
 

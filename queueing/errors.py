@@ -35,9 +35,17 @@ class InvalidData(QueueError):
     code = "invalid"
 
 
+class TooLarge(QueueError):
+    """The result would be over a size limit (a message's metadata)."""
+
+    status = 413
+    code = "metadata_too_large"
+
+
 _BY_SQLSTATE: dict[str, type[QueueError]] = {
     "GQ404": NotFound,
     "GQ409": IllegalTransition,
+    "GQ413": TooLarge,
     "GQ429": QueueFull,
     "23514": InvalidData,  # check_violation
     "22P02": InvalidData,  # invalid_text_representation

@@ -53,6 +53,7 @@ class Claim:
     attempts: int
     max_attempts: int
     started_at: datetime
+    gpu_lock: str  # the GPU lock the claim took (host/device); the job's end releases it
 
     @classmethod
     def from_row(cls, row: db.Row) -> Claim:
@@ -67,6 +68,7 @@ class Claim:
             attempts=row["attempts"],
             max_attempts=row["max_attempts"],
             started_at=row["started_at"],
+            gpu_lock=row["gpu_lock"],
         )
 
     def fence(self) -> dict[str, Any]:
@@ -156,14 +158,18 @@ async def cancel(
     return await _job_with_eta(conn, row["job"], eta)
 
 
-async def lock_and_claim(conn: db.Connection, worker_id: UUID, device: str) -> Claim | None:
-    """Take the device's GPU lock (waiting for it), then claim the next job, or release it."""
-    row = await db.fetch_one(conn, "job_lock_and_claim", {"worker_id": worker_id, "device": device})
+async def lock_and_claim(conn: db.Connection, worker_id: UUID) -> Claim | None:
+    """Take the worker's GPU lock if it is free, then claim the next job (else release it).
+
+    Never waits for the lock: None when the GPU is busy or nothing is runnable.
+    """
+    row = await db.fetch_one(conn, "job_lock_and_claim", {"worker_id": worker_id})
     return None if row is None else Claim.from_row(row)
 
 
-async def release_gpu(conn: db.Connection, device: str) -> bool:
-    return bool(await db.fetch_value(conn, "gpu_release", {"device": device}))
+async def release_gpu(conn: db.Connection, gpu_lock: str) -> bool:
+    """Release a GPU lock by name (a claim that raised leaves it held) and wake its waiters."""
+    return bool(await db.fetch_value(conn, "gpu_release", {"gpu_lock": gpu_lock}))
 
 
 async def complete(

@@ -9,7 +9,7 @@ from typing import Any
 from uuid import UUID
 
 from . import db
-from .eta import EtaModel
+from .eta import EtaModel, backoff_left_s
 
 
 async def eta_model(conn: db.Db) -> EtaModel:
@@ -43,9 +43,13 @@ class EtaCache:
 
 
 def with_eta(job: dict[str, Any], model: EtaModel) -> dict[str, Any]:
-    """Add eta_s to a job dict (null unless queued with a known model)."""
+    """Add eta_s to a job dict (null unless queued with a known model); a job waiting out a
+    retry's backoff starts no earlier than its run_after."""
+    if job.get("status") != "queued":
+        job["eta_s"] = None
+        return job
     position = job.get("queue_position") or 0
-    job["eta_s"] = model.eta_s(position) if job.get("status") == "queued" else None
+    job["eta_s"] = model.eta_s(position, backoff_left_s(job.get("run_after")))
     return job
 
 

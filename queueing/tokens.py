@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Collection
 from datetime import datetime
 
 from . import db
@@ -39,6 +40,14 @@ async def authenticate(conn: db.Db, token: str) -> Actor | None:
     if row is None or not hmac.compare_digest(bytes(row["token_hash"]), wanted):
         return None
     return Actor(user_id=row["user_id"], name=row["name"], is_admin=row["is_admin"])
+
+
+async def still_valid(conn: db.Db, digests: Collection[bytes]) -> set[bytes]:
+    """Which of these token digests are still valid, in one query however many there are."""
+    if not digests:
+        return set()
+    rows = await db.fetch_all(conn, "tokens_still_valid", {"token_hashes": list(digests)})
+    return {bytes(row["token_hash"]) for row in rows}
 
 
 async def revoke_token(conn: db.Db, token: str) -> bool:

@@ -10,14 +10,24 @@ from . import db
 
 
 async def register(
-    session: db.Connection, worker_id: UUID, *, device: str, backend: str, model: str | None
-) -> None:
-    """Record the worker under the session that runs this: that session is its liveness."""
-    await db.fetch_one(
+    session: db.Connection,
+    worker_id: UUID,
+    *,
+    host: str,
+    device: str,
+    backend: str,
+    model: str | None,
+) -> str:
+    """Record the worker under the session that runs this: that session is its liveness.
+
+    Returns the name of its GPU's lock (host/device), which the end of each job releases.
+    """
+    row = await db.fetch_one(
         session,
         "worker_register",
         {
             "worker_id": worker_id,
+            "host": host,
             "device": device,
             "backend": backend,
             "model": model,
@@ -25,6 +35,8 @@ async def register(
             "pid": os.getpid(),
         },
     )
+    assert row is not None
+    return str(row["gpu_lock"])
 
 
 async def mark_stopped(conn: db.Db, worker_id: UUID) -> None:
@@ -32,5 +44,6 @@ async def mark_stopped(conn: db.Db, worker_id: UUID) -> None:
 
 
 async def live_workers(conn: db.Db) -> list[db.Row]:
-    """Live workers with their device, current job and how long they have held the GPU lock."""
+    """Live workers with their host and device, current job and how long they have held the
+    GPU lock."""
     return await db.fetch_all(conn, "workers_live")

@@ -27,11 +27,15 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
-async def worker_session(database_url: str, device: str = "cpu") -> tuple[Any, uuid.UUID]:
+async def worker_session(
+    database_url: str, device: str = "cpu", host: str = "test-host"
+) -> tuple[Any, uuid.UUID]:
     """A registered worker's session connection, as a worker process holds one."""
-    session = await db.connect(database_url, "gpuqueue-test-worker", "-c lock_timeout=0")
+    session = await db.connect(database_url, "gpuqueue-test-worker")
     worker_id = uuid.uuid4()
-    await workers.register(session, worker_id, device=device, backend="test", model=None)
+    await workers.register(
+        session, worker_id, host=host, device=device, backend="test", model=None
+    )
     return session, worker_id
 
 

@@ -16,13 +16,13 @@ import psycopg
 from aiohttp import web
 from psycopg_pool import PoolTimeout
 
-from queueing import conversations, db, jobs, positions, workers
+from queueing import conversations, db, images, jobs, positions, workers
 from queueing.actors import Actor
 from queueing.errors import QueueFull
 
 from . import auth, validation
 from .errors import ApiError, not_found
-from .keys import ACTOR, BROADCASTER, ETA_CACHE, OPTIONS, POOL, SETTINGS
+from .keys import ACTOR, BROADCASTER, ETA_CACHE, IMAGE_LINKS, OPTIONS, POOL, SETTINGS
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -49,17 +49,34 @@ def json_response(
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Every /api request needs a valid token; the image also takes ?token= (for <img src>)."""
-    if request.path.startswith("/api/"):
-        allow_query = request.method == "GET" and request.path.endswith("/image")
-        token = auth.request_token(request, allow_query=allow_query)
+    """Every /api request needs a valid token in the Authorization header, except a signed image
+    link, which job_image checks itself. A token in a URL is never taken: links get shared."""
+    if request.path.startswith("/api/") and not _signed_image_link(request):
+        token = auth.header_token(request)
+        if token is None and "token" in request.query:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "a token in the URL is not accepted: send it as Authorization: Bearer <token> "
+                "(images: use the job's signed image_url)",
+            )
         request[ACTOR] = await auth.authenticate(request.app[POOL], token)
     response: web.StreamResponse = await handler(request)
     return response
 
 
+def _signed_image_link(request: web.Request) -> bool:
+    query = request.query
+    return request.match_info.handler is job_image and ("sig" in query or "exp" in query)
+
+
 def _actor(request: web.Request) -> Actor:
     return request[ACTOR]
+
+
+def _signed(request: web.Request, job: dict[str, Any]) -> dict[str, Any]:
+    """Job JSON as it leaves the server: its image_url a signed link (contract: Images)."""
+    return request.app[IMAGE_LINKS].sign(job)
 
 
 # -- the page and health ----------------------------------------------------------------------
@@ -149,7 +166,9 @@ async def enqueue(request: web.Request) -> web.Response:
             f"you already have {limit} jobs queued, the most one user may have at once; "
             "wait for some to start",
         ) from None
-    return json_response(job, status=202, headers={"Location": f"/api/jobs/{job['job_id']}"})
+    return json_response(
+        _signed(request, job), status=202, headers={"Location": f"/api/jobs/{job['job_id']}"}
+    )
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -158,7 +177,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     rows = await jobs.list_jobs(
         pool, conversation_id, actor=_actor(request), eta=await request.app[ETA_CACHE].get(pool)
     )
-    return json_response({"jobs": rows})
+    return json_response({"jobs": [_signed(request, row) for row in rows]})
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -167,17 +186,23 @@ async def get_job(request: web.Request) -> web.Response:
     job = await jobs.get_job(
         pool, job_id, actor=_actor(request), eta=await request.app[ETA_CACHE].get(pool)
     )
-    return json_response(job)
+    return json_response(_signed(request, job))
 
 
 async def job_image(request: web.Request) -> web.Response:
+    """The PNG: through a signed link (exp, sig) for whoever has it until it expires, cached no
+    longer than that; else for its owner, with the Authorization header."""
     job_id = validation.parse_uuid(request.match_info["id"], "job")
-    png = await jobs.job_image(request.app[POOL], job_id, actor=_actor(request))
-    return web.Response(
-        body=png,
-        content_type="image/png",
-        headers={"Cache-Control": "private, max-age=31536000, immutable"},
-    )
+    pool = request.app[POOL]
+    if _signed_image_link(request):
+        query = request.query
+        left_s = request.app[IMAGE_LINKS].check(job_id, query.get("exp"), query.get("sig"))
+        png = await images.job_image(pool, job_id)
+        cache = f"private, max-age={max(1, int(left_s))}, immutable"
+    else:
+        png = await jobs.job_image(pool, job_id, actor=_actor(request))
+        cache = "private, max-age=31536000, immutable"
+    return web.Response(body=png, content_type="image/png", headers={"Cache-Control": cache})
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -193,7 +218,7 @@ async def cancel_job(request: web.Request) -> web.Response:
         while job["status"] == "processing":
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return json_response(job, status=202)
+                return json_response(_signed(request, job), status=202)
             try:
                 # The fan-out sees the final event; the poll is the safety net.
                 async with asyncio.timeout(min(remaining, 0.5)):
@@ -206,7 +231,7 @@ async def cancel_job(request: web.Request) -> web.Response:
         broadcaster.unwatch(job_id, waiter)
     if job["status"] != "canceled":
         raise ApiError(409, "conflict", f"job {job_id} ended {job['status']} before it could stop")
-    return json_response(job)
+    return json_response(_signed(request, job))
 
 
 # -- the queue --------------------------------------------------------------------------------
@@ -224,6 +249,7 @@ async def queue(request: web.Request) -> web.Response:
         body["workers"] = [
             {
                 "worker_id": w["worker_id"],
+                "host": w["host"],
                 "device": w["device"],
                 "backend": w["backend"],
                 "model": w["model"],

@@ -14,14 +14,27 @@ from collections.abc import AsyncIterator
 
 from aiohttp import WSCloseCode, web
 
-from queueing import db
+from queueing import db, web_secrets
 from queueing.config import Settings
 from queueing.positions import EtaCache
 
 from . import api, ws
 from .broadcaster import Broadcaster, Client
 from .errors import error_middleware
-from .keys import BROADCASTER, CLIENTS, DATABASE_URL, ETA_CACHE, OPTIONS, POOL, SETTINGS, WebOptions
+from .image_links import MIN_SECRET_BYTES, SECRET_NAME, ImageLinks
+from .keys import (
+    BROADCASTER,
+    CLIENTS,
+    DATABASE_URL,
+    ETA_CACHE,
+    IMAGE_LINKS,
+    OPTIONS,
+    POOL,
+    SETTINGS,
+    TOKEN_WATCH,
+    WebOptions,
+)
+from .token_watch import TokenWatch
 from .validation import MAX_BODY_BYTES
 
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
@@ -38,6 +51,11 @@ def check_settings(settings: Settings) -> None:
         raise ValueError("GPUQUEUE_DEFAULT_MAX_ATTEMPTS must be in 1..10")
     if settings.max_queued_per_user < 1:
         raise ValueError("GPUQUEUE_MAX_QUEUED_PER_USER must be at least 1")
+    if not 1 <= settings.image_link_ttl_s <= 7 * 86400:
+        raise ValueError("GPUQUEUE_IMAGE_LINK_TTL_S must be in 1..604800 (a week)")
+    secret = settings.image_secret
+    if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
+        raise ValueError(f"GPUQUEUE_IMAGE_SECRET must be at least {MIN_SECRET_BYTES} bytes long")
 
 
 def create_app(settings: Settings, url: str, options: WebOptions | None = None) -> web.Application:
@@ -51,7 +69,9 @@ def create_app(settings: Settings, url: str, options: WebOptions | None = None) 
     app[ETA_CACHE] = EtaCache(app[OPTIONS].eta_ttl_s)
     app[CLIENTS] = weakref.WeakSet()
     app.cleanup_ctx.append(_pool_ctx)
+    app.cleanup_ctx.append(_image_links_ctx)
     app.cleanup_ctx.append(_broadcaster_ctx)
+    app.cleanup_ctx.append(_token_watch_ctx)
     app.on_shutdown.append(_close_websockets)
     app.on_response_prepare.append(_security_headers)
     api.add_routes(app)
@@ -70,11 +90,23 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     await pool.close()
 
 
+async def _image_links_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The configured secret, else the one every web server of this database shares."""
+    settings = app[SETTINGS]
+    if settings.image_secret is not None:
+        secret = settings.image_secret.encode()
+    else:
+        secret = await web_secrets.shared_secret(app[POOL], SECRET_NAME)
+    app[IMAGE_LINKS] = ImageLinks(secret, settings.image_link_ttl_s)
+    yield
+
+
 async def _broadcaster_ctx(app: web.Application) -> AsyncIterator[None]:
     broadcaster = Broadcaster(
         app[POOL],
         app[DATABASE_URL],
         eta_cache=app[ETA_CACHE],
+        image_links=app[IMAGE_LINKS],
         outbox_size=app[OPTIONS].outbox_size,
         poll_interval_s=app[SETTINGS].poll_interval_s,
     )
@@ -82,6 +114,14 @@ async def _broadcaster_ctx(app: web.Application) -> AsyncIterator[None]:
     app[BROADCASTER] = broadcaster
     yield
     await broadcaster.stop()
+
+
+async def _token_watch_ctx(app: web.Application) -> AsyncIterator[None]:
+    watch = TokenWatch(app[POOL], app[BROADCASTER], app[OPTIONS].token_check_s)
+    await watch.start()
+    app[TOKEN_WATCH] = watch
+    yield
+    await watch.stop()
 
 
 async def _close_websockets(app: web.Application) -> None:

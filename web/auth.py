@@ -1,8 +1,8 @@
 """Who is asking. A token comes as `Authorization: Bearer <token>`; browsers cannot set headers on
-a WebSocket or an <img>, so /ws and the image endpoint also take `?token=`.
+a WebSocket, so /ws also takes `?token=` (an <img> gets a signed link instead: web/image_links.py).
 
 There is no cache: every request costs one indexed lookup, and a revoked token stops working at
-once, on the next request or the next WebSocket message.
+once, on the next request or WebSocket message, and within seconds on a quiet WebSocket.
 """
 
 from __future__ import annotations
@@ -24,11 +24,9 @@ def header_token(request: web.BaseRequest) -> str | None:
     return value[len(_SCHEME) :].strip() or None
 
 
-def request_token(request: web.BaseRequest, *, allow_query: bool = False) -> str | None:
-    token = header_token(request)
-    if token is None and allow_query:
-        token = request.query.get("token") or None
-    return token
+def socket_token(request: web.BaseRequest) -> str | None:
+    """The header's token, else ?token=: only /ws takes one in its URL."""
+    return header_token(request) or request.query.get("token") or None
 
 
 async def authenticate(pool: db.Db, token: str | None) -> Actor:

@@ -37,6 +37,8 @@ from queueing.cancellation import cancel_and_wait
 from queueing.listener import CHANNEL_EVENT, CHANNEL_PROGRESS, Listener
 from queueing.positions import EtaCache
 
+from .image_links import ImageLinks
+
 log = logging.getLogger(__name__)
 
 FINAL_STATUSES = frozenset({"complete", "error", "canceled"})
@@ -250,8 +252,8 @@ def _deliver(sub: Subscription, event: Event) -> None:
     sub.client.offer(event[4])
 
 
-def _event_of(row: db.Row) -> Event:
-    event = row["event"]
+def _event_of(row: db.Row, links: ImageLinks) -> Event:
+    event = links.sign(row["event"])
     return (row["seq"], row["job_id"], event["status"], event["queue_position"], dumps(event))
 
 
@@ -262,11 +264,13 @@ class Broadcaster:
         url: str,
         *,
         eta_cache: EtaCache,
+        image_links: ImageLinks,
         outbox_size: int = 1000,
         poll_interval_s: float = 1.0,
     ) -> None:
         self._pool = pool
         self._eta = eta_cache
+        self._links = image_links
         self.outbox_size = outbox_size
         self._poll_interval_s = poll_interval_s
         self.listener = Listener(
@@ -314,6 +318,12 @@ class Broadcaster:
     async def disconnect(self, client: Client) -> None:
         self.unsubscribe(client)
         await client.stop()
+
+    def refuse_unauthorized(self, client: Client) -> None:
+        """The socket's token stopped working: nothing more for it, an error frame, close 4401."""
+        self.unsubscribe(client)
+        client.offer(error_message("unauthorized", "the token was revoked or has expired"))
+        client.close(CLOSE_UNAUTHORIZED, "unauthorized")
 
     # -- notifications ------------------------------------------------------------------------
 
@@ -435,7 +445,7 @@ class Broadcaster:
             in_conversation = by_conversation.get(row["conversation_id"])
             of_job = by_job.get(job_id)
             if in_conversation or of_job:
-                event = _event_of(row)  # serialised once for every socket
+                event = _event_of(row, self._links)  # serialised once for every socket
                 self.stats.events_routed += 1
                 for sub in in_conversation or ():
                     _deliver(sub, event)
@@ -584,7 +594,7 @@ class Broadcaster:
                     batch = []
                     for row in rows:
                         if row["seq"] > sub.delivered:
-                            event = _event_of(row)
+                            event = _event_of(row, self._links)
                             _apply(sub, event)
                             batch.append(event[4])
                     if batch:

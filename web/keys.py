@@ -14,6 +14,8 @@ from queueing.config import Settings
 from queueing.positions import EtaCache
 
 from .broadcaster import Broadcaster, Client
+from .image_links import ImageLinks
+from .token_watch import TokenWatch
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class WebOptions:
     cancel_wait_s: float = 3.0  # how long POST /cancel waits for a running job to stop
     outbox_size: int = 1000  # messages (or batches) queued per WebSocket before it is dropped
     eta_ttl_s: float = 1.0  # how long one ETA model serves HTTP reads
+    token_check_s: float = 10.0  # how often open WebSockets' tokens are checked again
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -32,5 +35,7 @@ POOL: web.AppKey[db.Pool] = web.AppKey("pool")
 ETA_CACHE = web.AppKey("eta_cache", EtaCache)
 BROADCASTER = web.AppKey("broadcaster", Broadcaster)
 CLIENTS: web.AppKey[weakref.WeakSet[Client]] = web.AppKey("clients")
+IMAGE_LINKS = web.AppKey("image_links", ImageLinks)
+TOKEN_WATCH = web.AppKey("token_watch", TokenWatch)
 
 ACTOR = web.RequestKey("actor", Actor)

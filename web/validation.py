@@ -24,7 +24,11 @@ from .errors import ApiError, bad_request, invalid, not_found
 MAX_BODY_BYTES = 64 * 1024
 MAX_PROMPT_CHARS = 2000
 MAX_TITLE_CHARS = 200
-MAX_METADATA_DEPTH = 32
+# One metadata PATCH (contract: Input limits): levels of nesting, the top object being level 1,
+# and keys counted at every depth. The merged object's size is checked in the database, under
+# the row lock (queueing.conversations.METADATA_MAX_BYTES).
+MAX_METADATA_DEPTH = 20
+MAX_METADATA_KEYS = 2000
 PRIORITY_RANGE = (-1000, 1000)
 SEED_MAX = 2**32 - 1
 RESERVED_METADATA_KEYS = ("job_id", "status", "queue_position", "error")
@@ -191,20 +195,34 @@ def metadata_patch(body: dict[str, Any]) -> dict[str, Any]:
             f"reserved: {', '.join(RESERVED_METADATA_KEYS)}",
             "reserved_fields",
         )
-    _check_json(body, "metadata", 0)
+    keys = _check_json(body, "metadata", 1)
+    if keys > MAX_METADATA_KEYS:
+        raise invalid(
+            f"a metadata patch may hold at most {MAX_METADATA_KEYS} keys, counted at every "
+            f"depth (got {keys}); send it in several patches",
+            "metadata_too_many_keys",
+        )
     return body
 
 
-def _check_json(value: Any, path: str, depth: int) -> None:
-    """Every string (keys too) storable in jsonb, and nesting PostgreSQL accepts."""
-    if depth > MAX_METADATA_DEPTH:
-        raise invalid(f"metadata is nested more than {MAX_METADATA_DEPTH} levels deep")
+def _check_json(value: Any, path: str, level: int) -> int:
+    """Every string (keys too) storable in jsonb, and containers nested at most
+    MAX_METADATA_DEPTH levels; returns the number of object keys at every depth."""
+    if isinstance(value, dict | list) and level > MAX_METADATA_DEPTH:
+        raise invalid(
+            f"metadata is nested more than {MAX_METADATA_DEPTH} levels deep at {path[:200]}",
+            "metadata_too_deep",
+        )
     if isinstance(value, str):
         check_text(value, path)
     elif isinstance(value, dict):
+        keys = len(value)
         for key, item in value.items():
             check_text(key, f"a key in {path}")
-            _check_json(item, f"{path}.{key}", depth + 1)
+            keys += _check_json(item, f"{path}.{key}", level + 1)
+        return keys
     elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _check_json(item, f"{path}[{index}]", depth + 1)
+        return sum(
+            _check_json(item, f"{path}[{index}]", level + 1) for index, item in enumerate(value)
+        )
+    return 0

@@ -7,7 +7,8 @@ Client -> server, JSON text frames:
 Server -> client: transition events, "progress", "position", then {"type": "subscribed"} once a
 subscription is caught up; {"type": "error", "error": {"code", "message"}} for a refused frame
 (the socket stays usable). The token is checked again at every client frame, so a revoked one
-is refused at once (close 4401). Frames over 64 KiB close the socket (1009).
+is refused at once (close 4401), and every few seconds for all open sockets (web/token_watch.py),
+so a quiet one is refused too. Frames over 64 KiB close the socket (1009).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from queueing import conversations, jobs, tokens
 from queueing.actors import Actor
 
 from . import auth
-from .broadcaster import CLOSE_UNAUTHORIZED, Broadcaster, Client, ClientGone, dumps, error_message
+from .broadcaster import Broadcaster, Client, ClientGone, dumps, error_message
 from .errors import ApiError
-from .keys import BROADCASTER, CLIENTS, POOL
+from .keys import BROADCASTER, CLIENTS, POOL, TOKEN_WATCH
 from .validation import parse_json
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,9 @@ class FrameError(Exception):
 
 async def websocket(request: web.Request) -> web.StreamResponse:
     pool = request.app[POOL]
-    token = auth.request_token(request, allow_query=True)
+    token = auth.socket_token(request)
     actor = await auth.authenticate(pool, token)  # 401 before the upgrade
+    assert token is not None
     # No compression: each event's text is encoded once and the same bytes go to every socket.
     ws = web.WebSocketResponse(
         heartbeat=HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES, compress=False, writer_limit=16384
@@ -59,7 +61,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     broadcaster = request.app[BROADCASTER]
     client = broadcaster.connect(ws, transport)
     request.app[CLIENTS].add(client)
-    session = _Session(request, broadcaster, client, actor, token or "")
+    watch = request.app[TOKEN_WATCH]
+    watch.add(client, token)
+    session = _Session(request, broadcaster, client, actor, token)
     try:
         async for msg in ws:
             if client.closed:
@@ -73,6 +77,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     except ClientGone:
         pass
     finally:
+        watch.discard(client)
         await broadcaster.disconnect(client)
     return ws
 
@@ -99,9 +104,7 @@ class _Session:
         try:
             actor = await tokens.authenticate(self._pool, self._token)
             if actor is None:
-                self._broadcaster.unsubscribe(client)
-                client.offer(error_message("unauthorized", "the token was revoked or has expired"))
-                client.close(CLOSE_UNAUTHORIZED, "unauthorized")
+                self._broadcaster.refuse_unauthorized(client)
                 return
             self._actor = actor
             await self._handle(self._frame(data))

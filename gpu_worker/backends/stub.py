@@ -1,7 +1,8 @@
 """A backend that fakes a GPU: it sleeps, reports steps and writes a gradient PNG.
 
 It exists for load tests and demos, so it imports neither torch nor Pillow. Markers in the
-prompt script the failure modes the worker must survive: `[fail]`, `[hang]` and `[stuck]`.
+prompt script the failure modes the worker must survive: `[fail]`, `[hang]`, `[stuck]` and
+`[badpng]` (an output that is not a PNG).
 """
 
 import hashlib
@@ -18,6 +19,7 @@ from gpu_worker.png import encode_rgb
 DELAY_ENV = "GPUQUEUE_STUB_DELAY"
 DEFAULT_DELAY_S = 0.05
 HANG_STEP_S = 0.05
+NOT_A_PNG = b"GIF89a: the stub backend's output for a [badpng] prompt"
 
 
 class StubFailure(RuntimeError):
@@ -61,6 +63,8 @@ class StubBackend:
             on_step(step, steps)
             if "[fail]" in request.prompt:
                 raise StubFailure("the stub backend failed on purpose: the prompt contains [fail]")
+        if "[badpng]" in request.prompt:
+            return NOT_A_PNG
         return render_png(request.prompt, request.seed, request.width, request.height)
 
 

@@ -76,21 +76,19 @@ SELECT c.id FROM conversations AS c
 WHERE c.id = %(conversation_id)s AND (%(owner)s::bigint IS NULL OR c.user_id = %(owner)s)
 
 -- name: conversation_jobs
--- A conversation's jobs in submission order, positions live; no row when not visible.
-SELECT (SELECT coalesce(jsonb_agg(gq_job_json(j) ORDER BY j.created_at, j.queue_seq), '[]'::jsonb)
+-- A conversation's jobs in the order the queue accepted them (queue_seq, taken under the event
+-- lock, so commit order; created_at is the transaction's start and is not), positions live; no
+-- row when not visible.
+SELECT (SELECT coalesce(jsonb_agg(gq_job_json(j) ORDER BY j.queue_seq), '[]'::jsonb)
         FROM jobs AS j WHERE j.conversation_id = c.id) AS jobs
 FROM conversations AS c
 WHERE c.id = %(conversation_id)s AND (%(owner)s::bigint IS NULL OR c.user_id = %(owner)s)
 
 -- name: message_merge_metadata
--- One statement: concurrent merges into one row serialise on its row lock and each re-reads the
--- latest version, so no field is ever lost (R7.1-7.3).
-UPDATE messages AS m
-SET extra_metadata = gq_jsonb_deep_merge(m.extra_metadata, %(patch)s)
-FROM conversations AS c
-WHERE m.id = %(message_id)s AND c.id = m.conversation_id
-  AND (%(owner)s::bigint IS NULL OR c.user_id = %(owner)s)
-RETURNING gq_message_json(m) AS message
+-- One call: concurrent merges into one row serialise on its row lock and each re-reads the
+-- latest version, so no field is ever lost (R7.1-7.3); the merged size is checked under that
+-- lock (GQ413 over max_bytes, nothing written).
+SELECT gq_merge_metadata(%(message_id)s, %(owner)s, %(patch)s, %(max_bytes)s) AS message
 
 -- name: job_enqueue
 SELECT gq_enqueue(%(conversation_id)s, %(owner)s, %(prompt)s, %(params)s, %(priority)s,
@@ -108,9 +106,10 @@ WHERE i.job_id = %(job_id)s AND (%(owner)s::bigint IS NULL OR j.user_id = %(owne
 SELECT gq_cancel(%(job_id)s, %(owner)s) AS job
 
 -- name: job_lock_and_claim
+-- No row when the worker's GPU is busy or nothing is runnable; gpu_lock names the lock taken.
 SELECT id, claim_id, message_id, conversation_id, prompt, params, timeout_s, attempts,
-       max_attempts, started_at
-FROM gq_lock_and_claim(%(worker_id)s, %(device)s)
+       max_attempts, started_at, gq_gpu_lock_name(host, device) AS gpu_lock
+FROM gq_lock_and_claim(%(worker_id)s)
 
 -- name: job_complete
 SELECT id, status FROM gq_complete(%(job_id)s, %(claim_id)s, %(png)s, %(release_device)s)
@@ -128,6 +127,35 @@ SELECT id, status FROM gq_requeue(%(job_id)s, %(claim_id)s, %(release_device)s)
 -- name: job_requeue_lost
 SELECT id, status FROM gq_requeue_lost()
 
+-- name: prune_batch
+-- One batch of `gpuqueue prune`: the next jobs by id after %(after)s that finished before the
+-- cutoff, with their events (and images when asked) deleted, in one short transaction. Only rows
+-- of finished jobs are touched and no job row is locked, so the queue never waits on it; SKIP
+-- LOCKED leaves rows another prune is deleting to that one. last_id is NULL past the last job.
+WITH batch AS (
+    SELECT id FROM jobs
+    WHERE id > %(after)s AND status IN ('complete', 'error', 'canceled')
+      AND finished_at < %(cutoff)s
+    ORDER BY id LIMIT %(limit)s),
+events AS (
+    DELETE FROM job_events WHERE seq IN (
+        SELECT e.seq FROM job_events AS e JOIN batch AS b ON b.id = e.job_id
+        FOR UPDATE OF e SKIP LOCKED)
+    RETURNING job_id),
+images AS (
+    DELETE FROM job_images WHERE %(images)s AND job_id IN (
+        SELECT i.job_id FROM job_images AS i JOIN batch AS b ON b.id = i.job_id
+        FOR UPDATE OF i SKIP LOCKED)
+    RETURNING job_id)
+SELECT (SELECT id FROM batch ORDER BY id DESC LIMIT 1) AS last_id,
+       (SELECT count(DISTINCT job_id)
+        FROM (SELECT job_id FROM events UNION ALL SELECT job_id FROM images) AS d)::integer AS jobs,
+       (SELECT count(*) FROM events)::integer AS events,
+       (SELECT count(*) FROM images)::integer AS images
+
+-- name: prune_cutoff
+SELECT now() - %(age_s)s * interval '1 second' AS cutoff
+
 -- name: job_progress
 SELECT gq_progress(%(job_id)s, %(claim_id)s, %(step)s, %(steps)s) AS cancel_requested
 
@@ -137,7 +165,7 @@ SELECT status = 'processing' AND claim_id = %(claim_id)s AS current, cancel_requ
 FROM jobs WHERE id = %(job_id)s
 
 -- name: gpu_release
-SELECT gq_release_gpu(%(device)s) AS released
+SELECT gq_release_gpu(%(gpu_lock)s) AS released
 
 -- name: job_position
 -- One job's position: two range counts over the partial index (0 once it is not queued).
@@ -155,13 +183,13 @@ LEFT JOIN (SELECT id, row_number() OVER (ORDER BY priority DESC, queue_seq) AS q
            FROM jobs WHERE status = 'queued') AS q ON q.id = w.id
 
 -- name: eta_context
--- What the ETA model needs: the mean duration of recent jobs, the live devices, and how long
--- each device's running job has been going.
+-- What the ETA model needs: the mean duration of recent jobs, the live GPUs (distinct host and
+-- device), and how long each GPU's running job has been going.
 SELECT
     (SELECT extract(epoch FROM avg(r.finished_at - r.started_at))::float8
      FROM (SELECT finished_at, started_at FROM jobs WHERE status = 'complete'
            ORDER BY finished_at DESC LIMIT 20) AS r) AS mean_duration_s,
-    (SELECT count(DISTINCT device)::integer FROM live_workers) AS devices,
+    (SELECT count(DISTINCT (host, device))::integer FROM live_workers) AS devices,
     (SELECT coalesce(array_agg(extract(epoch FROM now() - j.started_at)::float8), '{}')
      FROM jobs AS j JOIN live_workers AS w ON w.id = j.worker_id
      WHERE j.status = 'processing') AS running_elapsed_s
@@ -199,22 +227,23 @@ WHERE id = ANY(%(job_ids)s) AND (%(owner)s::bigint IS NULL OR user_id = %(owner)
 
 -- name: worker_register
 -- A worker is known by the session that runs this statement: its liveness is that session's.
-INSERT INTO workers (id, device, backend, model, hostname, pid, session_pid, session_start)
-SELECT %(worker_id)s, %(device)s, %(backend)s, %(model)s, %(hostname)s, %(pid)s,
+-- Returns the name of the GPU lock its claims take (gq_gpu_lock_name).
+INSERT INTO workers (id, host, device, backend, model, hostname, pid, session_pid, session_start)
+SELECT %(worker_id)s, %(host)s, %(device)s, %(backend)s, %(model)s, %(hostname)s, %(pid)s,
        a.pid, a.backend_start
 FROM pg_stat_activity AS a WHERE a.pid = pg_backend_pid()
-RETURNING id
+RETURNING id, gq_gpu_lock_name(host, device) AS gpu_lock
 
 -- name: worker_stop
 UPDATE workers SET stopped_at = now() WHERE id = %(worker_id)s
 
 -- name: workers_live
-SELECT w.id AS worker_id, w.device, w.backend, w.model, w.hostname, w.pid, w.started_at,
+SELECT w.id AS worker_id, w.host, w.device, w.backend, w.model, w.hostname, w.pid, w.started_at,
        j.id AS job_id,
        extract(epoch FROM now() - j.started_at)::float8 AS lock_held_s
 FROM live_workers AS w
 LEFT JOIN jobs AS j ON j.worker_id = w.id AND j.status = 'processing'
-ORDER BY w.device, w.started_at
+ORDER BY w.host, w.device, w.started_at
 
 -- name: queue_counts
 SELECT (SELECT count(*) FROM jobs WHERE status = 'queued')::integer AS queued,
@@ -278,3 +307,32 @@ SELECT p.queue_position::integer AS queue_position, p.job_id, u.name AS user_nam
 FROM queue_positions AS p JOIN users AS u ON u.id = p.user_id
 ORDER BY p.queue_position
 LIMIT %(limit)s
+
+-- name: web_secret_get_or_create
+-- The stored secret of this name, or the given one stored now; concurrent first starts all get
+-- the row that won (DO UPDATE returns the committed row, DO NOTHING would return nothing).
+INSERT INTO web_secrets (name, secret) VALUES (%(name)s, %(secret)s)
+ON CONFLICT (name) DO UPDATE SET secret = web_secrets.secret
+RETURNING secret
+
+-- name: tokens_still_valid
+-- Which of these token digests are still valid (not revoked, not expired): the periodic check
+-- of every open WebSocket's token, one query for all of them.
+SELECT token_hash FROM api_tokens
+WHERE token_hash = ANY(%(token_hashes)s::bytea[])
+  AND revoked_at IS NULL
+  AND (expires_at IS NULL OR expires_at > now())
+
+-- name: sweep_visibility
+-- Can this session judge every worker's liveness? live_workers matches each worker's
+-- backend_start, which pg_stat_activity hides for sessions of roles whose privileges we lack
+-- unless we are superuser or have pg_read_all_stats: to such a role another role's worker looks
+-- dead. hidden_workers: registered workers whose session exists but is hidden from us that way.
+SELECT current_user AS role,
+       (SELECT r.rolsuper FROM pg_roles AS r WHERE r.rolname = current_user)
+           OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS sees_all,
+       count(a.pid)::integer AS hidden_workers,
+       coalesce(string_agg(DISTINCT a.usename::text, ', '), '') AS hidden_roles
+FROM workers AS w
+JOIN pg_stat_activity AS a ON a.pid = w.session_pid AND a.backend_start IS NULL
+WHERE w.stopped_at IS NULL

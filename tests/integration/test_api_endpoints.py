@@ -292,7 +292,8 @@ async def test_jobs_are_listed_in_submission_order_with_live_positions(
 async def test_a_job_reads_back_with_its_image_once_complete(
     client: Client, user: User, worker: HandWorker
 ) -> None:
-    """Contract: GET /api/jobs/{id}; the image is 404 before completion, image/png after."""
+    """Contract: GET /api/jobs/{id}; the image is 404 before completion, image/png after, with
+    the header or through the job's signed image_url."""
     conversation_id = await new_conversation(client, user)
     job = await enqueue(client, user, conversation_id)
     read = await client.get(f"/api/jobs/{job['job_id']}", headers=user.headers)
@@ -307,7 +308,7 @@ async def test_a_job_reads_back_with_its_image_once_complete(
 
     await worker.complete(await worker.claim())
     done = await (await client.get(f"/api/jobs/{job['job_id']}", headers=user.headers)).json()
-    assert done["status"] == "complete" and done["image_url"] == image_path
+    assert done["status"] == "complete" and done["image_url"].startswith(f"{image_path}?exp=")
     assert [t["status"] for t in done["transitions"]] == [
         "pending",
         "queued",
@@ -317,10 +318,15 @@ async def test_a_job_reads_back_with_its_image_once_complete(
     image = await client.get(image_path, headers=user.headers)
     assert image.status == 200 and image.content_type == "image/png"
     assert await image.read() == PNG
-    # An <img> cannot send headers: the image alone also takes ?token=.
-    by_query = await client.get(f"{image_path}?token={user.token}")
-    assert by_query.status == 200
-    assert (await client.get(f"/api/jobs/{job['job_id']}?token={user.token}")).status == 401
+    # An <img> cannot send headers: image_url is a signed link that needs none; a token in a
+    # URL is never taken (contract: Images).
+    signed = await client.get(done["image_url"])
+    assert signed.status == 200 and await signed.read() == PNG
+    for path in (
+        f"{image_path}?token={user.token}",
+        f"/api/jobs/{job['job_id']}?token={user.token}",
+    ):
+        assert (await client.get(path)).status == 401
 
 
 async def test_eta_appears_once_durations_are_known(
@@ -450,6 +456,7 @@ async def test_queue_shows_users_devices_and_admins_lock_holders(
     assert (seen["queued"], seen["processing"]) == (1, 1)
     [w] = seen["workers"]
     assert w["worker_id"] == str(worker.worker_id) and w["device"] == "cpu"
+    assert w["host"] == "test-host"
     assert w["job_id"] == first["job_id"] and w["lock_held_s"] >= 0 and w["busy"] is True
     assert {"hostname", "pid", "backend", "started_at"} <= set(w)
     assert seen["oldest_queued_s"] >= 0

@@ -83,11 +83,11 @@ async def test_merges_racing_job_transitions_keep_both(
     session, worker_id = await worker_session(database_url)
 
     async def run_job() -> None:
-        claim = await jobs.lock_and_claim(session, worker_id, "cpu")
+        claim = await jobs.lock_and_claim(session, worker_id)
         assert claim is not None
         for step in range(1, 4):
             await jobs.report_progress(pool, claim, step, 3)
-        await jobs.complete(session, claim, PNG, release_device="cpu")
+        await jobs.complete(session, claim, PNG, release_device=claim.gpu_lock)
 
     await asyncio.gather(
         run_job(),

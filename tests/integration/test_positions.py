@@ -71,9 +71,9 @@ async def test_five_jobs_submitted_at_once_are_processed_in_order(
     by_position = [j["job_id"] for j in sorted(created, key=lambda j: j["queue_position"])]
     session, worker_id = await worker_session(database_url)
     taken = []
-    while (claim := await jobs.lock_and_claim(session, worker_id, "cpu")) is not None:
+    while (claim := await jobs.lock_and_claim(session, worker_id)) is not None:
         taken.append(str(claim.job_id))
-        assert await jobs.complete(session, claim, PNG, release_device="cpu")
+        assert await jobs.complete(session, claim, PNG, release_device=claim.gpu_lock)
     assert taken == by_position
     await session.close()
 
@@ -84,9 +84,9 @@ async def test_positions_update_when_a_job_completes_or_a_new_one_arrives(
     """R4.1, R4.2: completing the head moves everyone up; a higher-priority job goes first."""
     a, b, c = [await enqueue(pool, alice, conversation_id) for _ in range(3)]
     session, worker_id = await worker_session(database_url)
-    claim = await jobs.lock_and_claim(session, worker_id, "cpu")
+    claim = await jobs.lock_and_claim(session, worker_id)
     assert claim is not None and str(claim.job_id) == a["job_id"]
-    await jobs.complete(session, claim, PNG, release_device="cpu")
+    await jobs.complete(session, claim, PNG, release_device=claim.gpu_lock)
     got = {
         j["job_id"]: j["queue_position"]
         for j in await jobs.list_jobs(pool, conversation_id, actor=alice)
@@ -112,7 +112,7 @@ async def test_a_reload_reads_positions_from_the_database(
     first = await enqueue(pool, alice, conversation_id)
     second = await enqueue(pool, alice, conversation_id)
     session, worker_id = await worker_session(database_url)
-    claim = await jobs.lock_and_claim(session, worker_id, "cpu")
+    claim = await jobs.lock_and_claim(session, worker_id)
     assert claim is not None and str(claim.job_id) == first["job_id"]
     conversation = await get_conversation(pool, conversation_id, actor=alice)
     meta = {m["extra_metadata"]["job_id"]: m["extra_metadata"] for m in conversation["messages"]}
@@ -150,11 +150,11 @@ async def test_positions_stay_a_permutation_under_load(
         session, worker_id = await worker_session(database_url, device)
         async with session:
             while not stop.is_set():
-                claim = await jobs.lock_and_claim(session, worker_id, device)
+                claim = await jobs.lock_and_claim(session, worker_id)
                 if claim is None:
                     await asyncio.sleep(0.005)
                     continue
-                await jobs.complete(session, claim, PNG, release_device=device)
+                await jobs.complete(session, claim, PNG, release_device=claim.gpu_lock)
 
     async def observer() -> None:
         nonlocal snapshots

@@ -73,6 +73,7 @@ async def test_status_as_json_tells_the_whole_story(
     assert queue[0]["eta_s"] <= queue[1]["eta_s"] <= queue[2]["eta_s"]
     [live] = data["workers"]
     assert live["worker_id"] == str(worker.worker_id) and live["device"] == "cpu"
+    assert live["host"] == "test-host"
     assert live["job_id"] is not None and live["lock_held_s"] >= 0
     assert data["oldest_queued_s"] >= 0
 
@@ -103,6 +104,7 @@ def test_a_lock_held_too_long_is_flagged() -> None:
         "workers": [
             {
                 "worker_id": "abcdef0123",
+                "host": "box",
                 "device": "cuda:0",
                 "backend": "stub",
                 "model": None,

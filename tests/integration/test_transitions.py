@@ -51,7 +51,7 @@ async def test_processing_then_complete_sets_position_zero_and_stamps_each_trans
     running = await jobs.get_job(pool, job["job_id"], actor=alice)
     assert running["status"] == "processing" and running["queue_position"] == 0
     assert (await metadata_of(pool, alice, conversation_id, job["job_id"]))["queue_position"] == 0
-    assert await jobs.complete(worker.conn, claim, PNG, release_device="cpu")
+    assert await jobs.complete(worker.conn, claim, PNG, release_device=claim.gpu_lock)
     done = await jobs.get_job(pool, job["job_id"], actor=alice)
     assert done["status"] == "complete" and done["queue_position"] == 0
     assert done["image_url"] == f"/api/jobs/{job['job_id']}/image"
@@ -82,7 +82,7 @@ async def test_a_failure_without_attempts_left_ends_in_error_with_its_message(
         "CUDA out of memory",
         retryable=True,
         backoff=jobs.Backoff(),
-        release_device="cpu",
+        release_device=claim.gpu_lock,
     )
     assert status == "error"
     failed = await jobs.get_job(pool, job["job_id"], actor=alice)
@@ -100,7 +100,7 @@ async def test_retries_back_off_longer_each_time_until_max_attempts(
     backoff = jobs.Backoff(base_s=0.04, cap_s=10.0)
     statuses = []
     for attempt in range(1, 5):
-        claim = await eventually(lambda: jobs.lock_and_claim(worker.conn, worker.worker_id, "cpu"))
+        claim = await eventually(lambda: jobs.lock_and_claim(worker.conn, worker.worker_id))
         assert claim.attempts == attempt
         statuses.append(
             await jobs.fail(
@@ -109,7 +109,7 @@ async def test_retries_back_off_longer_each_time_until_max_attempts(
                 f"boom {attempt}",
                 retryable=True,
                 backoff=backoff,
-                release_device="cpu",
+                release_device=claim.gpu_lock,
             )
         )
     assert statuses == ["queued", "queued", "queued", "error"]
@@ -170,7 +170,7 @@ async def test_the_sweep_leaves_jobs_of_live_workers_alone(
     await jobs.enqueue(pool, conversation_id, REQUEST, actor=alice, max_queued=100)
     claim = await worker.claim()
     assert await jobs.requeue_lost(pool) == []
-    assert await jobs.complete(worker.conn, claim, PNG, release_device="cpu")
+    assert await jobs.complete(worker.conn, claim, PNG, release_device=claim.gpu_lock)
 
 
 async def test_cancel_of_a_running_job_is_requested_then_finished_by_its_worker(
@@ -182,7 +182,7 @@ async def test_cancel_of_a_running_job_is_requested_then_finished_by_its_worker(
     assert requested["status"] == "processing" and requested["cancel_requested"] is True
     assert await jobs.report_progress(pool, claim, 1, 3) is True
     assert await jobs.claim_state(pool, claim) == (True, True)
-    assert await jobs.finish_canceled(worker.conn, claim, release_device="cpu")
+    assert await jobs.finish_canceled(worker.conn, claim, release_device=claim.gpu_lock)
     assert (await jobs.get_job(pool, job["job_id"], actor=alice))["status"] == "canceled"
 
 
@@ -193,7 +193,7 @@ async def test_a_graceful_requeue_keeps_the_place_and_does_not_count_the_attempt
     await jobs.enqueue(pool, conversation_id, REQUEST, actor=alice, max_queued=100)
     claim = await worker.claim()
     assert str(claim.job_id) == first["job_id"]
-    assert await jobs.requeue(worker.conn, claim, release_device="cpu") == "queued"
+    assert await jobs.requeue(worker.conn, claim, release_device=claim.gpu_lock) == "queued"
     back = await jobs.get_job(pool, first["job_id"], actor=alice)
     assert back["queue_position"] == 1 and back["attempts"] == 0
 

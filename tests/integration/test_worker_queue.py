@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
+from gpu_worker.worker import Worker
 from queueing import db, jobs
 from queueing.actors import Actor
 from tests.helpers import eventually
@@ -234,21 +235,24 @@ async def test_a_side_task_that_dies_stops_the_worker(
     pool: db.Pool, conversation_id: str, alice: Actor, start_worker: StartWorker,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Procrastinate's rule (issue 3): when a side task (here the sweep) dies of an unexpected
-    error, the worker hands its running job back and stops with exit 1 instead of limping on."""
-    sweep_may_fail = asyncio.Event()
-    real_requeue_lost = jobs.requeue_lost
+    """Procrastinate's rule (issue 3): when a side task (here the listener) dies of an
+    unexpected error, the worker hands its running job back and stops with exit 1 instead of
+    limping on. (The sweep is not such a task: a sweep that raises is retried, see
+    test_job_failures.py.)"""
+    listener_may_fail = asyncio.Event()
+    real_on_notify = Worker._on_notify
 
-    async def failing_requeue_lost(conn: db.Db) -> list[db.Row]:
-        if sweep_may_fail.is_set():
-            raise RuntimeError("a bug in the sweep")
-        return await real_requeue_lost(conn)
+    def failing_on_notify(self: Worker, channel: str, payload: str) -> None:
+        if listener_may_fail.is_set():
+            raise RuntimeError("a bug in the listener")
+        real_on_notify(self, channel, payload)
 
-    monkeypatch.setattr(jobs, "requeue_lost", failing_requeue_lost)
+    monkeypatch.setattr(Worker, "_on_notify", failing_on_notify)
     job_id = await submit(pool, conversation_id, alice, "[hang]", timeout_s=60)
     handle = start_worker()
     await wait_status(pool, job_id, "processing")
-    sweep_may_fail.set()
+    listener_may_fail.set()
+    await submit(pool, conversation_id, alice, "its NOTIFY reaches the failing handler")
     assert await asyncio.wait_for(handle.task, 5) == 1
     seen = await job(pool, job_id)
     assert (seen["status"], seen["attempts"]) == ("queued", 0)

@@ -96,7 +96,7 @@ async def test_every_transition_is_a_message_with_the_current_position(
     await worker.complete(claim)
     complete = await next_of(ws, "complete")
     assert set(complete) == EVENT_KEYS | {"image_url"}
-    assert complete["image_url"] == f"/api/jobs/{job['job_id']}/image"
+    assert complete["image_url"].startswith(f"/api/jobs/{job['job_id']}/image?exp=")
     assert complete["queue_position"] == 0
 
     failing = await enqueue(client, alice, conversation_id, prompt="doomed")

@@ -84,13 +84,13 @@ class HandWorker:
 
     async def claim(self) -> jobs.Claim:
         assert self.conn is not None
-        claim = await jobs.lock_and_claim(self.conn, self.worker_id, self.device)
+        claim = await jobs.lock_and_claim(self.conn, self.worker_id)
         assert claim is not None, "nothing to claim"
         return claim
 
     async def complete(self, claim: jobs.Claim) -> None:
         assert self.conn is not None
-        assert await jobs.complete(self.conn, claim, PNG, release_device=self.device)
+        assert await jobs.complete(self.conn, claim, PNG, release_device=claim.gpu_lock)
 
     async def fail(self, claim: jobs.Claim, error: str, *, retryable: bool = False) -> str | None:
         assert self.conn is not None
@@ -100,12 +100,12 @@ class HandWorker:
             error,
             retryable=retryable,
             backoff=jobs.Backoff(0.01, 0.01),
-            release_device=self.device,
+            release_device=claim.gpu_lock,
         )
 
     async def finish_canceled(self, claim: jobs.Claim) -> None:
         assert self.conn is not None
-        assert await jobs.finish_canceled(self.conn, claim, release_device=self.device)
+        assert await jobs.finish_canceled(self.conn, claim, release_device=claim.gpu_lock)
 
     async def progress(self, claim: jobs.Claim, step: int, steps: int) -> bool | None:
         assert self.conn is not None

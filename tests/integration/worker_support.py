@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,14 +139,17 @@ class InProcessWorker:
 
 
 @pytest.fixture(name="start_worker")
-async def start_worker_fixture(database_url: str) -> AsyncIterator[Callable[..., InProcessWorker]]:
-    """start_worker(device=..., delay=..., **config) -> a running in-process stub worker."""
+async def start_worker_fixture(
+    database_url: str, tmp_path: Path
+) -> AsyncIterator[Callable[..., InProcessWorker]]:
+    """start_worker(device=..., delay=..., **config) -> a running in-process stub worker. Its
+    device lock files live in the test's own folder, apart from every other test's workers."""
     started: list[InProcessWorker] = []
 
     def start(device: str = "cuda:0", delay: float = 0.0, **config: Any) -> InProcessWorker:
         worker = Worker(
             database_url, device=device, backend=StubBackend(delay=delay), backend_name="stub",
-            config=fast_config(**config),
+            config=fast_config(**{"gpu_lock_dir": tmp_path / "gpu-locks", **config}),
         )
         handle = InProcessWorker(worker)
         started.append(handle)
@@ -165,14 +168,17 @@ class WorkerProcess:
     """`gpuqueue worker` as a subprocess, its log in a file the test can read."""
 
     def __init__(self, url: str, log_path: Path, device: str, backend: str,
-                 env: dict[str, str]) -> None:
+                 env: dict[str, str], *, args: Sequence[str] = (),
+                 prefix: Sequence[str] = ()) -> None:
+        """`args` go after `worker`; `prefix` runs the command (e.g. unshare), which must end
+        by exec-ing it, so that pid is the worker's."""
         self.log_path = log_path
         self.device = device
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
         with log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gpuqueue.cli", "--database-url", url, "worker",
-                 "--backend", backend, "--device", device],
+                [*prefix, sys.executable, "-m", "gpuqueue.cli", "--database-url", url, "worker",
+                 "--backend", backend, "--device", device, *args],
                 cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT,
             )
 
@@ -219,13 +225,22 @@ class WorkerProcess:
 def spawn_worker_fixture(
     database_url: str, tmp_path: Path
 ) -> Iterator[Callable[..., WorkerProcess]]:
-    """spawn_worker(device=..., backend="stub", **env) -> a `gpuqueue worker` subprocess."""
+    """spawn_worker(device=..., backend="stub", args=(), prefix=(), **env) -> a `gpuqueue
+    worker` subprocess; device lock files in the test's own folder unless env names others."""
     spawned: list[WorkerProcess] = []
 
-    def spawn(device: str = "cuda:0", backend: str = "stub", **env: str) -> WorkerProcess:
-        base = {"GPUQUEUE_POLL_INTERVAL_S": "0.2", "GPUQUEUE_SWEEP_INTERVAL_S": "0.2"}
+    def spawn(
+        device: str = "cuda:0", backend: str = "stub", *, args: Sequence[str] = (),
+        prefix: Sequence[str] = (), **env: str,
+    ) -> WorkerProcess:
+        base = {
+            "GPUQUEUE_POLL_INTERVAL_S": "0.2", "GPUQUEUE_SWEEP_INTERVAL_S": "0.2",
+            "GPUQUEUE_GPU_LOCK_DIR": str(tmp_path / "gpu-locks"),
+        }
         log_path = tmp_path / f"worker-{len(spawned)}.log"
-        proc = WorkerProcess(database_url, log_path, device, backend, {**base, **env})
+        proc = WorkerProcess(
+            database_url, log_path, device, backend, {**base, **env}, args=args, prefix=prefix
+        )
         spawned.append(proc)
         return proc
 

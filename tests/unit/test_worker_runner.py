@@ -37,7 +37,7 @@ def make_claim(params: dict[str, Any] | None = None, timeout_s: int = 5) -> Clai
     return Claim(
         job_id=uuid.uuid4(), claim_id=1, message_id=uuid.uuid4(), conversation_id=uuid.uuid4(),
         prompt="a fox", params=params if params is not None else {}, timeout_s=timeout_s,
-        attempts=1, max_attempts=3, started_at=datetime.now(UTC),
+        attempts=1, max_attempts=3, started_at=datetime.now(UTC), gpu_lock="test-host/cpu",
     )
 
 
@@ -147,9 +147,9 @@ def test_the_worker_config_follows_the_settings(monkeypatch: pytest.MonkeyPatch)
 async def test_the_watchdog_warns_each_interval_while_the_lock_is_held(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """R2.5: a WARNING naming the job and the device once the lock is held longer than the
+    """R2.5: a WARNING naming the job and the GPU once the lock is held longer than the
     threshold, again at each further interval, and none after the release."""
-    watchdog = LockWatchdog("cuda:7", warn_s=0.05)
+    watchdog = LockWatchdog(warn_s=0.05)
     claim = make_claim()
     with caplog.at_level(logging.WARNING, logger="gpu_worker.gpu_lock"):
         watchdog.held(claim)
@@ -162,4 +162,4 @@ async def test_the_watchdog_warns_each_interval_while_the_lock_is_held(
         await asyncio.sleep(0.12)
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2
-    assert all("cuda:7" in m and str(claim.job_id) in m for m in messages)
+    assert all("test-host/cpu" in m and str(claim.job_id) in m for m in messages)

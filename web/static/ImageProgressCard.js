@@ -15,13 +15,22 @@ const BADGES = {
 
 let nextId = 0;
 
+// Whole seconds until a queued job may run again (a retry waiting out its backoff: run_after is
+// ahead); 0 when it may run now.
+export function retryInSeconds(job, now = Date.now()) {
+  if (job.status !== "queued" || !job.run_after) return 0;
+  const ms = Date.parse(job.run_after) - now;
+  return Number.isFinite(ms) && ms > 0 ? Math.ceil(ms / 1000) : 0;
+}
+
 // What the status line says after its badge (read out politely by screen readers as it
-// changes); empty where the badge says it all.
+// changes, so nothing here ticks every second); empty where the badge says it all.
 export function statusDetail(job) {
   switch (job.status) {
     case "pending":
       return "waiting to join the queue";
     case "queued":
+      if (retryInSeconds(job) > 0) return "waiting to retry";
       return job.attempts > 0 && job.error
         ? `retrying · ${positionText(job.queue_position)}`
         : positionText(job.queue_position);
@@ -47,11 +56,14 @@ function paramsText(job) {
 }
 
 export class ImageProgressCard {
-  // actions: { onCancel(job), onRetry(job), loadImage(job) -> Promise<object URL> }
+  // actions: { onCancel(job), onRetry(job), onImageError(job) (asks for a fresh image_url) }
   constructor(job, actions) {
     this.actions = actions;
     this.job = null;
-    this._imageFor = null;
+    this._imageShown = false;
+    this._imageLoading = false;
+    this._imageFailedAt = 0;
+    this._imageFailedUrl = null;
     const id = `card-${nextId++}`;
 
     this.ordinalEl = h("span", { class: "ordinal" });
@@ -130,14 +142,8 @@ export class ImageProgressCard {
     el.classList.toggle("is-partial", Boolean(job._partial));
 
     setText(this.badge, BADGES[status] || status);
-    setText(this.statusEl, statusDetail(job));
 
-    // The big number on the placeholder while queued; nothing while it is running.
     const queued = status === "queued" || status === "pending";
-    const inLine = status === "queued" && job.queue_position > 0;
-    setText(this.ordinalEl, inLine ? ordinal(job.queue_position) : "");
-    show(this.ordinalCaption, inLine);
-
     this.refreshEta();
 
     const progress = status === "processing" ? job.progress : null;
@@ -176,22 +182,34 @@ export class ImageProgressCard {
     show(this.retryButton, status === "error" || status === "canceled");
     this.retryButton.disabled = Boolean(job._partial);
 
-    const retryDue = !this._imageFailedAt || Date.now() - this._imageFailedAt > 5000;
-    if (status === "complete" && job.image_url && this._imageFor !== job.image_url && retryDue) {
+    // A failed link is tried again when a fresh one comes, or after 5 s.
+    const retryDue = job.image_url !== this._imageFailedUrl ||
+      Date.now() - this._imageFailedAt > 5000;
+    if (status === "complete" && job.image_url && !this._imageShown && !this._imageLoading &&
+        retryDue) {
       this._loadImage(job);
     }
-    const hasImage = status === "complete" && Boolean(this.img.getAttribute("src"));
+    const hasImage = status === "complete" && this._imageShown;
+    // The newest link, so a download long after the image appeared is not an expired one.
+    if (hasImage && job.image_url) this.downloadLink.href = job.image_url;
     show(this.img, hasImage);
     show(this.placeholder, !hasImage);
     show(this.downloadLink, hasImage);
   }
 
-  // The server's ETA, less the time since it was computed (the page ticks this every second,
-  // so "starts in about 20 s" does not stand still while a long job runs).
+  // What changes with time alone, refreshed every second by the page: the server's ETA less
+  // the time since it was computed (so "starts in about 20 s" does not stand still), and a
+  // retry's countdown to its run_after (a job waiting out its backoff is not next in line).
   refreshEta() {
     const job = this.job;
+    const retryIn = retryInSeconds(job);
+    setText(this.statusEl, statusDetail(job));
+    const inLine = job.status === "queued" && job.queue_position > 0 && retryIn === 0;
+    setText(this.ordinalEl, inLine ? ordinal(job.queue_position) : "");
+    show(this.ordinalCaption, inLine);
     let eta = "";
-    if (job.status === "queued" && job.eta_s !== null && job.eta_s !== undefined) {
+    if (retryIn > 0) eta = `retrying in ${retryIn} s`;
+    else if (job.status === "queued" && job.eta_s !== null && job.eta_s !== undefined) {
       const aged = job._etaAt ? (Date.now() - job._etaAt) / 1000 : 0;
       eta = etaText(Math.max(0, job.eta_s - aged));
     }
@@ -199,23 +217,26 @@ export class ImageProgressCard {
     show(this.etaEl, Boolean(eta));
   }
 
+  // A plain <img>: image_url is a signed link that needs no header (contract: Images). Once
+  // the image shows, a fresher link to it (a new signature) is not loaded again.
   async _loadImage(job) {
     const url = job.image_url;
-    this._imageFor = url;
+    this._imageLoading = true;
     this.element.classList.add("is-loading-image");
     try {
-      const objectUrl = await this.actions.loadImage(job);
-      if (this._imageFor !== url) return;
-      this.img.src = objectUrl;
-      this.downloadLink.href = objectUrl;
+      this.img.src = url;
+      await this.img.decode();
+      this._imageShown = true;
       const seed = job.params && job.params.seed;
       this.downloadLink.download = `gpuqueue-${seed ?? job.job_id}.png`;
-      await this.img.decode().catch(() => {});
     } catch (err) {
-      this._imageFor = null;
+      this.img.removeAttribute("src");
       this._imageFailedAt = Date.now();
+      this._imageFailedUrl = url;
       setText(this.metaEl, `${paramsText(job)} · the image could not be loaded`);
+      this.actions.onImageError(job); // the link may have expired: read the job again
     } finally {
+      this._imageLoading = false;
       this.element.classList.remove("is-loading-image");
       if (this.job) this.update(this.job);
     }

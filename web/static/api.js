@@ -79,21 +79,4 @@ export const api = {
   submitImage: (conversationId, body) =>
     request("POST", `/api/conversations/${enc(conversationId)}/images`, body),
   cancelJob: (jobId) => request("POST", `/api/jobs/${enc(jobId)}/cancel`),
-
-  // An <img> cannot send the Authorization header, so the PNG comes through fetch.
-  async imageBlob(url) {
-    let response;
-    try {
-      response = await fetch(url, {
-        headers: { Authorization: `Bearer ${getToken()}` },
-        cache: "force-cache",
-      });
-    } catch {
-      throw new ApiError(0, "network", "The image could not be loaded.");
-    }
-    if (!response.ok) {
-      throw new ApiError(response.status, "image", "The image could not be loaded.");
-    }
-    return response.blob();
-  },
 };

@@ -24,7 +24,6 @@ const CLOSE_UNAUTHORIZED = 4401;
 
 const store = createImageJobsStore();
 const cards = new Map(); // job_id -> ImageProgressCard
-const imageUrls = new Map(); // image_url -> object URL (revoked when the conversation changes)
 const fetchingDetails = new Set();
 let currentId = null;
 let snapshotSeq = 0; // the `seq` the last snapshot said it includes (0 when it says nothing)
@@ -84,7 +83,11 @@ const socket = new LiveSocket({
       showNotice(error.message || "The server refused the subscription.");
       return;
     }
-    store.applyMessage(message);
+    const changed = store.applyMessage(message);
+    // A retry's event does not say when it may run again; its job does (run_after).
+    if (changed && message.type === "queued" && message.error) {
+      fetchDetails(String(message.job_id));
+    }
     if (message.type === "subscribed") socket.markLive();
   },
   onState: (state, detail) => {
@@ -208,13 +211,9 @@ const cardActions = {
     }
   },
 
-  async loadImage(job) {
-    const url = job.image_url;
-    if (!imageUrls.has(url)) {
-      const blob = await api.imageBlob(url);
-      imageUrls.set(url, URL.createObjectURL(blob));
-    }
-    return imageUrls.get(url);
+  // The image's signed link failed (it may have expired): the job, read again, has a fresh one.
+  onImageError(job) {
+    fetchDetails(job.job_id);
   },
 };
 
@@ -235,8 +234,6 @@ async function openConversation(id, { push = false } = {}) {
   socket.stop();
   for (const card of cards.values()) card.element.remove();
   cards.clear();
-  for (const url of imageUrls.values()) URL.revokeObjectURL(url);
-  imageUrls.clear();
   store.reset(id);
   snapshotSeq = 0;
   caughtUpOnce = false;

@@ -215,7 +215,7 @@ export class ImageJobsStore {
     }
     if (FINAL_STATUSES.has(status)) next.finished_at = event.at;
     if (status === "error" || event.error !== undefined) next.error = event.error ?? next.error;
-    if (status === "complete") next.image_url = event.image_url || `/api/jobs/${id}/image`;
+    if (status === "complete") next.image_url = event.image_url || null; // a signed link
     next.transitions = [...(job.transitions || []), { status, at: event.at }];
     this._jobs.set(id, next);
     return true;
@@ -258,7 +258,7 @@ export class ImageJobsStore {
 
 function sameJob(a, b) {
   const keys = ["status", "queue_position", "eta_s", "error", "image_url", "cancel_requested",
-    "attempts", "prompt"];
+    "attempts", "prompt", "run_after"];
   for (const key of keys) if (a[key] !== b[key]) return false;
   const pa = a.progress;
   const pb = b.progress;
