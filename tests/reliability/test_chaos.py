@@ -87,7 +87,7 @@ WORKERS = (
     WorkerSpec("chaos-a", "cuda:0", "0.12"),
     WorkerSpec("chaos-a", "cuda:1", "0.08"),
     WorkerSpec("chaos-b", "cuda:0", "0.05", plain_role=True),
-    WorkerSpec("chaos-lost", "cuda:0", "0.1", over_tcp=True),
+    WorkerSpec("chaos-lost", "cuda:0", "0.3", over_tcp=True),
 )
 PLAIN_ROLE = "chaos_plain"
 HOST_LOSS_BOUND_S = 30.0
@@ -196,6 +196,11 @@ class ChaosRun:
 
 def _utc(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
+
+
+def _stopped(pid: int) -> bool:
+    """Whether the process is stopped by a signal (state T in /proc/<pid>/stat)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -457,48 +462,62 @@ class Scenario:
         if unavailable is not None:
             self.note(f"host loss skipped: {unavailable}")
             return
-        found: list[db.Row] = []
+        held = (
+            "SELECT j.id FROM jobs AS j JOIN workers AS w ON w.id = j.worker_id"
+            " WHERE j.status = 'processing' AND w.pid = %(pid)s"
+        )
+        for _ in range(5):
+            found: list[db.Row] = []
 
-        async def running_a_job() -> bool:
-            found[:] = await self.rows(
-                "SELECT j.id FROM jobs AS j JOIN workers AS w ON w.id = j.worker_id"
-                " WHERE j.status = 'processing' AND w.pid = %(pid)s",
-                {"pid": victim.pid},
-            )
-            return bool(found)
+            async def running_a_job(found: list[db.Row] = found) -> bool:
+                found[:] = await self.rows(held, {"pid": victim.pid})
+                return bool(found)
 
-        try:
-            await eventually(running_a_job, within=30, interval=0.02)
-        except AssertionError:
-            self.note(f"host loss skipped: worker {victim.pid} never ran a job")
+            try:
+                await eventually(running_a_job, within=30, interval=0.02)
+            except AssertionError:
+                break
+            ports = tcp_ports_to(victim.pid, self.server.tcp_port)
+            with dropped_tcp(ports, self.server.tcp_port):
+                victim.proc.send_signal(signal.SIGSTOP)
+                frozen = time.time()
+
+                async def frozen_now() -> bool:
+                    return _stopped(victim.pid)
+
+                await eventually(frozen_now, within=5, interval=0.001)
+                # Only a job it still holds once frozen measures anything: it may have ended
+                # that one meanwhile. Then it runs on (its packets were dropped for a moment).
+                still = await self.rows(held, {"pid": victim.pid})
+                if not still:
+                    victim.proc.send_signal(signal.SIGCONT)
+                    continue
+                job_id = still[0]["id"]
+                self.run.deaths[victim.pid] = _utc(frozen)  # it runs nothing after this
+                self.note(f"host lost: worker {victim.pid} frozen during job {job_id}, "
+                          f"ports {sorted(ports)} dropped")  # fmt: skip
+
+                async def claimed_elsewhere(job_id: UUID = job_id) -> bool:
+                    again = await self.rows(
+                        "SELECT 1 FROM jobs AS j JOIN workers AS w ON w.id = j.worker_id"
+                        " WHERE j.id = %(job)s AND w.pid <> %(pid)s"
+                        " UNION ALL SELECT 1 FROM jobs WHERE id = %(job)s"
+                        " AND status IN ('complete', 'error', 'canceled')",
+                        {"job": job_id, "pid": victim.pid})  # fmt: skip
+                    return bool(again)
+
+                with contextlib.suppress(AssertionError):
+                    await eventually(claimed_elsewhere, within=HOST_LOSS_BOUND_S + 30,
+                                     interval=0.05)  # fmt: skip
+                self.run.host_loss_s = time.time() - frozen
+                self.run.host_loss_job = job_id
+                victim.proc.kill()
+                await asyncio.to_thread(victim.proc.wait)
+            self.killed.add(victim.pid)
+            self.note(f"host loss: job {job_id} taken on after {self.run.host_loss_s:.1f} s; "
+                      f"worker {victim.pid} killed")  # fmt: skip
             return
-        job_id = found[0]["id"]
-        ports = tcp_ports_to(victim.pid, self.server.tcp_port)
-        with dropped_tcp(ports, self.server.tcp_port):
-            victim.proc.send_signal(signal.SIGSTOP)
-            frozen = time.time()
-            self.run.deaths[victim.pid] = _utc(frozen)  # it runs nothing after this
-            self.note(f"host lost: worker {victim.pid} frozen during job {job_id}, "
-                      f"ports {sorted(ports)} dropped")  # fmt: skip
-
-            async def claimed_elsewhere() -> bool:
-                again = await self.rows(
-                    "SELECT 1 FROM jobs AS j JOIN workers AS w ON w.id = j.worker_id"
-                    " WHERE j.id = %(job)s AND w.pid <> %(pid)s"
-                    " UNION ALL SELECT 1 FROM jobs WHERE id = %(job)s"
-                    " AND status IN ('complete', 'error', 'canceled')",
-                    {"job": job_id, "pid": victim.pid})  # fmt: skip
-                return bool(again)
-
-            with contextlib.suppress(AssertionError):
-                await eventually(claimed_elsewhere, within=HOST_LOSS_BOUND_S + 30, interval=0.05)
-            self.run.host_loss_s = time.time() - frozen
-            self.run.host_loss_job = job_id
-            victim.proc.kill()
-            await asyncio.to_thread(victim.proc.wait)
-        self.killed.add(victim.pid)
-        self.note(f"host loss: job {job_id} taken on after {self.run.host_loss_s:.1f} s; "
-                  f"worker {victim.pid} killed")  # fmt: skip
+        self.note(f"host loss skipped: worker {victim.pid} never held a job when frozen")
 
     async def restart_server(self) -> None:
         self.note("pg_ctl restart (fast)")
