@@ -25,7 +25,7 @@ migrate: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check queueing
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy queueing web gpu_worker gpuqueue bench
 
 bench: $(STAMP)

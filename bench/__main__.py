@@ -62,12 +62,18 @@ def ensure_peer_installed() -> str | None:
 def _git_commit() -> str:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=env.ROOT, capture_output=True,
-            text=True, check=False,
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=env.ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=env.ROOT,
-            capture_output=True, text=True, check=False,
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=env.ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         return out.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
     except OSError:
@@ -84,9 +90,7 @@ async def _server_facts(admin_url: str) -> dict[str, Any]:
         await conn.close()
 
 
-async def run_families(
-    names: Sequence[str], ctx: Context
-) -> list[Figure]:
+async def run_families(names: Sequence[str], ctx: Context) -> list[Figure]:
     figures: list[Figure] = []
     for name in names:
         started = time.perf_counter()
@@ -106,7 +110,9 @@ async def run_families(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "families", nargs="*", metavar="family",
+        "families",
+        nargs="*",
+        metavar="family",
         help=f"families to run (default: all): {', '.join(FAMILIES)}",
     )
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for development")

@@ -56,8 +56,11 @@ async def run(ctx: Context) -> list[Figure]:
     rss: list[float] = []
     async with ctx.database(FAMILY) as bdb:
         direct = await env.start(
-            ctx, "diffusers-direct", ["-m", "bench.diffusers_direct", str(data_dir)],
-            env=THREADS, pipes=True,
+            ctx,
+            "diffusers-direct",
+            ["-m", "bench.diffusers_direct", str(data_dir)],
+            env=THREADS,
+            pipes=True,
         )
         async with env.running(direct):
             await _ask(direct, {})  # ready: the model is built and loaded
@@ -78,19 +81,35 @@ async def run(ctx: Context) -> list[Figure]:
     per_queue, per_direct = queue_s / images, direct_s / images
     growth = (rss[-1] / rss[0] - 1) * 100
     return [
-        Figure(FAMILY, "tiny diffusers, seconds per 64x64 image (3 steps, CPU)",
-               f"{rounds} x {n} images", "s/image", per_queue, per_direct,
-               "the pipeline called directly", (ratio_at_most(1.05),),
-               "queue overhead = ratio - 1; OMP_NUM_THREADS=1 for both (see bench/README.md)"),
-        Figure(FAMILY, "worker RSS growth over tiny-diffusers jobs, after warm-up",
-               f"{images} jobs", "%", growth, None, "", (at_most(5.0, "%"),),
-               f"RSS {rss[0]:.1f} MiB after {warm} warm-up jobs, then "
-               f"{' → '.join(f'{r:.1f}' for r in rss[1:])} MiB after each {n}"),
+        Figure(
+            FAMILY,
+            "tiny diffusers, seconds per 64x64 image (3 steps, CPU)",
+            f"{rounds} x {n} images",
+            "s/image",
+            per_queue,
+            per_direct,
+            "the pipeline called directly",
+            (ratio_at_most(1.05),),
+            "queue overhead = ratio - 1; OMP_NUM_THREADS=1 for both (see bench/README.md)",
+        ),
+        Figure(
+            FAMILY,
+            "worker RSS growth over tiny-diffusers jobs, after warm-up",
+            f"{images} jobs",
+            "%",
+            growth,
+            None,
+            "",
+            (at_most(5.0, "%"),),
+            f"RSS {rss[0]:.1f} MiB after {warm} warm-up jobs, then "
+            f"{' → '.join(f'{r:.1f}' for r in rss[1:])} MiB after each {n}",
+        ),
     ]
 
 
 async def _batch(bdb: env.BenchDb, prompt: str, n: int, seed: int) -> float:
     """n jobs with seeds seed, seed+1, ... put in the queue at once; returns their GPU span."""
-    await env.seed(bdb, n, status="queued", prompt=prompt, params=PARAMS, seed_base=seed - 1,
-                   wake=True)
+    await env.seed(
+        bdb, n, status="queued", prompt=prompt, params=PARAMS, seed_base=seed - 1, wake=True
+    )
     return await env.wait_batch(bdb, prompt, n, limit_s=600)

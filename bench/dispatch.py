@@ -163,7 +163,10 @@ async def worker_loop(bdb: BenchDb, n: int, device: str) -> Loop:
             return session
 
     worker = TimedWorker(
-        bdb.url, device=device, backend=StubBackend(delay=0.0), backend_name="stub",
+        bdb.url,
+        device=device,
+        backend=StubBackend(delay=0.0),
+        backend_name="stub",
         config=worker_module.WorkerConfig(),
     )
     quiet = logging.getLogger("gpu_worker")
@@ -220,18 +223,34 @@ async def run(ctx: Context) -> list[Figure]:
     ceiling, queue, worker = loops["ceiling"], loops["queueing"], loops["worker"]
     at = f"{rounds} x {n:,} jobs"
     figures = [
-        Figure(FAMILY, "dispatch no-op jobs, one worker: queueing.jobs directly", at,
-               "jobs/s", queue.rate, ceiling.rate, CEILING, (ratio_at_least(0.7),),
-               "claim + complete per job: GPU lock taken and released, events, metadata merge, "
-               "NOTIFY, image; rounds interleaved with the ceiling's"),
+        Figure(
+            FAMILY,
+            "dispatch no-op jobs, one worker: queueing.jobs directly",
+            at,
+            "jobs/s",
+            queue.rate,
+            ceiling.rate,
+            CEILING,
+            (ratio_at_least(0.7),),
+            "claim + complete per job: GPU lock taken and released, events, metadata merge, "
+            "NOTIFY, image; rounds interleaved with the ceiling's",
+        ),
     ]
     figures += _gaps("queueing.jobs loop", queue, ceiling, at)
     if worker.jobs:
         figures.append(
-            Figure(FAMILY, "dispatch no-op jobs: the worker's loop (in-process)", at,
-                   "jobs/s", worker.rate, ceiling.rate, CEILING, (),
-                   "gpu_worker Worker + stub backend (0 s), run in the bench process to time "
-                   "its loop; the process figure is in the worker family")
+            Figure(
+                FAMILY,
+                "dispatch no-op jobs: the worker's loop (in-process)",
+                at,
+                "jobs/s",
+                worker.rate,
+                ceiling.rate,
+                CEILING,
+                (),
+                "gpu_worker Worker + stub backend (0 s), run in the bench process to time "
+                "its loop; the process figure is in the worker family",
+            )
         )
         figures += _gaps("the worker's loop", worker, ceiling, at)
     else:
@@ -250,8 +269,26 @@ async def _drain(bdb: BenchDb) -> None:
 def _gaps(label: str, ours: Loop, ceiling: Loop, at: str) -> list[Figure]:
     note = f"complete returned → next claim returned, {len(ours.gaps):,} hand-offs"
     return [
-        Figure(FAMILY, f"GPU hand-off gap p50: {label}", at, "ms", ms(p50(ours.gaps)),
-               ms(p50(ceiling.gaps)), CEILING, (at_most(1.0, "ms"),), note),
-        Figure(FAMILY, f"GPU hand-off gap p99: {label}", at, "ms", ms(p99(ours.gaps)),
-               ms(p99(ceiling.gaps)), CEILING, (), note),
+        Figure(
+            FAMILY,
+            f"GPU hand-off gap p50: {label}",
+            at,
+            "ms",
+            ms(p50(ours.gaps)),
+            ms(p50(ceiling.gaps)),
+            CEILING,
+            (at_most(1.0, "ms"),),
+            note,
+        ),
+        Figure(
+            FAMILY,
+            f"GPU hand-off gap p99: {label}",
+            at,
+            "ms",
+            ms(p99(ours.gaps)),
+            ms(p99(ceiling.gaps)),
+            CEILING,
+            (),
+            note,
+        ),
     ]

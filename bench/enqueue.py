@@ -51,7 +51,11 @@ class Enqueuers:
     async def ours(self, conn: db.Connection) -> Any:
         user = next(self._users)
         return await jobs.enqueue(
-            conn, user.conversation_id, self._request, actor=user.actor, max_queued=MAX_QUEUED,
+            conn,
+            user.conversation_id,
+            self._request,
+            actor=user.actor,
+            max_queued=MAX_QUEUED,
             eta=self._eta,
         )
 
@@ -176,17 +180,41 @@ async def run(ctx: Context) -> list[Figure]:
         return ", ".join(f"{r:,.0f}" for r in rates[name])
 
     return [
-        Figure(FAMILY, "enqueue one job p50, one connection", "one connection", "ms",
-               ms(p50(ours)), ms(p50(ceiling)), CEILING, (),
-               f"p99 ours {ms(p99(ours)):.2f} ms, ceiling {ms(p99(ceiling)):.2f} ms; "
-               f"{len(ours)} samples each"),
-        Figure(FAMILY, "enqueue throughput, 8 connections", "8 connections", "jobs/s",
-               mean["ours"], mean["ceiling"], CEILING, (ratio_at_least(0.5),),
-               f"mean of 3 interleaved rounds of {seconds:g} s (ours {spread('ours')}; "
-               f"ceiling {spread('ceiling')}). Connections were, ours: "
-               f"{summarize(waits['ours'])}; ceiling: {summarize(waits['ceiling'])}"),
-        Figure(FAMILY, "enqueue throughput, 8 connections, vs a ceiling that also NOTIFYs",
-               "8 connections", "jobs/s", mean["ours"], mean["notify"], CEILING_NOTIFY, (),
-               f"what NOTIFY alone costs the ceiling (rounds {spread('notify')}); its "
-               f"connections were: {summarize(waits['notify'])}"),
+        Figure(
+            FAMILY,
+            "enqueue one job p50, one connection",
+            "one connection",
+            "ms",
+            ms(p50(ours)),
+            ms(p50(ceiling)),
+            CEILING,
+            (),
+            f"p99 ours {ms(p99(ours)):.2f} ms, ceiling {ms(p99(ceiling)):.2f} ms; "
+            f"{len(ours)} samples each",
+        ),
+        Figure(
+            FAMILY,
+            "enqueue throughput, 8 connections",
+            "8 connections",
+            "jobs/s",
+            mean["ours"],
+            mean["ceiling"],
+            CEILING,
+            (ratio_at_least(0.5),),
+            f"mean of 3 interleaved rounds of {seconds:g} s (ours {spread('ours')}; "
+            f"ceiling {spread('ceiling')}). Connections were, ours: "
+            f"{summarize(waits['ours'])}; ceiling: {summarize(waits['ceiling'])}",
+        ),
+        Figure(
+            FAMILY,
+            "enqueue throughput, 8 connections, vs a ceiling that also NOTIFYs",
+            "8 connections",
+            "jobs/s",
+            mean["ours"],
+            mean["notify"],
+            CEILING_NOTIFY,
+            (),
+            f"what NOTIFY alone costs the ceiling (rounds {spread('notify')}); its "
+            f"connections were: {summarize(waits['notify'])}",
+        ),
     ]

@@ -254,7 +254,6 @@ class WaitSampler:
                 await self._task
 
 
-
 # -- processes --------------------------------------------------------------------------------
 
 
@@ -364,8 +363,17 @@ async def start_worker(
     child = await start(
         ctx,
         f"worker-{device}",
-        ["-m", "gpuqueue.cli", "--database-url", bdb.url, "worker",
-         "--device", device, "--backend", backend],
+        [
+            "-m",
+            "gpuqueue.cli",
+            "--database-url",
+            bdb.url,
+            "worker",
+            "--device",
+            device,
+            "--backend",
+            backend,
+        ],
         env={"GPUQUEUE_DATA_DIR": str(ctx.scratch / "data"), **(env or {})},
     )
     conn = await bdb.connect()
@@ -385,9 +393,9 @@ async def start_worker(
     return child
 
 
-async def start_web(ctx: Context, bdb: BenchDb, *, env: Mapping[str, str] | None = None) -> tuple[
-    Child, str
-]:
+async def start_web(
+    ctx: Context, bdb: BenchDb, *, env: Mapping[str, str] | None = None
+) -> tuple[Child, str]:
     """`gpuqueue web` in a subprocess on a free port; returns it and its base URL once healthy."""
     import aiohttp
 
@@ -395,8 +403,17 @@ async def start_web(ctx: Context, bdb: BenchDb, *, env: Mapping[str, str] | None
     child = await start(
         ctx,
         "web",
-        ["-m", "gpuqueue.cli", "--database-url", bdb.url, "web",
-         "--host", "127.0.0.1", "--port", str(port)],
+        [
+            "-m",
+            "gpuqueue.cli",
+            "--database-url",
+            bdb.url,
+            "web",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         env={"GPUQUEUE_DATA_DIR": str(ctx.scratch / "data"), **(env or {})},
     )
     base = f"http://127.0.0.1:{port}"

@@ -46,8 +46,10 @@ async def http_enqueue(base: str, clients: list[User], seconds: float) -> float:
             while warm > 0 or time.perf_counter() < stop_at:
                 async with session.post(url, json=BODY, headers=headers) as response:
                     if response.status != 202:
-                        raise RuntimeError(f"POST images answered {response.status}: "
-                                           f"{(await response.text())[:300]}")
+                        raise RuntimeError(
+                            f"POST images answered {response.status}: "
+                            f"{(await response.text())[:300]}"
+                        )
                     await response.read()
                 if warm > 0:
                     warm -= 1
@@ -72,8 +74,12 @@ async def direct_enqueue(bdb: BenchDb, clients: list[User], seconds: float) -> f
             nonlocal done
             while warm > 0 or time.perf_counter() < stop_at:
                 await jobs.enqueue(
-                    pool, user.conversation_id, request, actor=user.actor,
-                    max_queued=1_000_000_000, eta=await cache.get(pool),
+                    pool,
+                    user.conversation_id,
+                    request,
+                    actor=user.actor,
+                    max_queued=1_000_000_000,
+                    eta=await cache.get(pool),
                 )
                 if warm > 0:
                     warm -= 1
@@ -150,15 +156,29 @@ async def run(ctx: Context) -> list[Figure]:
     direct_rate = sum(rates["direct"]) / rounds
     note = "" if not mismatches else f"; {mismatches} positions DIFFERED from the raw count"
     return [
-        Figure(FAMILY, "enqueue through HTTP, 16 concurrent clients", "16 users, keep-alive",
-               "jobs/s", http_rate, direct_rate, "direct queueing.jobs.enqueue, 16 callers",
-               (at_least(1000.0, "jobs/s"),),
-               f"mean of {rounds} rounds of {seconds:g} s (HTTP "
-               f"{', '.join(f'{r:,.0f}' for r in rates['http'])}; direct "
-               f"{', '.join(f'{r:,.0f}' for r in rates['direct'])})"),
-        Figure(FAMILY, "GET /api/jobs/{id} p50", f"{queued:,} queued", "ms", ms(p50(ours)),
-               ms(p50(ceiling)), "the position query alone (raw count)",
-               (at_most(5.0, "ms"),),
-               f"p99 {ms(p99(ours)):.2f} ms (position query {ms(p99(ceiling)):.2f} ms); "
-               f"{len(ours)} jobs drawn uniformly from the queue{note}"),
+        Figure(
+            FAMILY,
+            "enqueue through HTTP, 16 concurrent clients",
+            "16 users, keep-alive",
+            "jobs/s",
+            http_rate,
+            direct_rate,
+            "direct queueing.jobs.enqueue, 16 callers",
+            (at_least(1000.0, "jobs/s"),),
+            f"mean of {rounds} rounds of {seconds:g} s (HTTP "
+            f"{', '.join(f'{r:,.0f}' for r in rates['http'])}; direct "
+            f"{', '.join(f'{r:,.0f}' for r in rates['direct'])})",
+        ),
+        Figure(
+            FAMILY,
+            "GET /api/jobs/{id} p50",
+            f"{queued:,} queued",
+            "ms",
+            ms(p50(ours)),
+            ms(p50(ceiling)),
+            "the position query alone (raw count)",
+            (at_most(5.0, "ms"),),
+            f"p99 {ms(p99(ours)):.2f} ms (position query {ms(p99(ceiling)):.2f} ms); "
+            f"{len(ours)} jobs drawn uniformly from the queue{note}",
+        ),
     ]

@@ -53,20 +53,38 @@ async def run(ctx: Context) -> list[Figure]:
         rate = jobs / sum(r["seconds"] for r in results)
         label = "like our one worker" if dequeuers == 1 else "its benchmark's default"
         figures.append(
-            Figure(FAMILY, f"peer: no-op throughput, {PEER} with {dequeuers} dequeuer(s)",
-                   f"1 enqueuer x 10, {dequeuers} dequeuer(s) x 10 ({label})", "jobs/s",
-                   ours.rate, rate, PEER, (),
-                   f"ours: the real worker process (stub, 0 s), {rounds} x {n} jobs; peer: psycopg "
-                   f"driver, {rounds} x {seconds:g} s; ours does far more per job (bench/peer.py)")
+            Figure(
+                FAMILY,
+                f"peer: no-op throughput, {PEER} with {dequeuers} dequeuer(s)",
+                f"1 enqueuer x 10, {dequeuers} dequeuer(s) x 10 ({label})",
+                "jobs/s",
+                ours.rate,
+                rate,
+                PEER,
+                (),
+                f"ours: the real worker process (stub, 0 s), {rounds} x {n} jobs; peer: psycopg "
+                f"driver, {rounds} x {seconds:g} s; ours does far more per job (bench/peer.py)",
+            )
         )
     return figures
 
 
 async def _pgqueuer(ctx: Context, url: str, seconds: float) -> list[dict[str, float]]:
     child = await env.start(
-        ctx, "pgqueuer",
-        ["-m", "bench.pgqueuer_peer", url, "--dequeuers", "1", "5", "--seconds", str(seconds),
-         "--rounds", "1"],
+        ctx,
+        "pgqueuer",
+        [
+            "-m",
+            "bench.pgqueuer_peer",
+            url,
+            "--dequeuers",
+            "1",
+            "5",
+            "--seconds",
+            str(seconds),
+            "--rounds",
+            "1",
+        ],
         pipes=True,
     )
     async with env.running(child):

@@ -92,10 +92,28 @@ async def _one_job(ctx: Context, conn: db.Connection, size: int, finished: int) 
     at = _at(size, finished)
     p50_targets = (ratio_at_most(1.5), *((at_most(1.0, "ms"),) if size == 10_000 else ()))
     return [
-        Figure(FAMILY, "one job's queue position p50", at, "ms", ms(p50(ours)),
-               ms(p50(ceiling)), CEILING_ONE, p50_targets, note),
-        Figure(FAMILY, "one job's queue position p99", at, "ms", ms(p99(ours)),
-               ms(p99(ceiling)), CEILING_ONE, (ratio_at_most(1.5),), note),
+        Figure(
+            FAMILY,
+            "one job's queue position p50",
+            at,
+            "ms",
+            ms(p50(ours)),
+            ms(p50(ceiling)),
+            CEILING_ONE,
+            p50_targets,
+            note,
+        ),
+        Figure(
+            FAMILY,
+            "one job's queue position p99",
+            at,
+            "ms",
+            ms(p99(ours)),
+            ms(p99(ceiling)),
+            CEILING_ONE,
+            (ratio_at_most(1.5),),
+            note,
+        ),
     ]
 
 
@@ -121,13 +139,33 @@ async def _all_positions(
         if i >= 2:
             ours.append(t_ours)
             ceiling.append(t_ceiling)
-    note = (f"ours: queueing.positions.positions_of(every queued id), the fan-out's position "
-            f"pass; {samples} samples")
+    note = (
+        f"ours: queueing.positions.positions_of(every queued id), the fan-out's position "
+        f"pass; {samples} samples"
+    )
     targets = {10_000: (at_most(10.0, "ms"),), 100_000: (at_most(100.0, "ms"),)}.get(size, ())
     at = _at(size, finished)
     return [
-        Figure(FAMILY, "all positions, one query p50", at, "ms", ms(p50(ours)),
-               ms(p50(ceiling)), CEILING_ALL, targets, note),
-        Figure(FAMILY, "all positions, one query p99", at, "ms", ms(p99(ours)),
-               ms(p99(ceiling)), CEILING_ALL, (), note),
+        Figure(
+            FAMILY,
+            "all positions, one query p50",
+            at,
+            "ms",
+            ms(p50(ours)),
+            ms(p50(ceiling)),
+            CEILING_ALL,
+            targets,
+            note,
+        ),
+        Figure(
+            FAMILY,
+            "all positions, one query p99",
+            at,
+            "ms",
+            ms(p99(ours)),
+            ms(p99(ceiling)),
+            CEILING_ALL,
+            (),
+            note,
+        ),
     ]

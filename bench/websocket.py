@@ -167,24 +167,58 @@ async def run(ctx: Context) -> list[Figure]:
             async with env.running(child):
                 clients = Clients(child)
                 ws_url = f"ws://127.0.0.1:{base.rsplit(':', 1)[1]}/ws?token={bdb.token}"
-                ours, backlogged, sample, rss = await _ours(
-                    ctx, bdb, clients, rounds, web, ws_url
-                )
+                ours, backlogged, sample, rss = await _ours(ctx, bdb, clients, rounds, web, ws_url)
                 bare = await _bare(ctx, clients, sample, rounds)
     growth = (rss[-1] / rss[0] - 1) * 100
-    note = (f"{len(ours)} events ({rounds} queued + {rounds} canceled), {SOCKETS:,} sockets in "
-            f"a separate client process; event of {len(sample)} B")
+    note = (
+        f"{len(ours)} events ({rounds} queued + {rounds} canceled), {SOCKETS:,} sockets in "
+        f"a separate client process; event of {len(sample)} B"
+    )
     return [
-        Figure(FAMILY, "WebSocket fan-out p50: commit → last receipt", f"{SOCKETS:,} subscribers",
-               "ms", ms(p50(ours)), ms(p50(bare)), CEILING, (at_most(100.0, "ms"),), note),
-        Figure(FAMILY, "WebSocket fan-out p99: commit → last receipt", f"{SOCKETS:,} subscribers",
-               "ms", ms(p99(ours)), ms(p99(bare)), CEILING, (), note),
-        Figure(FAMILY, "WebSocket fan-out p50, 50 queued jobs followed by every subscriber",
-               f"{SOCKETS:,} subscribers", "ms", ms(p50(backlogged)), ms(p50(bare)), CEILING, (),
-               f"p99 {ms(p99(backlogged)):.0f} ms; {len(backlogged)} events; each position pass "
-               f"after an event walks {SOCKETS:,} subscriptions x {BACKLOG} followed jobs"),
-        Figure(FAMILY, "web RSS growth, 1,000 sockets come and go", f"{len(rss) - 1} cycles after "
-               "warm-up", "%", growth, None, "", (at_most(5.0, "%"),),
-               f"RSS {cold:.1f} MiB before any socket; {rss[0]:.1f} MiB after the warm-up cycle, "
-               f"then {' → '.join(f'{r:.1f}' for r in rss[1:])} MiB"),
+        Figure(
+            FAMILY,
+            "WebSocket fan-out p50: commit → last receipt",
+            f"{SOCKETS:,} subscribers",
+            "ms",
+            ms(p50(ours)),
+            ms(p50(bare)),
+            CEILING,
+            (at_most(100.0, "ms"),),
+            note,
+        ),
+        Figure(
+            FAMILY,
+            "WebSocket fan-out p99: commit → last receipt",
+            f"{SOCKETS:,} subscribers",
+            "ms",
+            ms(p99(ours)),
+            ms(p99(bare)),
+            CEILING,
+            (),
+            note,
+        ),
+        Figure(
+            FAMILY,
+            "WebSocket fan-out p50, 50 queued jobs followed by every subscriber",
+            f"{SOCKETS:,} subscribers",
+            "ms",
+            ms(p50(backlogged)),
+            ms(p50(bare)),
+            CEILING,
+            (),
+            f"p99 {ms(p99(backlogged)):.0f} ms; {len(backlogged)} events; each position pass "
+            f"after an event walks {SOCKETS:,} subscriptions x {BACKLOG} followed jobs",
+        ),
+        Figure(
+            FAMILY,
+            "web RSS growth, 1,000 sockets come and go",
+            f"{len(rss) - 1} cycles after warm-up",
+            "%",
+            growth,
+            None,
+            "",
+            (at_most(5.0, "%"),),
+            f"RSS {cold:.1f} MiB before any socket; {rss[0]:.1f} MiB after the warm-up cycle, "
+            f"then {' → '.join(f'{r:.1f}' for r in rss[1:])} MiB",
+        ),
     ]

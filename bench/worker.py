@@ -46,14 +46,29 @@ async def run(ctx: Context) -> list[Figure]:
     growth = (rss[-1] / rss[0] - 1) * 100
     total = rounds * n
     return [
-        Figure(FAMILY, "dispatch no-op jobs: real worker process (stub, 0 s)",
-               f"{rounds} x {n:,} jobs", "jobs/s", ours.rate, ceiling.rate, CEILING,
-               (ratio_at_least(0.7),),
-               "`gpuqueue worker --backend stub`, default settings, INFO logging to a file; "
-               "rate = jobs / (last completion - first claim), database clock; rounds "
-               "interleaved with the ceiling's"),
-        Figure(FAMILY, "worker RSS growth over stub jobs, after warm-up", f"{total:,} jobs",
-               "%", growth, None, "", (at_most(5.0, "%"),),
-               f"RSS {rss[0]:.1f} MiB after {warm} warm-up jobs, then "
-               f"{' → '.join(f'{r:.1f}' for r in rss[1:])} MiB after each {n:,}"),
+        Figure(
+            FAMILY,
+            "dispatch no-op jobs: real worker process (stub, 0 s)",
+            f"{rounds} x {n:,} jobs",
+            "jobs/s",
+            ours.rate,
+            ceiling.rate,
+            CEILING,
+            (ratio_at_least(0.7),),
+            "`gpuqueue worker --backend stub`, default settings, INFO logging to a file; "
+            "rate = jobs / (last completion - first claim), database clock; rounds "
+            "interleaved with the ceiling's",
+        ),
+        Figure(
+            FAMILY,
+            "worker RSS growth over stub jobs, after warm-up",
+            f"{total:,} jobs",
+            "%",
+            growth,
+            None,
+            "",
+            (at_most(5.0, "%"),),
+            f"RSS {rss[0]:.1f} MiB after {warm} warm-up jobs, then "
+            f"{' → '.join(f'{r:.1f}' for r in rss[1:])} MiB after each {n:,}",
+        ),
     ]

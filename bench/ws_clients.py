@@ -109,8 +109,12 @@ class Crowd:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(receipt.done.wait(), limit_s)
         self.receipts.pop(marker, None)
-        return {"received": receipt.count, "first": receipt.first, "last": receipt.last,
-                "sample": receipt.sample}
+        return {
+            "received": receipt.count,
+            "first": receipt.first,
+            "last": receipt.last,
+            "sample": receipt.sample,
+        }
 
     async def close(self) -> dict[str, Any]:
         closed = len(self.sockets)

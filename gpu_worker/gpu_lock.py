@@ -44,7 +44,13 @@ class GpuSession:
 
     @classmethod
     async def open(
-        cls, url: str, *, host: str, device: str, backend: str, model: str | None,
+        cls,
+        url: str,
+        *,
+        host: str,
+        device: str,
+        backend: str,
+        model: str | None,
         claim_deadline_s: float,
     ) -> GpuSession:
         """Connect and register a new worker id under this connection."""
@@ -69,9 +75,7 @@ class GpuSession:
         The round trip never waits for a lock, so past claim_deadline_s the session is taken
         for lost: TimeoutError, and the caller abandons it.
         """
-        return await _within(
-            self._claim_deadline_s, jobs.lock_and_claim(self.conn, self.worker_id)
-        )
+        return await _within(self._claim_deadline_s, jobs.lock_and_claim(self.conn, self.worker_id))
 
     async def release_gpu(self) -> None:
         """Free the GPU lock after a claim raised: a session lock survives the rollback."""
@@ -88,7 +92,11 @@ class GpuSession:
         self, claim: Claim, error: str, *, retryable: bool, backoff: Backoff
     ) -> str | None:
         return await jobs.fail(
-            self.conn, claim, error, retryable=retryable, backoff=backoff,
+            self.conn,
+            claim,
+            error,
+            retryable=retryable,
+            backoff=backoff,
             release_device=claim.gpu_lock,
         )
 
@@ -179,7 +187,12 @@ class LockWatchdog:
         log.warning(
             "GPU lock on %s held for %.1f s by job %s (more than %g s; attempt %d of %d, "
             "timeout_s=%d)",
-            claim.gpu_lock, time.monotonic() - self._since, claim.job_id, self._warn_s,
-            claim.attempts, claim.max_attempts, claim.timeout_s,
+            claim.gpu_lock,
+            time.monotonic() - self._since,
+            claim.job_id,
+            self._warn_s,
+            claim.attempts,
+            claim.max_attempts,
+            claim.timeout_s,
         )
         self._arm(n + 1)

@@ -254,7 +254,8 @@ class JobRunner:
         if not probing.done():
             log.warning(
                 "job %s: the worker's session did not answer a probe in %g s; taking it as lost",
-                claim.job_id, self._probe_timeout_s,
+                claim.job_id,
+                self._probe_timeout_s,
             )
             gate.flag(Reason.LOST)
             # Not awaited: psycopg's own cancel of the query can take as long again, and the
@@ -299,7 +300,9 @@ class JobRunner:
         problem = png.problem(image)
         if problem is not None:  # the same request would give the same output: no retry
             return RunResult(
-                None, elapsed, error=f"the backend's output is not a PNG image: {problem}",
+                None,
+                elapsed,
+                error=f"the backend's output is not a PNG image: {problem}",
                 retryable=False,
             )
         return RunResult(None, elapsed, png=image)

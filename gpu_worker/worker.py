@@ -167,8 +167,11 @@ class Worker:
         pool = db.make_pool(self.url, "gpuqueue-worker-pool", min_size=1, max_size=4)
         await pool.open(wait=False)
         listener = Listener(
-            self.url, (CHANNEL_EVENT, CHANNEL_CANCEL, CHANNEL_GPU), self._on_notify,
-            on_connect=self._wake.set, app="gpuqueue-worker-listen",
+            self.url,
+            (CHANNEL_EVENT, CHANNEL_CANCEL, CHANNEL_GPU),
+            self._on_notify,
+            on_connect=self._wake.set,
+            app="gpuqueue-worker-listen",
         )
         side = {
             asyncio.create_task(listener.run(), name="listener"),
@@ -181,8 +184,9 @@ class Worker:
             if main not in done:
                 for task in done:
                     exc = task.exception()
-                    log.error("the %s task ended unexpectedly; stopping", task.get_name(),
-                              exc_info=exc)
+                    log.error(
+                        "the %s task ended unexpectedly; stopping", task.get_name(), exc_info=exc
+                    )
                 code = EXIT_FAILED
                 self.request_stop(immediately=True)  # no grace: the worker is unsound
             code = max(code, await main)
@@ -199,7 +203,9 @@ class Worker:
         if self._stopping.is_set():
             return EXIT_OK
         runner = JobRunner(
-            self.backend, executor, pool,
+            self.backend,
+            executor,
+            pool,
             probe_interval_s=self.config.probe_interval_s,
             stuck_grace_s=self.config.stuck_grace_s,
             progress_interval_s=self.config.progress_interval_s,
@@ -263,8 +269,12 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 session = await GpuSession.open(
-                    self.url, host=self.host, device=self.device, backend=self.backend_name,
-                    model=self.model, claim_deadline_s=self.config.claim_deadline_s,
+                    self.url,
+                    host=self.host,
+                    device=self.device,
+                    backend=self.backend_name,
+                    model=self.model,
+                    claim_deadline_s=self.config.claim_deadline_s,
                 )
             except psycopg.OperationalError as exc:
                 log.warning("cannot open the worker session (%s); retrying in %.2f s", exc, backoff)
@@ -275,7 +285,11 @@ class Worker:
             self.sessions += 1
             log.info(
                 "worker %s registered on GPU %s (host %s, device %s; backend %s, session pid %d)",
-                session.worker_id, session.gpu_lock, self.host, self.device, self.backend_name,
+                session.worker_id,
+                session.gpu_lock,
+                self.host,
+                self.device,
+                self.backend_name,
                 session.backend_pid,
             )
             return session
@@ -294,7 +308,10 @@ class Worker:
         taken, which outlives the rollback, and try again after a poll interval."""
         log.error(
             "the claim on GPU %s failed (%s); the GPU lock is released and the worker tries "
-            "again in %g s", session.gpu_lock, _describe(exc), self.config.poll_interval_s,
+            "again in %g s",
+            session.gpu_lock,
+            _describe(exc),
+            self.config.poll_interval_s,
             exc_info=exc,
         )
         try:
@@ -308,7 +325,9 @@ class Worker:
         """The session died: its GPU lock and worker id are gone. Come back as a new worker."""
         log.warning(
             "worker %s lost its session %s; its job (if any) is left to the sweep; "
-            "reconnecting as a new worker", session.worker_id, context,
+            "reconnecting as a new worker",
+            session.worker_id,
+            context,
         )
         self._session = None
         await session.abandon()
@@ -338,7 +357,11 @@ class Worker:
     # -- one job --------------------------------------------------------------------------
 
     async def _process(
-        self, session: GpuSession, claim: Claim, device_lock: DeviceLock, runner: JobRunner,
+        self,
+        session: GpuSession,
+        claim: Claim,
+        device_lock: DeviceLock,
+        runner: JobRunner,
         pool: db.Pool,
     ) -> None:
         """Run one claimed job and record its end. The device lock is released only once the
@@ -350,7 +373,11 @@ class Worker:
         self._watchdog.held(claim)
         log.debug(
             "job %s: processing on GPU %s (attempt %d of %d, timeout %d s)",
-            claim.job_id, claim.gpu_lock, claim.attempts, claim.max_attempts, claim.timeout_s,
+            claim.job_id,
+            claim.gpu_lock,
+            claim.attempts,
+            claim.max_attempts,
+            claim.timeout_s,
         )
         try:
             try:
@@ -387,13 +414,19 @@ class Worker:
         except psycopg.OperationalError:
             raise
         except Exception as exc:
-            log.error("job %s: its end could not be recorded (%s); failing it", claim.job_id, exc,
-                      exc_info=True)
+            log.error(
+                "job %s: its end could not be recorded (%s); failing it",
+                claim.job_id,
+                exc,
+                exc_info=True,
+            )
             stored = "image" if result.png is not None else "end"
             what = f"the job's {stored} could not be stored"
             try:
                 await session.fail(
-                    claim, f"{what}: {error_message(exc)}", retryable=False,
+                    claim,
+                    f"{what}: {error_message(exc)}",
+                    retryable=False,
                     backoff=self.config.backoff,
                 )
             except psycopg.OperationalError:
@@ -410,8 +443,12 @@ class Worker:
         if reason is None and result.png is not None:
             stored = await session.complete(claim, result.png)
             self.jobs_done += 1
-            log.info("job %s: complete in %.2f s%s", job, result.elapsed_s,
-                     "" if stored else " (claim was stale: result discarded)")
+            log.info(
+                "job %s: complete in %.2f s%s",
+                job,
+                result.elapsed_s,
+                "" if stored else " (claim was stale: result discarded)",
+            )
         elif reason is None:
             error = result.error or "the pipeline failed"
             status = await session.fail(
@@ -420,8 +457,13 @@ class Worker:
             self.jobs_done += 1
             log.warning(
                 "job %s: the pipeline failed after %.2f s (attempt %d of %d); now %s: %s",
-                job, result.elapsed_s, claim.attempts, claim.max_attempts, status or "stale",
-                error, exc_info=result.exception,
+                job,
+                result.elapsed_s,
+                claim.attempts,
+                claim.max_attempts,
+                status or "stale",
+                error,
+                exc_info=result.exception,
             )
         elif reason is Reason.TIMEOUT:
             error = timeout_message(result.elapsed_s, claim.timeout_s)
@@ -434,8 +476,11 @@ class Worker:
             log.info("job %s: canceled after %.2f s", job, result.elapsed_s)
         elif reason is Reason.STOP:
             status = await session.requeue(claim)
-            log.info("job %s: handed back to the queue (%s) because the worker is stopping",
-                     job, status or "stale")
+            log.info(
+                "job %s: handed back to the queue (%s) because the worker is stopping",
+                job,
+                status or "stale",
+            )
         else:  # STALE: the job is no longer ours; this only releases the GPU lock
             await session.requeue(claim)
             log.warning("job %s: the claim went stale while it ran; result discarded", job)
@@ -451,15 +496,20 @@ class Worker:
         log.error(
             "job %s: a pipeline step has not returned %.0f s after the job was interrupted (%s); "
             "ending this worker process (exit %d) so that the GPU is freed",
-            claim.job_id, self.config.stuck_grace_s, reason.value if reason else "?", EXIT_WEDGED,
+            claim.job_id,
+            self.config.stuck_grace_s,
+            reason.value if reason else "?",
+            EXIT_WEDGED,
         )
         try:
             async with asyncio.timeout(5.0):
                 if reason is Reason.TIMEOUT:
                     message = timeout_message(result.elapsed_s, claim.timeout_s)
                     await session.fail(
-                        claim, f"{message}; the step never returned, so its worker was restarted",
-                        retryable=False, backoff=self.config.backoff,
+                        claim,
+                        f"{message}; the step never returned, so its worker was restarted",
+                        retryable=False,
+                        backoff=self.config.backoff,
                     )
                 elif reason is Reason.CANCEL:
                     await session.finish_canceled(claim)

@@ -33,9 +33,7 @@ async def worker_session(
     """A registered worker's session connection, as a worker process holds one."""
     session = await db.connect(database_url, "gpuqueue-test-worker")
     worker_id = uuid.uuid4()
-    await workers.register(
-        session, worker_id, host=host, device=device, backend="test", model=None
-    )
+    await workers.register(session, worker_id, host=host, device=device, backend="test", model=None)
     return session, worker_id
 
 

@@ -63,7 +63,6 @@ async def user(pool: db.Pool) -> User:
     return await make_user(pool, "alice")
 
 
-
 async def test_healthz_answers_while_the_database_does(client: Client) -> None:
     """Contract: GET /healthz is 200 {"ok": true} when the database answers."""
     response = await client.get("/healthz")

@@ -94,7 +94,10 @@ async def test_a_worker_that_cannot_see_other_roles_sessions_leaves_their_jobs_a
     assert done["attempts"] == 1
     seen = await job(pool, job_id)
     assert [t["status"] for t in seen["transitions"]] == [
-        "pending", "queued", "processing", "complete",
+        "pending",
+        "queued",
+        "processing",
+        "complete",
     ]
     refusals = [r.getMessage() for r in caplog.records if "not sweeping" in r.getMessage()]
     assert len(refusals) == 1, refusals

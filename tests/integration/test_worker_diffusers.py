@@ -41,7 +41,10 @@ async def png_of(pool: db.Pool, job_id: str) -> bytes:
 
 
 async def test_the_tiny_pipeline_makes_the_same_png_for_the_same_seed(
-    pool: db.Pool, conversation_id: str, alice: Actor, spawn_worker: SpawnWorker,
+    pool: db.Pool,
+    conversation_id: str,
+    alice: Actor,
+    spawn_worker: SpawnWorker,
     tiny_data_dir: Path,
 ) -> None:
     """Issue 3.7, 3.8: a real diffusers pipeline (built locally, loaded through from_pretrained)
@@ -49,8 +52,13 @@ async def test_the_tiny_pipeline_makes_the_same_png_for_the_same_seed(
     completed job, and the same seed gives the same image, a different seed another."""
     worker = spawn_worker("cpu", backend="diffusers", **diffusers_env(tiny_data_dir))
     await worker.registered(pool, within=120)
-    params: dict[str, Any] = {"negative_prompt": "blurry", "width": 64, "height": 48, "steps": 3,
-              "guidance_scale": 5.0}
+    params: dict[str, Any] = {
+        "negative_prompt": "blurry",
+        "width": 64,
+        "height": 48,
+        "steps": 3,
+        "guidance_scale": 5.0,
+    }
     first = await submit(pool, conversation_id, alice, "a lighthouse", seed=42, **params)
     again = await submit(pool, conversation_id, alice, "a lighthouse", seed=42, **params)
     other = await submit(pool, conversation_id, alice, "a lighthouse", seed=43, **params)
@@ -65,12 +73,22 @@ async def test_the_tiny_pipeline_makes_the_same_png_for_the_same_seed(
 
 
 async def test_rss_stays_flat_over_100_tiny_diffusers_jobs(
-    pool: db.Pool, conversation_id: str, alice: Actor, spawn_worker: SpawnWorker,
+    pool: db.Pool,
+    conversation_id: str,
+    alice: Actor,
+    spawn_worker: SpawnWorker,
     tiny_data_dir: Path,
 ) -> None:
     """R9.4: after warm-up, the worker's RSS grows by less than 5% over 100 jobs of the tiny
     diffusers pipeline (real torch, real pipeline, on the CPU)."""
     worker = spawn_worker("cpu", backend="diffusers", **diffusers_env(tiny_data_dir))
     await assert_rss_flat(
-        worker, pool, conversation_id, alice, warmup=10, jobs=100, within=120, steps=3,
+        worker,
+        pool,
+        conversation_id,
+        alice,
+        warmup=10,
+        jobs=100,
+        within=120,
+        steps=3,
     )

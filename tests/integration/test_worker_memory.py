@@ -27,8 +27,15 @@ async def run_batch(
 
 
 async def assert_rss_flat(
-    worker: WorkerProcess, pool: db.Pool, conversation_id: str, alice: Actor,
-    *, warmup: int, jobs: int, within: float, **params: object,
+    worker: WorkerProcess,
+    pool: db.Pool,
+    conversation_id: str,
+    alice: Actor,
+    *,
+    warmup: int,
+    jobs: int,
+    within: float,
+    **params: object,
 ) -> None:
     await worker.registered(pool, within=120)
     await run_batch(pool, conversation_id, alice, warmup, within=within, **params)

@@ -73,7 +73,8 @@ async def test_workers_on_different_devices_run_in_parallel(
     assert on_a and on_b
     assert any(
         x["started_at"] < y["finished_at"] and y["started_at"] < x["finished_at"]
-        for x in on_a for y in on_b
+        for x in on_a
+        for y in on_b
     )
 
 
@@ -87,8 +88,10 @@ async def test_lock_held_too_long_logs_a_warning_naming_job_and_device(
     job_id = await submit(pool, conversation_id, alice)
     await wait_status(pool, job_id, "complete")
     warnings = [
-        line for line in worker.log().splitlines()
-        if "WARNING" in line and f"GPU lock on {socket.gethostname()}/cuda:3 held for" in line
+        line
+        for line in worker.log().splitlines()
+        if "WARNING" in line
+        and f"GPU lock on {socket.gethostname()}/cuda:3 held for" in line
         and job_id in line
     ]
     assert len(warnings) == 2, worker.log()
@@ -118,7 +121,12 @@ async def test_kill_9_mid_job_requeues_it_for_another_worker(
     seen = await job(pool, job_id)
     assert seen["attempts"] == 2
     assert [t["status"] for t in seen["transitions"]] == [
-        "pending", "queued", "processing", "queued", "processing", "complete",
+        "pending",
+        "queued",
+        "processing",
+        "queued",
+        "processing",
+        "complete",
     ]
     assert await rows(pool, "SELECT id FROM jobs WHERE status = 'processing'") == []
 

@@ -42,7 +42,8 @@ async def test_jobs_are_processed_in_queue_order(
     start_worker()
     await wait_all_final(pool, [*ids, urgent])
     started = await rows(
-        pool, "SELECT id::text, status FROM jobs ORDER BY started_at",
+        pool,
+        "SELECT id::text, status FROM jobs ORDER BY started_at",
     )
     assert [r["id"] for r in started] == [urgent, *ids]
     assert {r["status"] for r in started} == {"complete"}
@@ -119,13 +120,18 @@ async def test_failures_retry_with_growing_backoff_until_max_attempts(
     assert seen["attempts"] == 3
     assert "failed on purpose" in seen["error"]
     assert [t["status"] for t in seen["transitions"]] == [
-        "pending", "queued",
-        "processing", "queued",
-        "processing", "queued",
-        "processing", "error",
+        "pending",
+        "queued",
+        "processing",
+        "queued",
+        "processing",
+        "queued",
+        "processing",
+        "error",
     ]
     events = await rows(
-        pool, "SELECT status, at, detail FROM job_events WHERE job_id = %(id)s ORDER BY seq",
+        pool,
+        "SELECT status, at, detail FROM job_events WHERE job_id = %(id)s ORDER BY seq",
         {"id": job_id},
     )
     retries = [e for e in events if e["status"] == "queued" and "retry_in_s" in e["detail"]]
@@ -198,8 +204,9 @@ async def test_a_lost_notify_is_covered_by_polling(
 async def _registered(pool: db.Pool, handle: InProcessWorker) -> bool:
     if handle.worker.worker_id is None:
         return False
-    found = await rows(pool, "SELECT 1 FROM live_workers WHERE id = %(id)s",
-                       {"id": handle.worker.worker_id})
+    found = await rows(
+        pool, "SELECT 1 FROM live_workers WHERE id = %(id)s", {"id": handle.worker.worker_id}
+    )
     return bool(found)
 
 
@@ -224,15 +231,23 @@ async def test_a_backend_that_fails_to_load_never_claims_and_exits_1(
     from tests.integration.worker_support import fast_config
 
     job_id = await submit(pool, conversation_id, alice)
-    worker = Worker(database_url, device="cuda:0", backend=BrokenBackend(),
-                    backend_name="broken", config=fast_config())
+    worker = Worker(
+        database_url,
+        device="cuda:0",
+        backend=BrokenBackend(),
+        backend_name="broken",
+        config=fast_config(),
+    )
     assert await worker.run() == 1
     assert await status_of(pool, job_id) == "queued"
     assert await rows(pool, "SELECT id FROM workers") == []
 
 
 async def test_a_side_task_that_dies_stops_the_worker(
-    pool: db.Pool, conversation_id: str, alice: Actor, start_worker: StartWorker,
+    pool: db.Pool,
+    conversation_id: str,
+    alice: Actor,
+    start_worker: StartWorker,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Procrastinate's rule (issue 3): when a side task (here the listener) dies of an

@@ -52,7 +52,6 @@ async def alice(pool: db.Pool) -> User:
     return await make_user(pool, "alice")
 
 
-
 async def connect(client: Client, user: User) -> aiohttp.ClientWebSocketResponse:
     return await client.ws_connect("/ws", params={"token": user.token})
 

@@ -45,10 +45,13 @@ async def submit(
     """Enqueue one job (64x64, 4 steps unless given) and return its id."""
     params = {"width": 64, "height": 64, "steps": 4, "seed": 1, **params}
     job = await jobs.enqueue(
-        pool, conversation_id,
-        JobRequest(prompt, params, priority=priority, max_attempts=max_attempts,
-                   timeout_s=timeout_s),
-        actor=actor, max_queued=10_000,
+        pool,
+        conversation_id,
+        JobRequest(
+            prompt, params, priority=priority, max_attempts=max_attempts, timeout_s=timeout_s
+        ),
+        actor=actor,
+        max_queued=10_000,
     )
     return str(job["job_id"])
 
@@ -94,7 +97,8 @@ async def wait_status(
 async def wait_all_final(pool: db.Pool, job_ids: list[str], *, within: float = 20.0) -> None:
     async def probe() -> bool:
         found = await rows(
-            pool, "SELECT count(*) AS n FROM jobs WHERE id = ANY(%(ids)s) AND status = ANY(%(f)s)",
+            pool,
+            "SELECT count(*) AS n FROM jobs WHERE id = ANY(%(ids)s) AND status = ANY(%(f)s)",
             {"ids": job_ids, "f": list(FINAL)},
         )
         return int(found[0]["n"]) == len(job_ids)
@@ -120,7 +124,9 @@ async def live_workers(pool: db.Pool, device: str | None = None) -> list[db.Row]
 def fast_config(**overrides: Any) -> WorkerConfig:
     """Short intervals, so waiting on the worker takes little test time."""
     base: dict[str, Any] = {
-        "poll_interval_s": 0.2, "sweep_interval_s": 0.2, "probe_interval_s": 0.1,
+        "poll_interval_s": 0.2,
+        "sweep_interval_s": 0.2,
+        "probe_interval_s": 0.1,
         "stuck_grace_s": 2.0,
     }
     return WorkerConfig(**{**base, **overrides})
@@ -148,7 +154,10 @@ async def start_worker_fixture(
 
     def start(device: str = "cuda:0", delay: float = 0.0, **config: Any) -> InProcessWorker:
         worker = Worker(
-            database_url, device=device, backend=StubBackend(delay=delay), backend_name="stub",
+            database_url,
+            device=device,
+            backend=StubBackend(delay=delay),
+            backend_name="stub",
             config=fast_config(**{"gpu_lock_dir": tmp_path / "gpu-locks", **config}),
         )
         handle = InProcessWorker(worker)
@@ -167,9 +176,17 @@ async def start_worker_fixture(
 class WorkerProcess:
     """`gpuqueue worker` as a subprocess, its log in a file the test can read."""
 
-    def __init__(self, url: str, log_path: Path, device: str, backend: str,
-                 env: dict[str, str], *, args: Sequence[str] = (),
-                 prefix: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        url: str,
+        log_path: Path,
+        device: str,
+        backend: str,
+        env: dict[str, str],
+        *,
+        args: Sequence[str] = (),
+        prefix: Sequence[str] = (),
+    ) -> None:
         """`args` go after `worker`; `prefix` runs the command (e.g. unshare), which must end
         by exec-ing it, so that pid is the worker's."""
         self.log_path = log_path
@@ -177,9 +194,24 @@ class WorkerProcess:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
         with log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [*prefix, sys.executable, "-m", "gpuqueue.cli", "--database-url", url, "worker",
-                 "--backend", backend, "--device", device, *args],
-                cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    *prefix,
+                    sys.executable,
+                    "-m",
+                    "gpuqueue.cli",
+                    "--database-url",
+                    url,
+                    "worker",
+                    "--backend",
+                    backend,
+                    "--device",
+                    device,
+                    *args,
+                ],
+                cwd=REPO,
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
 
     @property
@@ -230,11 +262,16 @@ def spawn_worker_fixture(
     spawned: list[WorkerProcess] = []
 
     def spawn(
-        device: str = "cuda:0", backend: str = "stub", *, args: Sequence[str] = (),
-        prefix: Sequence[str] = (), **env: str,
+        device: str = "cuda:0",
+        backend: str = "stub",
+        *,
+        args: Sequence[str] = (),
+        prefix: Sequence[str] = (),
+        **env: str,
     ) -> WorkerProcess:
         base = {
-            "GPUQUEUE_POLL_INTERVAL_S": "0.2", "GPUQUEUE_SWEEP_INTERVAL_S": "0.2",
+            "GPUQUEUE_POLL_INTERVAL_S": "0.2",
+            "GPUQUEUE_SWEEP_INTERVAL_S": "0.2",
             "GPUQUEUE_GPU_LOCK_DIR": str(tmp_path / "gpu-locks"),
         }
         log_path = tmp_path / f"worker-{len(spawned)}.log"

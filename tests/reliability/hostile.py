@@ -99,7 +99,7 @@ def id_kind(template: str) -> str:
 INJECTIONS = [
     "'; DROP TABLE jobs; --",
     "Robert'); DROP TABLE users;--",
-    "\" OR 1=1 --",
+    '" OR 1=1 --',
     "' OR '1'='1",
     "1; UPDATE users SET is_admin = true",
     "' UNION SELECT token_hash, NULL FROM api_tokens --",
@@ -113,23 +113,72 @@ INJECTIONS = [
     "-- comment /* open",
     "\\\\\\' \\\" \\n \\u0027",
     "<script>alert(1)</script>",
-    "{\"$where\": \"1 == 1\"}",
+    '{"$where": "1 == 1"}',
 ]
 
 NUMBER_EDGES = [
-    0, -0, 1, -1, 7, 8, 63, 64, 2048, 2049, 2**31 - 1, 2**31, -(2**31) - 1, 2**32 - 1, 2**32,
-    2**53 + 1, 2**63, 10**30, -(10**30), 0.0, -0.0, 0.5, 1e-320, 1.7976931348623157e308,
-    float("inf"), float("-inf"), float("nan"),
+    0,
+    -0,
+    1,
+    -1,
+    7,
+    8,
+    63,
+    64,
+    2048,
+    2049,
+    2**31 - 1,
+    2**31,
+    -(2**31) - 1,
+    2**32 - 1,
+    2**32,
+    2**53 + 1,
+    2**63,
+    10**30,
+    -(10**30),
+    0.0,
+    -0.0,
+    0.5,
+    1e-320,
+    1.7976931348623157e308,
+    float("inf"),
+    float("-inf"),
+    float("nan"),
 ]
 
 # Text a JSON encoder would escape, sent raw: NUL, lone surrogates (as \u escapes, and as the
 # CESU bytes Python's decoder refuses), invalid UTF-8, the numbers JSON has no literal for.
 RAW_VALUES = [
-    b"NaN", b"Infinity", b"-Infinity", b"-0", b"-0.0", b"1e999999", b"-1e999999", b"1" * 5000,
-    b"9" * 400, b"1.5e-400", b"0x10", b"+1", b".5", b"01", b"true", b"null", b"[]", b"{}",
-    b'"\\ud800"', b'"\\udfff\\ud800"', b'"a\\u0000b"', b'"\x00"', b'"\xed\xa0\x80"',
-    b'"\xff\xfe"', b'"\xc0\xaf"', b'"\x7f\x1b[31m"', b'"\\' + b"\\" * 9 + b'"', b'"\t\n"',
-    b'"' + "\u202e\ufeff\U0001f600".encode() + b'"', b'"\xf4\x90\x80\x80"',
+    b"NaN",
+    b"Infinity",
+    b"-Infinity",
+    b"-0",
+    b"-0.0",
+    b"1e999999",
+    b"-1e999999",
+    b"1" * 5000,
+    b"9" * 400,
+    b"1.5e-400",
+    b"0x10",
+    b"+1",
+    b".5",
+    b"01",
+    b"true",
+    b"null",
+    b"[]",
+    b"{}",
+    b'"\\ud800"',
+    b'"\\udfff\\ud800"',
+    b'"a\\u0000b"',
+    b'"\x00"',
+    b'"\xed\xa0\x80"',
+    b'"\xff\xfe"',
+    b'"\xc0\xaf"',
+    b'"\x7f\x1b[31m"',
+    b'"\\' + b"\\" * 9 + b'"',
+    b'"\t\n"',
+    b'"' + "\u202e\ufeff\U0001f600".encode() + b'"',
+    b'"\xf4\x90\x80\x80"',
 ]
 
 FIELDS = [
@@ -138,12 +187,20 @@ FIELDS = [
     "since_seq", "job_id", "status", "queue_position", "error", "extra",
 ]  # fmt: skip
 
-texts = st.text(max_size=40) | st.sampled_from(INJECTIONS) | st.text(
-    alphabet=st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF), max_size=10
+texts = (
+    st.text(max_size=40)
+    | st.sampled_from(INJECTIONS)
+    | st.text(
+        alphabet=st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF), max_size=10
+    )
 )
 scalars = (
-    st.none() | st.booleans() | st.integers() | st.sampled_from(NUMBER_EDGES)
-    | st.floats(allow_nan=True, allow_infinity=True) | texts
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.sampled_from(NUMBER_EDGES)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | texts
 )
 json_values = st.recursive(
     scalars,
@@ -193,11 +250,28 @@ def mutated_ids(real: uuid.UUID) -> st.SearchStrategy[str]:
             st.sampled_from("0af-g %/"),
         ),
         st.builds(lambda i: text[:i] + "g" + text[i + 1 :], st.integers(0, len(text) - 1)),
-        st.sampled_from([
-            text.upper(), "{" + text + "}", "urn:uuid:" + text, text.replace("-", ""),
-            " " + text, text + "\n", text + "/", "..", ".", "%00", "%2e%2e%2f", "0" * 5000,
-            str(uuid.UUID(int=0)), str(uuid.UUID(int=2**128 - 1)), "null", "undefined", "-1",
-            "1 OR 1=1", "'; DROP TABLE jobs; --",
-        ]),
+        st.sampled_from(
+            [
+                text.upper(),
+                "{" + text + "}",
+                "urn:uuid:" + text,
+                text.replace("-", ""),
+                " " + text,
+                text + "\n",
+                text + "/",
+                "..",
+                ".",
+                "%00",
+                "%2e%2e%2f",
+                "0" * 5000,
+                str(uuid.UUID(int=0)),
+                str(uuid.UUID(int=2**128 - 1)),
+                "null",
+                "undefined",
+                "-1",
+                "1 OR 1=1",
+                "'; DROP TABLE jobs; --",
+            ]
+        ),
         st.text(min_size=1, max_size=60),
     )

@@ -75,7 +75,8 @@ async def test_a_silently_vanished_worker_is_noticed_and_its_job_rerun_within_30
     ports = tcp_ports_to(doomed.pid, server_port)  # a stopped process opens no new connection
     with dropped_tcp(ports, server_port):
         sessions = await rows(
-            pool, "SELECT pid FROM pg_stat_activity WHERE client_port = ANY(%(ports)s)",
+            pool,
+            "SELECT pid FROM pg_stat_activity WHERE client_port = ANY(%(ports)s)",
             {"ports": sorted(ports)},
         )
         session_pids = {r["pid"] for r in sessions}
@@ -111,7 +112,12 @@ async def test_a_silently_vanished_worker_is_noticed_and_its_job_rerun_within_30
     assert done["attempts"] == 2
     seen = await job(pool, job_id)
     assert [t["status"] for t in seen["transitions"]] == [
-        "pending", "queued", "processing", "queued", "processing", "complete",
+        "pending",
+        "queued",
+        "processing",
+        "queued",
+        "processing",
+        "complete",
     ]
     assert f"job {job_id}: complete" not in doomed.log()
 

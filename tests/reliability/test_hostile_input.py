@@ -91,8 +91,13 @@ async def world(module_database_url: str, module_pool: db.Pool) -> AsyncIterator
 
 
 async def send(
-    world: World, method: str, path: str | URL, *, body: bytes | None = None,
-    headers: dict[str, str] | None = None, as_user: User | None = None,
+    world: World,
+    method: str,
+    path: str | URL,
+    *,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    as_user: User | None = None,
 ) -> tuple[int, Any]:
     """One request, judged; a refused one must have changed nothing in the database."""
     before = await fingerprint(world.pool)

@@ -130,8 +130,14 @@ def client_sockets(web: WebProcess) -> int:
 
 
 async def enqueue_many(
-    session: aiohttp.ClientSession, web: WebProcess, targets: list[tuple[str, str]], count: int,
-    accepted: list[str], owners: dict[str, str], *, budget_s: float = 0,
+    session: aiohttp.ClientSession,
+    web: WebProcess,
+    targets: list[tuple[str, str]],
+    count: int,
+    accepted: list[str],
+    owners: dict[str, str],
+    *,
+    budget_s: float = 0,
 ) -> float:
     """POST count jobs, IN_FLIGHT at a time, round robin over (token, conversation); returns the
     elapsed seconds. Every one must be accepted (202); each is noted with its owner's token.
@@ -160,8 +166,12 @@ async def enqueue_many(
 
 
 async def sample_positions(
-    session: aiohttp.ClientSession, web: WebProcess, token_of: dict[str, str], accepted: list[str],
-    stop: asyncio.Event, latencies: list[float],
+    session: aiohttp.ClientSession,
+    web: WebProcess,
+    token_of: dict[str, str],
+    accepted: list[str],
+    stop: asyncio.Event,
+    latencies: list[float],
 ) -> None:
     """Read a random queued job's live position now and then, timing the whole request."""
     rng = random.Random(7)
@@ -171,8 +181,10 @@ async def sample_positions(
             continue
         job_id = accepted[rng.randrange(len(accepted))]
         started = time.monotonic()
-        async with session.get(f"{web.base_url}/api/jobs/{job_id}",
-                               headers={"Authorization": f"Bearer {token_of[job_id]}"}) as r:
+        async with session.get(
+            f"{web.base_url}/api/jobs/{job_id}",
+            headers={"Authorization": f"Bearer {token_of[job_id]}"},
+        ) as r:
             body = await r.json()
         latencies.append(time.monotonic() - started)
         assert r.status == 200 and body["queue_position"] >= 1, body
@@ -237,8 +249,11 @@ async def test_ten_thousand_jobs_under_a_thousand_subscribers(
                 f"{CLIENTS} clients connected and subscribed in {connect_s:.1f} s",
                 f"enqueue: {len(queued)} jobs over HTTP in {elapsed:.1f} s = "
                 f"{len(queued) / elapsed:.0f} jobs/s ({IN_FLIGHT} in flight)"
-                + ("" if len(queued) == JOBS else
-                   f" -- the {BUDGET_S:.0f} s budget ran out before {JOBS}"),
+                + (
+                    ""
+                    if len(queued) == JOBS
+                    else f" -- the {BUDGET_S:.0f} s budget ran out before {JOBS}"
+                ),
                 f"position read (GET /api/jobs/{{id}}, queue up to {len(queued)}): "
                 f"{percentiles(position_latency)}",
                 f"fan-out, commit to each receipt: {percentiles(receipts)}",
@@ -272,7 +287,8 @@ async def test_ten_thousand_jobs_under_a_thousand_subscribers(
             ]
             for state in (left, final):
                 assert not [kind for kind, n in grown(idle, state) if n >= CLIENTS // 2], (
-                    f"objects left behind by {CLIENTS} clients: {grown(idle, state)[:10]}")
+                    f"objects left behind by {CLIENTS} clients: {grown(idle, state)[:10]}"
+                )
             assert after <= baseline * 1.10, report
     finally:
         print("\nload:\n  " + "\n  ".join(report))
@@ -308,7 +324,10 @@ async def quiet_state(web: WebProcess, idle: dict[str, Any] | None = None) -> di
 
 
 async def check_deliveries(
-    pool: db.Pool, results: list[dict[str, Any]], *, after: int,
+    pool: db.Pool,
+    results: list[dict[str, Any]],
+    *,
+    after: int,
     since: dict[str, int] | None = None,
 ) -> tuple[list[float], dict[int, float]]:
     """Each client's events must be its conversation's stored events ('pending' is not sent)

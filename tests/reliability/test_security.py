@@ -141,7 +141,8 @@ async def test_tokens_are_stored_only_as_digests(site: Site) -> None:
                 cur = await conn.execute(query, params)
                 row = await cur.fetchone()
                 assert row is not None and row["n"] == 0, (
-                    f"a clear token is stored in {column['table_name']}.{column['column_name']}")
+                    f"a clear token is stored in {column['table_name']}.{column['column_name']}"
+                )
             cur = await conn.execute(
                 "SELECT count(*) AS n FROM api_tokens WHERE token_hash = %s",
                 (hashlib.sha256(token.encode()).digest(),),
@@ -502,9 +503,12 @@ async def test_security_headers_on_every_response(site: Site) -> None:
     parser = _Scripts()
     parser.feed(await page.text())
     assert parser.sources and all(s and s.startswith("/static/") for s in parser.sources), (
-        parser.sources)
+        parser.sources
+    )
     assert parser.inline_code == "" and parser.inline_handlers == [], (
-        parser.inline_code[:200], parser.inline_handlers)
+        parser.inline_code[:200],
+        parser.inline_handlers,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -565,8 +569,9 @@ async def test_a_token_in_a_request_too_long_to_parse_never_reaches_the_log(
 
     await eventually(logged, within=5)  # the refusals were written
     log = logged_web.log()
-    assert not [part for part in _secret_parts(user.token) if part in log], (
-        [line[:200] for line in log.splitlines() if user.token in line])
+    assert not [part for part in _secret_parts(user.token) if part in log], [
+        line[:200] for line in log.splitlines() if user.token in line
+    ]
 
 
 @pytest.mark.xfail(

@@ -69,8 +69,7 @@ class FollowingClient:
             self.latest_of_job[job] = max(self.latest_of_job.get(job, 0), int(frame["seq"]))
         elif kind == "position":
             job = str(frame["job_id"])
-            floor = self.last_seq if self.live else max(self.since,
-                                                        self.latest_of_job.get(job, 0))
+            floor = self.last_seq if self.live else max(self.since, self.latest_of_job.get(job, 0))
             self.positions.append(PositionSeen(
                 job, frame["queue_position"], floor, received_at, self.connections, self.live,
             ))  # fmt: skip

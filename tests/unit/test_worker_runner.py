@@ -35,9 +35,17 @@ class FakeClock:
 
 def make_claim(params: dict[str, Any] | None = None, timeout_s: int = 5) -> Claim:
     return Claim(
-        job_id=uuid.uuid4(), claim_id=1, message_id=uuid.uuid4(), conversation_id=uuid.uuid4(),
-        prompt="a fox", params=params if params is not None else {}, timeout_s=timeout_s,
-        attempts=1, max_attempts=3, started_at=datetime.now(UTC), gpu_lock="test-host/cpu",
+        job_id=uuid.uuid4(),
+        claim_id=1,
+        message_id=uuid.uuid4(),
+        conversation_id=uuid.uuid4(),
+        prompt="a fox",
+        params=params if params is not None else {},
+        timeout_s=timeout_s,
+        attempts=1,
+        max_attempts=3,
+        started_at=datetime.now(UTC),
+        gpu_lock="test-host/cpu",
     )
 
 
@@ -111,10 +119,18 @@ def test_an_interrupt_wrapped_by_a_backend_is_still_recognised() -> None:
 
 
 def test_the_request_takes_the_jobs_params() -> None:
-    request = image_request(make_claim({
-        "negative_prompt": "blurry", "width": 640, "height": 384, "steps": 12,
-        "guidance_scale": 4.5, "seed": 7,
-    }))
+    request = image_request(
+        make_claim(
+            {
+                "negative_prompt": "blurry",
+                "width": 640,
+                "height": 384,
+                "steps": 12,
+                "guidance_scale": 4.5,
+                "seed": 7,
+            }
+        )
+    )
     assert (request.prompt, request.negative_prompt) == ("a fox", "blurry")
     assert (request.width, request.height, request.steps) == (640, 384, 12)
     assert (request.guidance_scale, request.seed) == (4.5, 7)
