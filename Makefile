@@ -2,31 +2,44 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test migrate lint bench clean
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+# What running needs (the diffusers backend, the embedded PostgreSQL): `make run` installs only
+# this, saying so in one line; the dev tools come on top for test, lint and bench.
+$(RUN_STAMP): pyproject.toml
+	@echo "installing gpuqueue and what it runs on into $(VENV)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet -e '.[diffusers,embedded]'
+	@touch $@
+
+$(STAMP): $(RUN_STAMP)
 	$(PY) -m pip install --quiet -e '.[diffusers,dev]'
-	touch $(STAMP)
+	touch $@
 
-install: $(STAMP)
+install: $(RUN_STAMP)
 
-run: $(STAMP)
-	$(VENV)/bin/gpuqueue run
+run: $(RUN_STAMP)
+	@$(VENV)/bin/gpuqueue run
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-migrate: $(STAMP)
-	$(VENV)/bin/gpuqueue migrate
+migrate: $(RUN_STAMP)
+	@$(VENV)/bin/gpuqueue migrate
 
-lint: $(STAMP)
+# The page's checker (TypeScript over web/static's JSDoc types), pinned in package-lock.json.
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+
+lint: $(STAMP) node_modules/.package-lock.json
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy queueing web gpu_worker gpuqueue bench
+	node_modules/.bin/tsc --project jsconfig.json
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -20,7 +20,8 @@ from typing import Any
 
 from gpu_worker import png
 from gpu_worker.backends import Backend, ImageRequest
-from queueing import db, jobs
+from queueing import db, jobs, limits
+from queueing.config import Settings
 from queueing.jobs import Claim
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ class ProgressReporter:
         claim: Claim,
         gate: StepGate,
         *,
-        interval_s: float = 0.1,
+        interval_s: float,
         clock: Clock = time.monotonic,
     ) -> None:
         self._loop = loop
@@ -169,10 +170,10 @@ def image_request(claim: Claim) -> ImageRequest:
     return ImageRequest(
         prompt=claim.prompt,
         negative_prompt=str(negative) if negative else None,
-        width=int(params.get("width", 512)),
-        height=int(params.get("height", 512)),
-        steps=int(params.get("steps", 20)),
-        guidance_scale=float(params.get("guidance_scale", 7.5)),
+        width=int(params.get("width", Settings.default_size)),
+        height=int(params.get("height", Settings.default_size)),
+        steps=int(params.get("steps", limits.DEFAULT_STEPS)),
+        guidance_scale=float(params.get("guidance_scale", limits.DEFAULT_GUIDANCE_SCALE)),
         seed=int(params.get("seed", 0)),
     )
 
@@ -204,11 +205,12 @@ class JobRunner:
         executor: concurrent.futures.ThreadPoolExecutor,
         pool: db.Pool,
         *,
-        probe_interval_s: float = 0.25,
+        probe_interval_s: float,
+        stuck_grace_s: float,
+        progress_interval_s: float,
         probe_timeout_s: float = 5.0,
-        stuck_grace_s: float = 10.0,
-        progress_interval_s: float = 0.1,
     ) -> None:
+        """The intervals are WorkerConfig's (their one default is there)."""
         self._backend = backend
         self._executor = executor
         self._pool = pool

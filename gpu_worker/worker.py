@@ -21,7 +21,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -47,25 +47,23 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # a side task died, or the backend could not load
 EXIT_WEDGED = 75  # a pipeline step never returned: the process ends so its GPU is freed
 
-STUCK_GRACE_ENV = "GPUQUEUE_STUCK_GRACE_S"
-
 # What says a session is gone (or must be taken for gone: a claim past its deadline).
 SESSION_LOST = (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError)
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """The worker's knobs: Settings' shared ones plus a few only the worker reads."""
+    """The worker's knobs: Settings' (whose defaults they take) plus a few only the worker has."""
 
-    poll_interval_s: float = 1.0
-    sweep_interval_s: float = 1.0
-    lock_warn_s: float = 30.0
-    grace_s: float = 30.0
+    poll_interval_s: float = Settings.poll_interval_s
+    sweep_interval_s: float = Settings.sweep_interval_s
+    lock_warn_s: float = Settings.lock_warn_s
+    grace_s: float = Settings.grace_s
     backoff: Backoff = field(default_factory=Backoff)
     probe_interval_s: float = 0.25
     # A real model's step or VAE decode on a CPU can take seconds: only a step that has not
     # returned this long after its job was interrupted counts as wedged.
-    stuck_grace_s: float = 10.0
+    stuck_grace_s: float = Settings.stuck_grace_s
     progress_interval_s: float = 0.1
     reconnect_max_s: float = 2.0
     # The claim never waits for a lock, so a claim round trip slower than this means the
@@ -81,13 +79,23 @@ class WorkerConfig:
             lock_warn_s=settings.lock_warn_s,
             grace_s=settings.grace_s,
             backoff=Backoff(settings.retry_base_s, settings.retry_cap_s),
-            stuck_grace_s=float(os.environ.get(STUCK_GRACE_ENV, 10.0)),
+            stuck_grace_s=settings.stuck_grace_s,
             gpu_lock_dir=settings.gpu_lock_dir,
         )
 
 
 class SessionGivenUp(psycopg.OperationalError):
     """A job's end could not be written at all: the session is dropped as if it were lost."""
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """How one outcome is recorded: the transition to call (None: nothing may be written), whether
+    the job is finished by it (not handed back), and the log line from the transition's answer."""
+
+    write: Callable[[], Awaitable[Any]] | None
+    done: bool
+    log: Callable[[Any], None]
 
 
 @dataclass
@@ -438,52 +446,85 @@ class Worker:
             self.jobs_done += 1
 
     async def _write_end(self, session: GpuSession, claim: Claim, result: RunResult) -> None:
-        job = claim.job_id
-        reason = result.reason
+        ending = self._ending(session, claim, result)
+        assert ending.write is not None  # a lost session was dealt with before
+        answer = await ending.write()
+        if ending.done:
+            self.jobs_done += 1
+        ending.log(answer)
+
+    def _ending(self, session: GpuSession, claim: Claim, result: RunResult) -> _Ending:
+        """Each outcome's transition and log line, the one place that maps one to the other.
+
+        Used by the normal end and by the last resort alike; a wedged run's timeout says that
+        its worker was restarted.
+        """
+        job, reason, backoff = claim.job_id, result.reason, self.config.backoff
         if reason is None and result.png is not None:
-            stored = await session.complete(claim, result.png)
-            self.jobs_done += 1
-            log.info(
-                "job %s: complete in %.2f s%s",
-                job,
-                result.elapsed_s,
-                "" if stored else " (claim was stale: result discarded)",
+            image = result.png
+            return _Ending(
+                lambda: session.complete(claim, image),
+                True,
+                lambda stored: log.info(
+                    "job %s: complete in %.2f s%s",
+                    job,
+                    result.elapsed_s,
+                    "" if stored else " (claim was stale: result discarded)",
+                ),
             )
-        elif reason is None:
+        if reason is None:
             error = result.error or "the pipeline failed"
-            status = await session.fail(
-                claim, error, retryable=result.retryable, backoff=self.config.backoff
+            return _Ending(
+                lambda: session.fail(claim, error, retryable=result.retryable, backoff=backoff),
+                True,
+                lambda status: log.warning(
+                    "job %s: the pipeline failed after %.2f s (attempt %d of %d); now %s: %s",
+                    job,
+                    result.elapsed_s,
+                    claim.attempts,
+                    claim.max_attempts,
+                    status or "stale",
+                    error,
+                    exc_info=result.exception,
+                ),
             )
-            self.jobs_done += 1
-            log.warning(
-                "job %s: the pipeline failed after %.2f s (attempt %d of %d); now %s: %s",
-                job,
-                result.elapsed_s,
-                claim.attempts,
-                claim.max_attempts,
-                status or "stale",
-                error,
-                exc_info=result.exception,
+        if reason is Reason.TIMEOUT:
+            message = timeout_message(result.elapsed_s, claim.timeout_s)
+            stored = (
+                f"{message}; the step never returned, so its worker was restarted"
+                if result.wedged
+                else message
             )
-        elif reason is Reason.TIMEOUT:
-            error = timeout_message(result.elapsed_s, claim.timeout_s)
-            await session.fail(claim, error, retryable=False, backoff=self.config.backoff)
-            self.jobs_done += 1
-            log.warning("job %s: %s", job, error)
-        elif reason is Reason.CANCEL:
-            await session.finish_canceled(claim)
-            self.jobs_done += 1
-            log.info("job %s: canceled after %.2f s", job, result.elapsed_s)
-        elif reason is Reason.STOP:
-            status = await session.requeue(claim)
-            log.info(
-                "job %s: handed back to the queue (%s) because the worker is stopping",
-                job,
-                status or "stale",
+            return _Ending(
+                lambda: session.fail(claim, stored, retryable=False, backoff=backoff),
+                True,
+                lambda _: log.warning("job %s: %s", job, message),
             )
-        else:  # STALE: the job is no longer ours; this only releases the GPU lock
-            await session.requeue(claim)
-            log.warning("job %s: the claim went stale while it ran; result discarded", job)
+        if reason is Reason.CANCEL:
+            return _Ending(
+                lambda: session.finish_canceled(claim),
+                True,
+                lambda _: log.info("job %s: canceled after %.2f s", job, result.elapsed_s),
+            )
+        if reason is Reason.STOP:
+            return _Ending(
+                lambda: session.requeue(claim),
+                False,
+                lambda status: log.info(
+                    "job %s: handed back to the queue (%s) because the worker is stopping",
+                    job,
+                    status or "stale",
+                ),
+            )
+        if reason is Reason.STALE:  # the job is no longer ours; this only releases the GPU lock
+            return _Ending(
+                lambda: session.requeue(claim),
+                False,
+                lambda _: log.warning(
+                    "job %s: the claim went stale while it ran; result discarded", job
+                ),
+            )
+        return _Ending(None, False, lambda _: None)  # LOST: the session is gone, write nothing
 
     async def _give_up(self, session: GpuSession, claim: Claim, result: RunResult) -> NoReturn:
         """Last resort: a step never returned after the job was interrupted.
@@ -501,21 +542,11 @@ class Worker:
             reason.value if reason else "?",
             EXIT_WEDGED,
         )
+        ending = self._ending(session, claim, result)
         try:
             async with asyncio.timeout(5.0):
-                if reason is Reason.TIMEOUT:
-                    message = timeout_message(result.elapsed_s, claim.timeout_s)
-                    await session.fail(
-                        claim,
-                        f"{message}; the step never returned, so its worker was restarted",
-                        retryable=False,
-                        backoff=self.config.backoff,
-                    )
-                elif reason is Reason.CANCEL:
-                    await session.finish_canceled(claim)
-                elif reason in (Reason.STOP, Reason.STALE):
-                    await session.requeue(claim)
-                if reason is not Reason.LOST:
+                if ending.write is not None:
+                    await ending.write()
                     await workers.mark_stopped(session.conn, session.worker_id)
         except Exception as exc:
             log.error("job %s: could not record its end (%s); the sweep will", claim.job_id, exc)

@@ -4,30 +4,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from gpuqueue import prune_cli
-from queueing import locate
+from queueing import db, locate
 from queueing.config import Settings, check_host_id
 
 
 def database_url(args: argparse.Namespace, settings: Settings) -> str:
-    """--database-url, else DATABASE_URL, else the local server, else the embedded one."""
-    if args.database_url:
-        return str(args.database_url)
-    return locate.find_database_url(
-        env_var="DATABASE_URL", data_dir=settings.data_dir, database="gpuqueue"
-    )
+    """--database-url, else DATABASE_URL, else the local server, else the embedded one; with
+    the deployment's lock_timeout, so that every session made from it has it."""
+    url = args.database_url or locate.find_database_url(settings, "gpuqueue")
+    return db.with_lock_timeout(str(url), settings.lock_timeout)
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     from queueing.migrate import migrate
 
-    applied = asyncio.run(migrate(database_url(args, settings)))
+    applied = asyncio.run(migrate(database_url(args, settings), settings.migrations_dir))
     print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
     return 0
 
@@ -72,7 +70,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     from gpuqueue.status import show_status
 
-    return asyncio.run(show_status(database_url(args, settings), as_json=args.json))
+    return asyncio.run(
+        show_status(
+            database_url(args, settings), as_json=args.json, lock_warn_s=settings.lock_warn_s
+        )
+    )
 
 
 def _host_id(value: str) -> str:
@@ -82,10 +84,12 @@ def _host_id(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+    """The command line; its defaults come from `settings` (the environment's)."""
+    settings = settings or Settings()
     parser = argparse.ArgumentParser(prog="gpuqueue", description=__doc__)
     parser.add_argument("--database-url", help="PostgreSQL URL (default: $DATABASE_URL)")
-    parser.add_argument("--log-level", default=os.environ.get("GPUQUEUE_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-level", default=settings.log_level)
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("migrate", help="apply pending SQL migrations").set_defaults(func=_migrate)
@@ -100,13 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("run", _run, "web server and one worker in one command"),
     ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--device", default=os.environ.get("GPUQUEUE_DEVICE", "cpu"))
-        p.add_argument(
-            "--backend",
-            choices=("diffusers", "stub"),
-            default=os.environ.get("GPUQUEUE_BACKEND", "diffusers"),
-        )
-        p.add_argument("--model", default=os.environ.get("GPUQUEUE_MODEL") or None)
+        p.add_argument("--device", default=settings.device)
+        p.add_argument("--backend", choices=("diffusers", "stub"), default=settings.backend)
+        p.add_argument("--model", default=settings.model)
         p.add_argument(
             "--host-id",
             type=_host_id,
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--host", default="127.0.0.1")
             p.add_argument("--port", type=int, default=8080)
-            p.add_argument("--user", default=os.environ.get("USER") or "local")
+            p.add_argument("--user", default=settings.run_user)
         p.set_defaults(func=func)
 
     token = sub.add_parser("token", help="API tokens")
@@ -139,15 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The edge: the environment is read here, once, into the Settings every command gets."""
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"gpuqueue: {exc}", file=sys.stderr)
+        return 2
+    if not settings.data_dir.is_absolute():
+        settings = dataclasses.replace(settings, data_dir=Path.cwd() / settings.data_dir)
+    args = build_parser(settings).parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    settings = Settings.from_env()
-    if not settings.data_dir.is_absolute():
-        settings = Settings(**{**settings.__dict__, "data_dir": Path.cwd() / settings.data_dir})
     try:
         return int(args.func(args, settings))
     except KeyboardInterrupt:

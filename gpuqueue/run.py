@@ -40,7 +40,7 @@ def run_all(args: argparse.Namespace, settings: Settings, url: str) -> int:
 
 def run_settings(args: argparse.Namespace, settings: Settings) -> Settings:
     """The tiny default model makes small images the sensible default, unless told otherwise."""
-    if args.backend == "diffusers" and not args.model and "GPUQUEUE_DEFAULT_SIZE" not in os.environ:
+    if args.backend == "diffusers" and not args.model and "default_size" not in settings.given:
         return dataclasses.replace(settings, default_size=TINY_MODEL_SIZE)
     return settings
 
@@ -55,7 +55,7 @@ def page_url(host: str, port: int, token: str) -> str:
 
 async def _run(args: argparse.Namespace, settings: Settings, url: str) -> int:
     settings = run_settings(args, settings)
-    applied = await migrate(url)
+    applied = await migrate(url, settings.migrations_dir)
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
     conn = await db.connect(url, "gpuqueue-run")
@@ -72,12 +72,12 @@ async def _run(args: argparse.Namespace, settings: Settings, url: str) -> int:
         print(f"gpuqueue run: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         await runner.cleanup()
         return 1
-    print(f"open: {page_url(args.host, args.port, token)}", flush=True)
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # Only now: a Ctrl-C right after the line stops the run in order, too.
+    print(f"open: {page_url(args.host, args.port, token)}", flush=True)
     worker = WorkerSupervisor(worker_command(args), url, grace_s=settings.grace_s)
     supervising = asyncio.create_task(worker.run(stop))
     try:

@@ -16,9 +16,9 @@ import psycopg
 
 from queueing import db, positions, workers
 from queueing.config import Settings
+from queueing.states import JobStatus
 
 QUEUE_SHOWN = 50
-STATUSES = ("pending", "queued", "processing", "complete", "error", "canceled")
 
 
 async def collect(conn: db.Db, *, limit: int = QUEUE_SHOWN) -> dict[str, Any]:
@@ -28,9 +28,9 @@ async def collect(conn: db.Db, *, limit: int = QUEUE_SHOWN) -> dict[str, Any]:
     live = await workers.live_workers(conn)
     model = await positions.eta_model(conn)
     counts = {row["status"]: row["jobs"] for row in overview}
-    oldest = next((r["oldest_queued_s"] for r in overview if r["status"] == "queued"), None)
+    oldest = next((r["oldest_queued_s"] for r in overview if r["status"] == JobStatus.QUEUED), None)
     return {
-        "counts": {status: counts.get(status, 0) for status in STATUSES},
+        "counts": {status.value: counts.get(status, 0) for status in JobStatus},
         "oldest_queued_s": oldest,
         "queue": [
             {
@@ -64,7 +64,13 @@ async def collect(conn: db.Db, *, limit: int = QUEUE_SHOWN) -> dict[str, Any]:
     }
 
 
-async def show_status(url: str, *, as_json: bool = False, out: TextIO | None = None) -> int:
+async def show_status(
+    url: str,
+    *,
+    as_json: bool = False,
+    out: TextIO | None = None,
+    lock_warn_s: float = Settings.lock_warn_s,
+) -> int:
     """Print the status; 0 when the database answered, 1 when it did not."""
     out = out or sys.stdout
     try:
@@ -82,20 +88,20 @@ async def show_status(url: str, *, as_json: bool = False, out: TextIO | None = N
     if as_json:
         print(json.dumps(data, indent=2), file=out)
     else:
-        print(render(data, lock_warn_s=Settings.from_env().lock_warn_s), file=out)
+        print(render(data, lock_warn_s=lock_warn_s), file=out)
     return 0
 
 
-def render(data: dict[str, Any], *, lock_warn_s: float = 30.0) -> str:
+def render(data: dict[str, Any], *, lock_warn_s: float = Settings.lock_warn_s) -> str:
     """The status as a terminal table."""
     counts = data["counts"]
-    lines = ["jobs    " + "  ".join(f"{status} {counts[status]}" for status in STATUSES)]
+    lines = ["jobs    " + "  ".join(f"{status} {counts[status]}" for status in JobStatus)]
     oldest = data["oldest_queued_s"]
     lines.append(f"oldest queued: {duration(oldest) if oldest is not None else '-'}")
 
     queue = data["queue"]
-    shown = f", first {len(queue)} shown" if counts["queued"] > len(queue) else ""
-    lines += ["", f"queue ({counts['queued']} queued{shown})"]
+    shown = f", first {len(queue)} shown" if counts[JobStatus.QUEUED] > len(queue) else ""
+    lines += ["", f"queue ({counts[JobStatus.QUEUED]} queued{shown})"]
     if queue:
         rows = [
             [

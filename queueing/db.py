@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
@@ -11,6 +10,7 @@ import psycopg
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from .config import Settings
 from .errors import translated
 from .sql import QUERIES
 
@@ -36,7 +36,7 @@ CLIENT_CHECK_INTERVAL_MS = 2_000
 def _session_options() -> str:
     """UTC timestamps, short lock waits, and the server's side of dead-peer detection."""
     return (
-        f"-c timezone=UTC -c lock_timeout={os.environ.get('GPUQUEUE_LOCK_TIMEOUT', '10s')}"
+        f"-c timezone=UTC -c lock_timeout={Settings.lock_timeout}"
         f" -c tcp_keepalives_idle={KEEPALIVE_IDLE_S}"
         f" -c tcp_keepalives_interval={KEEPALIVE_INTERVAL_S}"
         f" -c tcp_keepalives_count={KEEPALIVE_COUNT}"
@@ -45,12 +45,28 @@ def _session_options() -> str:
     )
 
 
+def with_lock_timeout(url: str, lock_timeout: str) -> str:
+    """The URL with the deployment's lock_timeout (Settings.lock_timeout) among its options.
+
+    The URL is what every connection of a process is made from, so the CLI puts the setting
+    there once and each session gets it; the options a URL carries win over our defaults.
+    """
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    given = str(info.get("options") or "")
+    option = f"-c lock_timeout={lock_timeout}"
+    if given.endswith(option):  # already there (a child process given its parent's URL)
+        return url
+    info["options"] = f"{given} {option}".strip()
+    return psycopg.conninfo.make_conninfo("", **info)
+
+
 def conninfo(url: str, app: str, extra_options: str = "") -> str:
     """The URL with our session settings and an application_name that pg_stat_activity shows."""
+    given = str(psycopg.conninfo.conninfo_to_dict(url).get("options") or "")
     return psycopg.conninfo.make_conninfo(
         url,
         application_name=app,
-        options=f"{_session_options()} {extra_options}".strip(),
+        options=" ".join(o for o in (_session_options(), given, extra_options) if o),
         # The client's side of the same: a server that vanished is noticed in seconds, not hours.
         keepalives=1,
         keepalives_idle=KEEPALIVE_IDLE_S,

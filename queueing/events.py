@@ -46,4 +46,4 @@ async def progress_of(conn: db.Db, job_ids: Iterable[UUID]) -> list[db.Row]:
     ids = list(job_ids)
     if not ids:
         return []
-    return await db.fetch_all(conn, "progress_of_jobs_routed", {"job_ids": ids})
+    return await db.fetch_all(conn, "progress_of_jobs", {"job_ids": ids})

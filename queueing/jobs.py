@@ -1,6 +1,6 @@
 """The job state machine: enqueue, claim, complete, fail, cancel, requeue.
 
-Each transition is one call of a SQL function (migrations/002_queue_functions.sql), so it is
+Each transition is one call of a SQL function (migrations/R__queue_functions.sql), so it is
 one round trip and one transaction. Worker-side transitions are fenced by the claim: a stale
 claim makes them return False and write nothing.
 """
@@ -17,9 +17,11 @@ from psycopg.types.json import Jsonb
 
 from . import db
 from .actors import Actor
+from .config import Settings
 from .errors import NotFound
 from .eta import EtaModel
 from .positions import eta_model, with_eta
+from .states import JobStatus
 
 
 @dataclass(frozen=True)
@@ -29,14 +31,14 @@ class JobRequest:
     prompt: str
     params: dict[str, Any]
     priority: int = 0
-    max_attempts: int = 3
-    timeout_s: int = 300
+    max_attempts: int = Settings.default_max_attempts
+    timeout_s: int = Settings.default_timeout_s
 
 
 @dataclass(frozen=True)
 class Backoff:
-    base_s: float = 1.0
-    cap_s: float = 60.0
+    base_s: float = Settings.retry_base_s
+    cap_s: float = Settings.retry_cap_s
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class Claim:
 
 
 async def _job_with_eta(conn: db.Db, job: dict[str, Any], eta: EtaModel | None) -> dict[str, Any]:
-    if job["status"] == "queued" and eta is None:
+    if job["status"] == JobStatus.QUEUED and eta is None:
         eta = await eta_model(conn)
     return with_eta(job, eta or EtaModel(None, ()))
 
@@ -128,7 +130,7 @@ async def list_jobs(
     if row is None:
         raise NotFound(f"conversation {conversation_id} not found")
     jobs: list[dict[str, Any]] = row["jobs"]
-    if eta is None and any(j["status"] == "queued" for j in jobs):
+    if eta is None and any(j["status"] == JobStatus.QUEUED for j in jobs):
         eta = await eta_model(conn)
     return [with_eta(j, eta or EtaModel(None, ())) for j in jobs]
 

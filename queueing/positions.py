@@ -10,6 +10,7 @@ from uuid import UUID
 
 from . import db
 from .eta import EtaModel, backoff_left_s
+from .states import JobStatus
 
 
 async def eta_model(conn: db.Db) -> EtaModel:
@@ -45,7 +46,7 @@ class EtaCache:
 def with_eta(job: dict[str, Any], model: EtaModel) -> dict[str, Any]:
     """Add eta_s to a job dict (null unless queued with a known model); a job waiting out a
     retry's backoff starts no earlier than its run_after."""
-    if job.get("status") != "queued":
+    if job.get("status") != JobStatus.QUEUED:
         job["eta_s"] = None
         return job
     position = job.get("queue_position") or 0

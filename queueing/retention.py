@@ -4,7 +4,7 @@ The events (and, when asked, the images) of jobs that finished before a cutoff g
 of small transactions that lock no job row, so the queue never waits on a prune. The jobs stay:
 their JSON keeps its status, times and error, with no transitions and (images pruned) no image.
 Rows of workers that are gone are removed by the sweep itself, an hour after they stopped
-(gq_requeue_lost, migrations/004).
+(gq_requeue_lost, migrations/R__queue_functions.sql).
 """
 
 from __future__ import annotations

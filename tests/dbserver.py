@@ -16,6 +16,7 @@ import psycopg
 from psycopg import sql
 
 from queueing import locate
+from queueing.config import Settings
 from queueing.migrate import migrate
 
 
@@ -23,7 +24,7 @@ def admin_url() -> str:
     given = os.environ.get("TEST_DATABASE_URL")
     if given:
         return given
-    url = locate.local_server_url("postgres")
+    url = locate.local_server_url(Settings.from_env().pg_probe, "postgres")
     if url is not None:
         return url
     folder = Path(tempfile.mkdtemp(prefix="gpuqueue-test-pg-"))

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from queueing import db, workers
+from tests import queries
 
 T = TypeVar("T")
 
@@ -39,4 +40,4 @@ async def worker_session(
 
 async def queue_snapshot(pool: db.Pool) -> list[dict[str, Any]]:
     """Every queued job's per-job position and its rank, read in one statement (one snapshot)."""
-    return await db.fetch_all(pool, "queue_position_audit")
+    return await queries.fetch_all(pool, "queue_position_audit")

@@ -4,41 +4,25 @@ JSON; the database scopes every read and change to the actor, so another user's 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from datetime import date, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import psycopg
 from aiohttp import web
 from psycopg_pool import PoolTimeout
 
-from queueing import conversations, db, images, jobs, positions, workers
+from queueing import conversations, db, events, images, jobs, positions, workers
 from queueing.actors import Actor
 from queueing.errors import QueueFull
+from queueing.states import JobStatus
 
 from . import auth, validation
 from .errors import ApiError, not_found
+from .json_text import dumps
 from .keys import ACTOR, BROADCASTER, ETA_CACHE, IMAGE_LINKS, OPTIONS, POOL, SETTINGS
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-
-
-def _default(value: Any) -> Any:
-    if isinstance(value, UUID):
-        return str(value)
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return float(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, default=_default, separators=(",", ":"), ensure_ascii=False)
 
 
 def json_response(
@@ -172,12 +156,15 @@ async def enqueue(request: web.Request) -> web.Response:
 
 
 async def list_jobs(request: web.Request) -> web.Response:
+    """The page's reload snapshot. Its `seq` is read first, so every event up to it is in the
+    jobs (a later one may be too): subscribing with since_seq=seq replays whatever they lack."""
     conversation_id = validation.parse_uuid(request.match_info["id"], "conversation")
     pool = request.app[POOL]
+    seq = await events.last_seq(pool)
     rows = await jobs.list_jobs(
         pool, conversation_id, actor=_actor(request), eta=await request.app[ETA_CACHE].get(pool)
     )
-    return json_response({"jobs": [_signed(request, row) for row in rows]})
+    return json_response({"jobs": [_signed(request, row) for row in rows], "seq": seq})
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -215,7 +202,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     try:
         job = await jobs.cancel(pool, job_id, actor=actor, eta=await eta_cache.get(pool))
         deadline = time.monotonic() + request.app[OPTIONS].cancel_wait_s
-        while job["status"] == "processing":
+        while job["status"] == JobStatus.PROCESSING:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return json_response(_signed(request, job), status=202)
@@ -229,7 +216,7 @@ async def cancel_job(request: web.Request) -> web.Response:
             job = await jobs.get_job(pool, job_id, actor=actor, eta=await eta_cache.get(pool))
     finally:
         broadcaster.unwatch(job_id, waiter)
-    if job["status"] != "canceled":
+    if job["status"] != JobStatus.CANCELED:
         raise ApiError(409, "conflict", f"job {job_id} ended {job['status']} before it could stop")
     return json_response(_signed(request, job))
 

@@ -19,9 +19,8 @@ from queueing.config import Settings
 from queueing.positions import EtaCache
 
 from . import api, ws
-from .broadcaster import Broadcaster, Client
 from .errors import error_middleware
-from .image_links import MIN_SECRET_BYTES, SECRET_NAME, ImageLinks
+from .image_links import SECRET_NAME, ImageLinks
 from .keys import (
     BROADCASTER,
     CLIENTS,
@@ -34,28 +33,11 @@ from .keys import (
     TOKEN_WATCH,
     WebOptions,
 )
+from .live import Broadcaster, Client
 from .token_watch import TokenWatch
-from .validation import MAX_BODY_BYTES
+from .validation import MAX_BODY_BYTES, check_settings
 
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
-
-
-def check_settings(settings: Settings) -> None:
-    """Defaults the edge would refuse in a request are refused here, at start-up."""
-    size = settings.default_size
-    if not (64 <= size <= 2048 and size % 8 == 0):
-        raise ValueError(f"GPUQUEUE_DEFAULT_SIZE must be a multiple of 8 in 64..2048, not {size}")
-    if not 1 <= settings.default_timeout_s <= 3600:
-        raise ValueError("GPUQUEUE_DEFAULT_TIMEOUT_S must be in 1..3600")
-    if not 1 <= settings.default_max_attempts <= 10:
-        raise ValueError("GPUQUEUE_DEFAULT_MAX_ATTEMPTS must be in 1..10")
-    if settings.max_queued_per_user < 1:
-        raise ValueError("GPUQUEUE_MAX_QUEUED_PER_USER must be at least 1")
-    if not 1 <= settings.image_link_ttl_s <= 7 * 86400:
-        raise ValueError("GPUQUEUE_IMAGE_LINK_TTL_S must be in 1..604800 (a week)")
-    secret = settings.image_secret
-    if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
-        raise ValueError(f"GPUQUEUE_IMAGE_SECRET must be at least {MIN_SECRET_BYTES} bytes long")
 
 
 def create_app(settings: Settings, url: str, options: WebOptions | None = None) -> web.Application:

@@ -3,7 +3,6 @@ input. Unexpected exceptions become a 500 with no details, and are logged here."
 
 from __future__ import annotations
 
-import json
 import logging
 from http import HTTPStatus
 
@@ -13,6 +12,8 @@ from aiohttp.typedefs import Handler
 from psycopg_pool import PoolTimeout
 
 from queueing.errors import QueueError
+
+from .json_text import dumps
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def error_response(
 ) -> web.Response:
     return web.Response(
         status=status,
-        text=json.dumps(error_body(code, message)),
+        text=dumps(error_body(code, message), ascii_only=True),
         content_type="application/json",
         headers=headers,
     )

@@ -48,10 +48,13 @@ class ImageLinks:
         return f"/api/jobs/{job}/image?exp={exp}&sig={self._sig(job, exp)}"
 
     def sign(self, value: dict[str, Any]) -> dict[str, Any]:
-        """The job or event with its image_url (when it has one) signed."""
-        if not value.get("image_url"):
+        """The job or event as it leaves the server: queueing's has_image becomes image_url, a
+        signed link (null without an image). A job always has has_image, an event only with one."""
+        if "has_image" not in value:
             return value
-        return {**value, "image_url": self.url(value["job_id"])}
+        shown = {key: v for key, v in value.items() if key != "has_image"}
+        shown["image_url"] = self.url(value["job_id"]) if value["has_image"] else None
+        return shown
 
     def check(self, job_id: UUID, exp: str | None, sig: str | None) -> float:
         """Seconds the link has left; 403 when it is forged, altered or expired."""

@@ -13,8 +13,8 @@ from queueing.actors import Actor
 from queueing.config import Settings
 from queueing.positions import EtaCache
 
-from .broadcaster import Broadcaster, Client
 from .image_links import ImageLinks
+from .live import Broadcaster, Client
 from .token_watch import TokenWatch
 
 

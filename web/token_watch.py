@@ -17,7 +17,7 @@ from psycopg_pool import PoolTimeout
 from queueing import db, tokens
 from queueing.cancellation import cancel_and_wait
 
-from .broadcaster import Broadcaster, Client
+from .live import Broadcaster, Client
 
 log = logging.getLogger(__name__)
 

@@ -15,22 +15,22 @@ from uuid import UUID
 
 from aiohttp import web
 
+from queueing import limits
 from queueing.actors import Actor
 from queueing.config import Settings
 from queueing.jobs import JobRequest
 
 from .errors import ApiError, bad_request, invalid, not_found
+from .image_links import MIN_SECRET_BYTES
 
 MAX_BODY_BYTES = 64 * 1024
-MAX_PROMPT_CHARS = 2000
 MAX_TITLE_CHARS = 200
 # One metadata PATCH (contract: Input limits): levels of nesting, the top object being level 1,
 # and keys counted at every depth. The merged object's size is checked in the database, under
 # the row lock (queueing.conversations.METADATA_MAX_BYTES).
 MAX_METADATA_DEPTH = 20
 MAX_METADATA_KEYS = 2000
-PRIORITY_RANGE = (-1000, 1000)
-SEED_MAX = 2**32 - 1
+IMAGE_LINK_TTL_S = (1, 7 * 86400)
 RESERVED_METADATA_KEYS = ("job_id", "status", "queue_position", "error")
 
 IMAGE_FIELDS = (
@@ -140,10 +140,37 @@ def _number(body: Mapping[str, Any], name: str, low: float, high: float, default
 
 
 def _side(body: Mapping[str, Any], name: str, default: int) -> int:
-    value = _integer(body, name, 64, 2048, default)
-    if value % 8:
-        raise invalid(f"{name} must be a multiple of 8 (got {value})")
+    value = _integer(body, name, *limits.SIDE, default)
+    if value % limits.SIDE_MULTIPLE:
+        raise invalid(f"{name} must be a multiple of {limits.SIDE_MULTIPLE} (got {value})")
     return value
+
+
+def _within(value: int, bounds: tuple[int, int]) -> bool:
+    return bounds[0] <= value <= bounds[1]
+
+
+def check_settings(settings: Settings) -> None:
+    """Defaults the edge would refuse in a request are refused here, at start-up."""
+    size, (low, high) = settings.default_size, limits.SIDE
+    if not (_within(size, limits.SIDE) and size % limits.SIDE_MULTIPLE == 0):
+        raise ValueError(
+            f"GPUQUEUE_DEFAULT_SIZE must be a multiple of {limits.SIDE_MULTIPLE} in "
+            f"{low}..{high}, not {size}"
+        )
+    for name, value, bounds in (
+        ("GPUQUEUE_DEFAULT_TIMEOUT_S", settings.default_timeout_s, limits.TIMEOUT_S),
+        ("GPUQUEUE_DEFAULT_MAX_ATTEMPTS", settings.default_max_attempts, limits.MAX_ATTEMPTS),
+    ):
+        if not _within(value, bounds):
+            raise ValueError(f"{name} must be in {bounds[0]}..{bounds[1]}")
+    if settings.max_queued_per_user < 1:
+        raise ValueError("GPUQUEUE_MAX_QUEUED_PER_USER must be at least 1")
+    if not _within(settings.image_link_ttl_s, IMAGE_LINK_TTL_S):
+        raise ValueError("GPUQUEUE_IMAGE_LINK_TTL_S must be in 1..604800 (a week)")
+    secret = settings.image_secret
+    if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
+        raise ValueError(f"GPUQUEUE_IMAGE_SECRET must be at least {MIN_SECRET_BYTES} bytes long")
 
 
 def image_request(body: Mapping[str, Any], *, actor: Actor, settings: Settings) -> JobRequest:
@@ -153,29 +180,33 @@ def image_request(body: Mapping[str, Any], *, actor: Actor, settings: Settings) 
     show it. Users may lower their priority; raising it is for admins.
     """
     refuse_unknown(body, IMAGE_FIELDS)
-    prompt = _string(body, "prompt", max_chars=MAX_PROMPT_CHARS, required=True)
+    prompt = _string(body, "prompt", max_chars=limits.PROMPT_CHARS, required=True)
     assert prompt is not None
     if not prompt.strip():
         raise invalid("prompt must not be empty")
-    negative = _string(body, "negative_prompt", max_chars=MAX_PROMPT_CHARS)
+    negative = _string(body, "negative_prompt", max_chars=limits.PROMPT_CHARS)
     default_size = settings.default_size
     params: dict[str, Any] = {
         "negative_prompt": negative,
         "width": _side(body, "width", default_size),
         "height": _side(body, "height", default_size),
-        "steps": _integer(body, "steps", 1, 150, 20),
-        "guidance_scale": _number(body, "guidance_scale", 0.0, 30.0, 7.5),
-        "seed": _integer(body, "seed", 0, SEED_MAX, secrets.randbelow(SEED_MAX + 1)),
+        "steps": _integer(body, "steps", *limits.STEPS, limits.DEFAULT_STEPS),
+        "guidance_scale": _number(
+            body, "guidance_scale", *limits.GUIDANCE_SCALE, limits.DEFAULT_GUIDANCE_SCALE
+        ),
+        "seed": _integer(body, "seed", 0, limits.SEED_MAX, secrets.randbelow(limits.SEED_MAX + 1)),
     }
-    priority = _integer(body, "priority", *PRIORITY_RANGE, 0)
+    priority = _integer(body, "priority", *limits.PRIORITY, 0)
     if priority > 0 and not actor.is_admin:
         raise ApiError(403, "forbidden", "only an admin may raise a job's priority above 0")
     return JobRequest(
         prompt=prompt,
         params=params,
         priority=priority,
-        max_attempts=_integer(body, "max_attempts", 1, 10, settings.default_max_attempts),
-        timeout_s=_integer(body, "timeout_s", 1, 3600, settings.default_timeout_s),
+        max_attempts=_integer(
+            body, "max_attempts", *limits.MAX_ATTEMPTS, settings.default_max_attempts
+        ),
+        timeout_s=_integer(body, "timeout_s", *limits.TIMEOUT_S, settings.default_timeout_s),
     )
 
 

@@ -25,9 +25,10 @@ from queueing import conversations, jobs, tokens
 from queueing.actors import Actor
 
 from . import auth
-from .broadcaster import Broadcaster, Client, ClientGone, dumps, error_message
 from .errors import ApiError
 from .keys import BROADCASTER, CLIENTS, POOL, TOKEN_WATCH
+from .live import Broadcaster, Client, ClientGone
+from .live.wire import error_message, message
 from .validation import parse_json
 
 log = logging.getLogger(__name__)
@@ -137,9 +138,9 @@ class _Session:
             await self._subscribe(frame)
         elif op == "unsubscribe":
             self._broadcaster.unsubscribe(self._client)
-            self._client.offer(dumps({"type": "unsubscribed"}))
+            self._client.offer(message("unsubscribed"))
         elif op == "ping":
-            self._client.offer(dumps({"type": "pong"}))
+            self._client.offer(message("pong"))
         else:
             raise FrameError(
                 "unknown_op", f"unknown op {str(op)[:40]!r}: use subscribe, unsubscribe or ping"

@@ -25,10 +25,10 @@ WITH ids AS (
 INSERT INTO jobs (id, message_id, conversation_id, user_id, prompt, params, status, priority,
                   queue_seq, attempts, timeout_s, queued_at, started_at, finished_at, claim_id)
 SELECT job_id, message_id, %(conversation_id)s, %(user_id)s, %(prompt)s, params,
-       %(status)s, priority, queue_seq,
+       %(status)s::text, priority, queue_seq,
        CASE WHEN %(status)s = 'queued' THEN 0 ELSE 1 END, 300, now(),
        CASE WHEN %(status)s = 'queued' THEN NULL ELSE now() - interval '2 seconds' END,
-       CASE WHEN %(status)s IN ('complete', 'error', 'canceled') THEN now() END,
+       CASE WHEN %(status)s = ANY (gq_final_job_statuses()) THEN now() END,
        CASE WHEN %(status)s = 'queued' THEN NULL ELSE 0 END
 FROM ids
 

@@ -3,11 +3,19 @@
 from pathlib import Path
 
 from gpu_worker.backends.base import Backend, ImageRequest, StepCallback
+from queueing.config import Settings
 
 __all__ = ["Backend", "ImageRequest", "StepCallback", "make_backend"]
 
 
-def make_backend(name: str, *, device: str, model: str | None, data_dir: Path) -> Backend:
+def make_backend(
+    name: str,
+    *,
+    device: str,
+    model: str | None,
+    data_dir: Path,
+    stub_delay_s: float = Settings.stub_delay_s,
+) -> Backend:
     """Build the named backend, importing only its own dependencies.
 
     The imports are local so that the stub runs where torch and diffusers are not installed.
@@ -15,7 +23,7 @@ def make_backend(name: str, *, device: str, model: str | None, data_dir: Path) -
     if name == "stub":
         from gpu_worker.backends.stub import StubBackend
 
-        return StubBackend()
+        return StubBackend(stub_delay_s)
     if name == "diffusers":
         from gpu_worker.backends.diffusers_backend import DiffusersBackend
 

@@ -7,6 +7,7 @@ runs in a thread, and not when the backend is made: a web server in the same pro
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,10 @@ from gpu_worker.backends.base import ImageRequest, StepCallback
 
 if TYPE_CHECKING:
     import torch
+
+# transformers' notice, once per image processor, that it uses the PIL one as torchvision is
+# missing: the pipeline works the same, so it is not worth three lines of the console.
+TORCHVISION_NOTICE = "requires torchvision (not installed); falling back to"
 
 
 def pick_dtype(device: torch.device) -> torch.dtype:
@@ -26,6 +31,21 @@ def pick_dtype(device: torch.device) -> torch.dtype:
         raise RuntimeError(f"device {device} was asked for, but torch sees no CUDA GPU")
     major, _minor = torch.cuda.get_device_capability(device)
     return torch.bfloat16 if major >= 8 else torch.float16  # native bfloat16 came with Ampere
+
+
+def _not_the_torchvision_notice(record: logging.LogRecord) -> bool:
+    return TORCHVISION_NOTICE not in record.getMessage()
+
+
+def _quiet_loading() -> None:
+    """One console line per step: no torchvision notice (importing diffusers can give it, so
+    this comes first) and no progress bars while loading."""
+    logging.getLogger("transformers.utils.import_utils").addFilter(_not_the_torchvision_notice)
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 class DiffusersBackend:
@@ -41,6 +61,7 @@ class DiffusersBackend:
 
     def load(self) -> None:
         """Load the model, or the locally built tiny one when none was named."""
+        _quiet_loading()
         import torch
         from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 

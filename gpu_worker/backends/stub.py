@@ -6,8 +6,6 @@ prompt script the failure modes the worker must survive: `[fail]`, `[hang]`, `[s
 """
 
 import hashlib
-import math
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -15,9 +13,8 @@ from typing import NoReturn
 
 from gpu_worker.backends.base import ImageRequest, StepCallback
 from gpu_worker.png import encode_rgb
+from queueing.config import Settings
 
-DELAY_ENV = "GPUQUEUE_STUB_DELAY"
-DEFAULT_DELAY_S = 0.05
 HANG_STEP_S = 0.05
 NOT_A_PNG = b"GIF89a: the stub backend's output for a [badpng] prompt"
 
@@ -26,25 +23,13 @@ class StubFailure(RuntimeError):
     """Raised on purpose for a `[fail]` prompt, to exercise the error and retry paths."""
 
 
-def _delay_from_env() -> float:
-    """Read the total per-image delay, refusing values that would make no sense."""
-    raw = os.environ.get(DELAY_ENV, str(DEFAULT_DELAY_S))
-    try:
-        delay = float(raw)
-    except ValueError:
-        raise ValueError(f"{DELAY_ENV} must be a number of seconds, got {raw!r}") from None
-    if not (math.isfinite(delay) and delay >= 0):
-        raise ValueError(f"{DELAY_ENV} must be a finite, non-negative number, got {raw!r}")
-    return delay
-
-
 class StubBackend:
-    """Sleeps `delay` seconds per image, split evenly across the request's steps."""
+    """Sleeps `delay` seconds per image (GPUQUEUE_STUB_DELAY), split evenly across the steps."""
 
     name = "stub"
 
-    def __init__(self, delay: float | None = None) -> None:
-        self.delay = _delay_from_env() if delay is None else delay
+    def __init__(self, delay: float = Settings.stub_delay_s) -> None:
+        self.delay = delay
 
     def load(self) -> None:
         """Nothing to load; present to satisfy the Backend protocol."""

@@ -1,5 +1,5 @@
 -- Every statement gpuqueue runs at run time, by name. Transitions are single calls of the
--- functions in migrations/002_queue_functions.sql; the rest are reads and small writes.
+-- functions in queueing/migrations/R__queue_functions.sql; the rest are reads and small writes.
 
 -- name: migrations_lock
 -- Serialises concurrent `gpuqueue migrate` runs.
@@ -20,6 +20,23 @@ SELECT version, checksum FROM schema_migrations ORDER BY version
 
 -- name: migration_record
 INSERT INTO schema_migrations (version, checksum) VALUES (%(version)s, %(checksum)s)
+
+-- name: repeatables_table
+-- The repeatable files (R__*.sql) as last applied, all together.
+CREATE TABLE IF NOT EXISTS schema_repeatables (
+    name       text PRIMARY KEY,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+
+-- name: repeatables_applied
+SELECT name, checksum FROM schema_repeatables
+
+-- name: repeatables_forget
+DELETE FROM schema_repeatables
+
+-- name: repeatable_record
+INSERT INTO schema_repeatables (name, checksum) VALUES (%(name)s, %(checksum)s)
 
 -- name: ping
 SELECT 1 AS ok
@@ -134,7 +151,7 @@ SELECT id, status FROM gq_requeue_lost()
 -- LOCKED leaves rows another prune is deleting to that one. last_id is NULL past the last job.
 WITH batch AS (
     SELECT id FROM jobs
-    WHERE id > %(after)s AND status IN ('complete', 'error', 'canceled')
+    WHERE id > %(after)s AND status = ANY (gq_final_job_statuses())
       AND finished_at < %(cutoff)s
     ORDER BY id LIMIT %(limit)s),
 events AS (
@@ -196,16 +213,7 @@ SELECT
 
 -- name: events_after
 -- Transition events after a seq, as the WebSocket sends them ('pending' is not sent).
-SELECT e.seq, e.job_id, e.conversation_id,
-       jsonb_build_object(
-           'type', e.status, 'seq', e.seq, 'job_id', e.job_id, 'message_id', e.message_id,
-           'conversation_id', e.conversation_id, 'status', e.status,
-           'queue_position', e.queue_position, 'at', e.at)
-       || CASE WHEN e.detail ? 'error'
-               THEN jsonb_build_object('error', e.detail -> 'error') ELSE '{}'::jsonb END
-       || CASE WHEN e.status = 'complete'
-               THEN jsonb_build_object('image_url', '/api/jobs/' || e.job_id || '/image')
-               ELSE '{}'::jsonb END AS event
+SELECT e.seq, e.job_id, e.conversation_id, gq_event_json(e) AS event
 FROM job_events AS e
 WHERE e.seq > %(after)s AND e.status <> 'pending'
   AND (%(conversation_ids)s::uuid[] IS NULL OR e.conversation_id = ANY(%(conversation_ids)s))
@@ -215,10 +223,6 @@ LIMIT %(limit)s
 
 -- name: events_last_seq
 SELECT coalesce(max(seq), 0) AS seq FROM job_events
-
--- name: progress_of_jobs
-SELECT id AS job_id, progress FROM jobs
-WHERE id = ANY(%(job_ids)s) AND status = 'processing' AND progress IS NOT NULL
 
 -- name: jobs_visible
 -- Which of these jobs the owner may see (NULL owner: an admin sees all).
@@ -255,30 +259,6 @@ SELECT (SELECT count(*) FROM jobs WHERE status = 'queued')::integer AS queued,
 SELECT status, jobs::integer AS jobs, extract(epoch FROM oldest_queued_age)::float8 AS oldest_queued_s
 FROM queue_overview
 
--- name: queue_positions
-SELECT queue_position::integer AS queue_position, job_id, user_id, priority, attempts, prompt,
-       extract(epoch FROM waiting)::float8 AS waiting_s
-FROM queue_positions ORDER BY queue_position LIMIT %(limit)s
-
--- name: queue_position_audit
--- Each queued job's own position count beside its rank, in one snapshot: the two must agree.
-SELECT id AS job_id, priority, queue_seq,
-       gq_queue_position(priority, queue_seq) AS queue_position,
-       row_number() OVER (ORDER BY priority DESC, queue_seq)::integer AS queue_rank
-FROM jobs WHERE status = 'queued'
-ORDER BY queue_rank
-
--- name: job_events_of
--- One job's events with their details, oldest first (operators, tests).
-SELECT seq, status, queue_position, at, detail FROM job_events
-WHERE job_id = %(job_id)s ORDER BY seq
-
--- name: show_lock_timeout
-SELECT current_setting('lock_timeout') AS lock_timeout
-
--- name: jsonb_deep_merge
-SELECT gq_jsonb_deep_merge(%(base)s, %(patch)s) AS merged
-
 -- name: positions_in_subscriptions
 -- The queued jobs that WebSocket subscriptions follow (those of some conversations, and some
 -- jobs by id) with their live positions, from one ranking of the queue; the ids are matched as
@@ -293,8 +273,9 @@ FROM (SELECT id AS job_id, conversation_id,
 WHERE q.conversation_id IN (SELECT unnest(%(conversation_ids)s::uuid[]))
    OR q.job_id IN (SELECT unnest(%(job_ids)s::uuid[]))
 
--- name: progress_of_jobs_routed
--- progress_of_jobs with the conversation, so the WebSocket fan-out can route it.
+-- name: progress_of_jobs
+-- The last reported step of those of the jobs that are processing, with the conversation, so
+-- the WebSocket fan-out can route it.
 SELECT id AS job_id, conversation_id, progress FROM jobs
 WHERE id = ANY(%(job_ids)s::uuid[]) AND status = 'processing' AND progress IS NOT NULL
 

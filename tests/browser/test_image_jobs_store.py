@@ -33,11 +33,12 @@ SETUP = f"""async () => {{
     created_at: at(0), transitions: [{{ status: "queued", at: at(0) }},
       ...(status === "queued" ? [] : [{{ status, at: at(t) }}])], ...extra,
   }});
+  const list = (seq, ...jobs) => ({{ jobs, seq }});
   const event = (id, status, seq, t, position = 0, extra = {{}}) => ({{
     type: status, seq, job_id: id, message_id: "m", conversation_id: "{C}", status,
     queue_position: position, at: at(t), ...extra,
   }});
-  window.t = {{ m, f, at, job, event, store: m.createImageJobsStore() }};
+  window.t = {{ m, f, at, job, list, event, store: m.createImageJobsStore() }};
   window.t.store.reset("{C}");
 }}"""
 
@@ -81,7 +82,7 @@ async def page(blank_page: Any) -> Any:
 
 
 async def run(page: Any, body: str) -> Any:
-    prelude = "const { store, job, event, m, f } = window.t;"
+    prelude = "const { store, job, list, event, m, f } = window.t;"
     return await page.evaluate(f"() => {{ {prelude} {body} }}")
 
 
@@ -91,7 +92,7 @@ async def test_a_duplicate_or_stale_event_is_ignored(page: Any) -> None:
     result = await run(
         page,
         f"""
-      store.applySnapshot([job("{J1}", "queued", 2, 0)]);
+      store.applySnapshot(list(1, job("{J1}", "queued", 2, 0)));
       const first = store.applyMessage(event("{J1}", "processing", 10, 5));
       const duplicate = store.applyMessage(event("{J1}", "processing", 10, 5));
       const stale = store.applyMessage(event("{J1}", "queued", 9, 4, 1));
@@ -102,18 +103,18 @@ async def test_a_duplicate_or_stale_event_is_ignored(page: Any) -> None:
 
 
 async def test_a_snapshot_older_than_an_event_does_not_undo_it(page: Any) -> None:
-    """R3.4: a snapshot read before an event arrives later than it: the job keeps the event's
-    state; a snapshot read after the event (same last transition) wins, live position included."""
+    """R3.4: a snapshot read before an event (a lower seq) arrives later than it: the job keeps
+    the event's state; a snapshot as of that event wins, live position included."""
     result = await run(
         page,
         f"""
       store.applyMessage(event("{J1}", "complete", 12, 9, 0, {{ image_url: "/x" }}));
-      store.applySnapshot([job("{J1}", "processing", 0, 5, {{ prompt: "a cat" }})]);
+      store.applySnapshot(list(11, job("{J1}", "processing", 0, 5, {{ prompt: "a cat" }})));
       const kept = [store.get("{J1}").status, store.get("{J1}").prompt];
-      store.applySnapshot([job("{J2}", "queued", 3, 0)]);
+      store.applySnapshot(list(12, job("{J2}", "queued", 3, 0)));
       store.applyMessage(event("{J2}", "queued", 13, 0, 3));
       const sameTransition = store.get("{J2}").queue_position;
-      store.applySnapshot([job("{J2}", "queued", 1, 0)]);
+      store.applySnapshot(list(13, job("{J2}", "queued", 1, 0)));
       return [...kept, sameTransition, store.get("{J2}").queue_position];
     """,
     )
@@ -126,7 +127,7 @@ async def test_replayed_events_already_in_the_snapshot_are_skipped(page: Any) ->
     result = await run(
         page,
         f"""
-      store.applySnapshot([job("{J1}", "complete", 0, 8)]);
+      store.applySnapshot(list(5, job("{J1}", "complete", 0, 8)));
       const statuses = [];
       store.subscribe(() => statuses.push(store.get("{J1}").status));
       store.applyMessage(event("{J1}", "queued", 3, 0, 1));
@@ -144,7 +145,7 @@ async def test_positions_and_progress_apply_only_where_they_mean_something(page:
     result = await run(
         page,
         f"""
-      store.applySnapshot([job("{J1}", "queued", 3, 0), job("{J2}", "processing", 0, 2)]);
+      store.applySnapshot(list(2, job("{J1}", "queued", 3, 0), job("{J2}", "processing", 0, 2)));
       store.applyMessage({{ type: "position", job_id: "{J1}", queue_position: 2, eta_s: 20 }});
       store.applyMessage({{ type: "progress", job_id: "{J2}", step: 4, steps: 20 }});
       store.applyMessage({{ type: "progress", job_id: "{J1}", step: 1, steps: 20 }});
@@ -164,7 +165,8 @@ async def test_jobs_of_another_conversation_are_ignored(page: Any) -> None:
         f"""
       const other = {{ ...event("{J1}", "queued", 1, 0, 1), conversation_id: "{OTHER}" }};
       store.applyMessage(other);
-      store.applySnapshot([{{ ...job("{J2}", "queued", 1, 0), conversation_id: "{OTHER}" }}]);
+      const elsewhere = {{ ...job("{J2}", "queued", 1, 0), conversation_id: "{OTHER}" }};
+      store.applySnapshot(list(1, elsewhere));
       const before = store.size;
       store.applyMessage(event("{J2}", "queued", 2, 0, 1));
       return [before, store.size, store.partialJobIds()];

@@ -65,3 +65,9 @@ async def test_two_users_never_see_each_others_jobs(
     assert conversation_of(b) == bob_conversation
     await expect(b.locator(".card-prompt")).to_have_text(["bob's secret garden"])
     assert "castle" not in await b.locator("body").inner_text()
+
+
+async def test_the_page_says_who_is_signed_in(make_user: Any, open_page: Any) -> None:
+    """The name is GET /api/me's `user`, as the server sends it."""
+    tab = await open_page(await make_user("carol"))
+    await expect(tab.page.locator("#whoami")).to_have_text("Signed in as carol")

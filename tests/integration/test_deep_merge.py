@@ -12,13 +12,14 @@ from queueing import db, jobs
 from queueing.actors import Actor
 from queueing.conversations import get_conversation, merge_metadata
 from queueing.errors import NotFound
+from tests import queries
 from tests.helpers import worker_session
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"0" * 16
 
 
 async def merged(pool: db.Pool, base: Any, patch: Any) -> Any:
-    return await db.fetch_value(
+    return await queries.fetch_value(
         pool,
         "jsonb_deep_merge",
         {"base": psycopg.types.json.Jsonb(base), "patch": psycopg.types.json.Jsonb(patch)},

@@ -6,12 +6,11 @@ import asyncio
 import contextlib
 import random
 
-import pytest
-
 from queueing import db, jobs
 from queueing.actors import Actor
 from queueing.conversations import create_conversation, get_conversation
 from queueing.errors import IllegalTransition
+from tests import queries
 from tests.helpers import queue_snapshot, worker_session
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"0" * 16
@@ -121,13 +120,11 @@ async def test_a_reload_reads_positions_from_the_database(
     await session.close()
 
 
-async def test_positions_stay_a_permutation_under_load(
-    database_url: str, alice: Actor, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_positions_stay_a_permutation_under_load(database_url: str, alice: Actor) -> None:
     """R4.5, R9.3: enqueues, claims, completes and cancels from 8+ connections; every snapshot
     of positions is exactly 1..N in claim order, and no statement hits the lock timeout."""
-    monkeypatch.setenv("GPUQUEUE_LOCK_TIMEOUT", "500ms")
-    pool = db.make_pool(database_url, "storm", min_size=8, max_size=16)
+    url = db.with_lock_timeout(database_url, "500ms")  # what GPUQUEUE_LOCK_TIMEOUT=500ms gives
+    pool = db.make_pool(url, "storm", min_size=8, max_size=16)
     await pool.open()
     conversations = [str((await create_conversation(pool, actor=alice))["id"]) for _ in range(4)]
     admin = Actor(user_id=alice.user_id, is_admin=True)
@@ -147,7 +144,7 @@ async def test_positions_stay_a_permutation_under_load(
                     await jobs.cancel(pool, job["job_id"], actor=admin)
 
     async def consumer(device: str) -> None:
-        session, worker_id = await worker_session(database_url, device)
+        session, worker_id = await worker_session(url, device)
         async with session:
             while not stop.is_set():
                 claim = await jobs.lock_and_claim(session, worker_id)
@@ -162,7 +159,7 @@ async def test_positions_stay_a_permutation_under_load(
             assert_permutation_in_claim_order(await queue_snapshot(pool))
             snapshots += 1
 
-    assert await db.fetch_value(pool, "show_lock_timeout") == "500ms"
+    assert await queries.fetch_value(pool, "show_lock_timeout") == "500ms"
     workers = [asyncio.create_task(consumer(f"gpu{i}")) for i in range(3)]
     watchers = [asyncio.create_task(observer()) for _ in range(2)]
     await asyncio.gather(*(producer(i) for i in range(4)))

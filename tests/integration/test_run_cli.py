@@ -22,12 +22,9 @@ from tests.helpers import eventually
 OPEN_LINE = re.compile(r"^open: http://127\.0\.0\.1:(\d+)/\?token=(gq_[A-Za-z0-9_-]+)$")
 
 
-def test_the_tiny_default_model_makes_small_images_the_default(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_the_tiny_default_model_makes_small_images_the_default() -> None:
     """`gpuqueue run` with diffusers and no --model (the tiny model) defaults images to 64x64;
     a real model, another backend or GPUQUEUE_DEFAULT_SIZE keep the configured size."""
-    monkeypatch.delenv("GPUQUEUE_DEFAULT_SIZE", raising=False)
     settings = Settings(default_size=512)
 
     def size(*argv: str) -> int:
@@ -36,7 +33,7 @@ def test_the_tiny_default_model_makes_small_images_the_default(
     assert size("--backend", "diffusers") == 64
     assert size("--backend", "diffusers", "--model", "some/model") == 512
     assert size("--backend", "stub") == 512
-    monkeypatch.setenv("GPUQUEUE_DEFAULT_SIZE", "256")
+    settings = Settings.from_env({"GPUQUEUE_DEFAULT_SIZE": "512"})
     assert size("--backend", "diffusers") == 512  # the env var already set settings
 
 
@@ -53,21 +50,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.mark.slow
-async def test_run_serves_the_page_runs_a_job_and_stops_cleanly_on_sigint(
-    database_url: str, pool: db.Pool
-) -> None:
-    """Contract: `gpuqueue run` prints `open: http://127.0.0.1:PORT/?token=TOKEN`, the page and
-    API answer with that token, a submitted job completes on the worker it started, a worker
-    that dies is restarted, and Ctrl-C (SIGINT) stops worker and server with exit code 0."""
-    port = free_port()
+async def start_run(
+    database_url: str, port: int, *, log_level: str, console: bool = False
+) -> asyncio.subprocess.Process:
+    """`gpuqueue run` with the stub backend; `console`: stderr (the log) joins stdout, as a
+    terminal shows them."""
     env = {
         **os.environ,
         "GPUQUEUE_STUB_DELAY": "0.01",
         "PYTHONPATH": os.getcwd(),
-        "GPUQUEUE_LOG_LEVEL": "WARNING",
+        "GPUQUEUE_LOG_LEVEL": log_level,
     }
-    process = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "gpuqueue.cli",
@@ -81,8 +75,43 @@ async def test_run_serves_the_page_runs_a_job_and_stops_cleanly_on_sigint(
         "--user",
         "tester",
         stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT if console else None,
         env=env,
     )
+
+
+@pytest.mark.slow
+async def test_run_says_one_line_per_step_before_the_open_line(database_url: str) -> None:
+    """The newcomer's console, at the default log level: a line or two per step, then open:."""
+    process = await start_run(database_url, free_port(), log_level="INFO", console=True)
+    assert process.stdout is not None
+    before: list[str] = []
+    try:
+        while True:
+            line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+            assert line, before  # the run ended before its open: line
+            if line.startswith("open:"):
+                break
+            before.append(line)
+        assert len(before) <= 3, "".join(before)
+        process.send_signal(signal.SIGINT)
+        await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+@pytest.mark.slow
+async def test_run_serves_the_page_runs_a_job_and_stops_cleanly_on_sigint(
+    database_url: str, pool: db.Pool
+) -> None:
+    """Contract: `gpuqueue run` prints `open: http://127.0.0.1:PORT/?token=TOKEN`, the page and
+    API answer with that token, a submitted job completes on the worker it started, a worker
+    that dies is restarted, and Ctrl-C (SIGINT) stops worker and server with exit code 0."""
+    port = free_port()
+    process = await start_run(database_url, port, log_level="WARNING")
     try:
         assert process.stdout is not None
         line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode().strip()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -12,15 +11,17 @@ import pytest
 from queueing import db, jobs, positions
 from queueing.actors import Actor
 from queueing.sql import QUERIES
+from tests.queries import TEST_QUERIES
 
-SEED = (Path(__file__).parent.parent / "sql" / "seed_jobs.sql").read_text()
 pytestmark = pytest.mark.slow
+# The partial indexes WHERE status = 'queued': reading one reads no finished job.
+QUEUED_ONLY_INDEXES = {"jobs_queued_idx", "jobs_user_queued_idx"}
 
 
 async def seed(pool: db.Pool, actor: Actor, conversation_id: str, n: int, status: str) -> None:
     async with pool.connection() as conn:
         await conn.execute(
-            SEED,
+            TEST_QUERIES["seed_jobs"],
             {
                 "n": n,
                 "status": status,
@@ -62,7 +63,8 @@ async def scan_counts(pool: db.Pool) -> tuple[int, int]:
 async def test_position_queries_touch_only_queued_rows_among_100000_finished(
     pool: db.Pool, alice: Actor, conversation_id: str
 ) -> None:
-    """R9.5: 100,000 finished jobs stay out of the position queries (partial index only)."""
+    """R9.5: 100,000 finished jobs stay out of the position queries (partial indexes only),
+    the WebSocket fan-out's positions_in_subscriptions among them."""
     await seed(pool, alice, conversation_id, 100_000, "complete")
     await seed(pool, alice, conversation_id, 50, "queued")
     async with pool.connection() as conn:
@@ -85,3 +87,21 @@ async def test_position_queries_touch_only_queued_rows_among_100000_finished(
     assert scans and all(n["Node Type"] == "Index Only Scan" for n in scans), scans
     assert all(n["Index Name"] == "jobs_queued_idx" for n in scans), scans
     assert sum(n["Actual Rows"] for n in scans) == 50
+
+    # The WebSocket fan-out's live query: the queue ranked from a partial index, the followed ids
+    # matched as hashed sets, the newest seq read from the end of the events index.
+    followed = {
+        "conversation_ids": [UUID(conversation_id)],
+        "job_ids": [UUID(last_queued["job_id"])],
+    }
+    live = await explain(pool, QUERIES["positions_in_subscriptions"], followed)
+    scans = [n for n in nodes(live) if n.get("Relation Name") == "jobs"]
+    assert scans and all(n["Index Name"] in QUEUED_ONLY_INDEXES for n in scans), scans
+    assert sum(n["Actual Rows"] for n in scans) == 50
+    assert "hashed SubPlan" in live["Filter"]
+    newest = [n for n in nodes(live) if n.get("Relation Name") == "job_events"]
+    assert [(n["Node Type"], n["Index Name"]) for n in newest] == [
+        ("Index Only Scan", "job_events_pkey")
+    ]
+    assert live["Actual Rows"] == 50
+    assert live["Shared Hit Blocks"] + live["Shared Read Blocks"] < 50

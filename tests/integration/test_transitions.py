@@ -11,6 +11,7 @@ from queueing import db, jobs
 from queueing.actors import Actor
 from queueing.conversations import get_conversation
 from queueing.errors import IllegalTransition, InvalidData, NotFound
+from tests import queries
 from tests.helpers import eventually
 from tests.integration.web_support import HandWorker
 
@@ -54,7 +55,8 @@ async def test_processing_then_complete_sets_position_zero_and_stamps_each_trans
     assert await jobs.complete(worker.conn, claim, PNG, release_device=claim.gpu_lock)
     done = await jobs.get_job(pool, job["job_id"], actor=alice)
     assert done["status"] == "complete" and done["queue_position"] == 0
-    assert done["image_url"] == f"/api/jobs/{job['job_id']}/image"
+    # The route is the web's: it signs has_image into image_url (test_image_links checks it).
+    assert done["has_image"] is True and "image_url" not in done
     assert [t["status"] for t in done["transitions"]] == [
         "pending",
         "queued",
@@ -115,7 +117,7 @@ async def test_retries_back_off_longer_each_time_until_max_attempts(
     assert statuses == ["queued", "queued", "queued", "error"]
     delays = [
         row["detail"]["retry_in_s"]
-        for row in await db.fetch_all(pool, "job_events_of", {"job_id": job["job_id"]})
+        for row in await queries.fetch_all(pool, "job_events_of", {"job_id": job["job_id"]})
         if row["status"] == "queued" and "retry_in_s" in row["detail"]
     ]
     assert len(delays) == 3

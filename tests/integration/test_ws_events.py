@@ -237,6 +237,46 @@ async def test_a_position_message_goes_only_where_a_position_changed(
     assert stats.position_passes == passes
 
 
+async def subscribed(ws: aiohttp.ClientWebSocketResponse, **fields: Any) -> Frame:
+    """Subscribe; the "subscribed" acknowledgement itself."""
+    await ws.send_json({"op": "subscribe", **fields})
+    return (await frames_until(ws, lambda f: f["type"] == "subscribed"))[-1]
+
+
+async def test_the_snapshot_and_subscribed_frames_carry_the_seq_they_reflect(
+    client: Client, alice: User, worker: HandWorker
+) -> None:
+    """Issue 11, the page's catch-up by seq alone: the jobs list's `seq` is the newest event it
+    includes, and "subscribed" says up to which seq the subscription has been sent, so since_seq
+    from either brings exactly the events after it."""
+    conversation_id = await new_conversation(client, alice)
+    ws = await connect(client, alice)
+    await subscribe(ws, conversation_id=conversation_id)
+    for _ in range(2):
+        await enqueue(client, alice, conversation_id)
+    last_queued = (
+        await frames_until(ws, lambda f: f["type"] == "queued" and f["queue_position"] == 2)
+    )[-1]
+    response = await client.get(f"/api/conversations/{conversation_id}/jobs", headers=alice.headers)
+    listed = await response.json()
+    assert listed["seq"] == last_queued["seq"]
+    assert [j["status"] for j in listed["jobs"]] == ["queued", "queued"]
+
+    live = await connect(client, alice)
+    assert (await subscribed(live, conversation_id=conversation_id))["seq"] == listed["seq"]
+    await worker.claim()
+    processing = await next_of(ws, "processing")
+    assert processing["seq"] > listed["seq"]
+
+    again = await connect(client, alice)
+    await again.send_json(
+        {"op": "subscribe", "conversation_id": conversation_id, "since_seq": listed["seq"]}
+    )
+    frames = await frames_until(again, lambda f: f["type"] == "subscribed")
+    assert [f["seq"] for f in events_only(frames[:-1])] == [processing["seq"]]
+    assert frames[-1]["seq"] == processing["seq"]
+
+
 async def test_a_job_ids_subscription_gets_only_those_jobs(
     client: Client, alice: User, worker: HandWorker
 ) -> None:

@@ -18,20 +18,19 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-FINAL = frozenset({"complete", "error", "canceled"})
-LEAVES_QUEUE = frozenset({"processing", "complete", "error", "canceled"})
+from queueing.states import FINAL, JobStatus
+
+LEAVES_QUEUE = frozenset({JobStatus.PROCESSING, *FINAL})
 INFINITY = 1 << 62
 
 # Legal successors in the state machine (contract: job states; a retry or a lost worker takes
 # processing back to queued).
 NEXT: dict[str | None, frozenset[str]] = {
-    None: frozenset({"pending"}),
-    "pending": frozenset({"queued"}),
-    "queued": frozenset({"processing", "canceled"}),
-    "processing": frozenset({"queued", "complete", "error", "canceled"}),
-    "complete": frozenset(),
-    "error": frozenset(),
-    "canceled": frozenset(),
+    None: frozenset({JobStatus.PENDING}),
+    JobStatus.PENDING: frozenset({JobStatus.QUEUED}),
+    JobStatus.QUEUED: frozenset({JobStatus.PROCESSING, JobStatus.CANCELED}),
+    JobStatus.PROCESSING: frozenset({JobStatus.QUEUED, *FINAL}),
+    **{final: frozenset() for final in FINAL},
 }
 
 
@@ -125,7 +124,7 @@ class History:
                     if rank.get(other) != i + 1:
                         rank[other] = i + 1
                         self.ranks[other].append((event.seq, i + 1))
-            if event.status in ("pending", "processing"):
+            if event.status in (JobStatus.PENDING, JobStatus.PROCESSING):
                 windows[job] = set()
             elif event.status in FINAL:
                 windows.pop(job, None)

@@ -13,6 +13,7 @@ import pytest
 
 from gpu_worker.backends import ImageRequest, make_backend, stub
 from gpu_worker.backends.stub import StubBackend, StubFailure
+from queueing.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,15 +98,22 @@ def test_the_delay_is_split_evenly_across_steps(no_sleep: list[float]) -> None:
     assert no_sleep == pytest.approx([0.05] * 4)
 
 
-def test_the_delay_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("GPUQUEUE_STUB_DELAY", raising=False)
-    assert StubBackend().delay == 0.05
-    monkeypatch.setenv("GPUQUEUE_STUB_DELAY", "0.3")
-    assert StubBackend().delay == 0.3
+def test_the_delay_comes_from_the_environment() -> None:
+    """GPUQUEUE_STUB_DELAY, read into Settings at the edge and given to the backend."""
+
+    def delay(env: dict[str, str]) -> float:
+        settings = Settings.from_env(env)
+        backend = make_backend(
+            "stub", device="cpu", model=None, data_dir=Path("."), stub_delay_s=settings.stub_delay_s
+        )
+        assert isinstance(backend, StubBackend)
+        return backend.delay
+
+    assert delay({}) == 0.05
+    assert delay({"GPUQUEUE_STUB_DELAY": "0.3"}) == 0.3
     for bad in ("soon", "-1", "nan", "inf"):
-        monkeypatch.setenv("GPUQUEUE_STUB_DELAY", bad)
         with pytest.raises(ValueError, match="GPUQUEUE_STUB_DELAY"):
-            StubBackend()
+            delay({"GPUQUEUE_STUB_DELAY": bad})
 
 
 def test_a_fail_prompt_raises_after_the_first_step() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from datetime import UTC, datetime
@@ -153,9 +154,11 @@ def test_an_exception_without_a_message_is_named_by_its_type() -> None:
     assert error_message(MemoryError()) == "MemoryError"
 
 
-def test_the_worker_config_follows_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GPUQUEUE_STUCK_GRACE_S", "2.5")
-    config = WorkerConfig.from_settings(Settings(lock_warn_s=12, grace_s=3, retry_base_s=0.5))
+def test_the_worker_config_follows_the_settings() -> None:
+    settings = Settings.from_env({"GPUQUEUE_STUCK_GRACE_S": "2.5"})
+    config = WorkerConfig.from_settings(
+        dataclasses.replace(settings, lock_warn_s=12, grace_s=3, retry_base_s=0.5)
+    )
     assert (config.lock_warn_s, config.grace_s, config.stuck_grace_s) == (12, 3, 2.5)
     assert config.backoff.base_s == 0.5
 

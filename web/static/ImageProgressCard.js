@@ -4,6 +4,21 @@
 import { h, setText, show } from "./dom.js";
 import { durationText, etaText, ordinal, positionText } from "./format.js";
 
+/** @typedef {import("./imageJobsStore.js").StoredJob} StoredJob */
+/** @typedef {import("./jobStatus.js").JobStatus} JobStatus */
+
+/**
+ * What the card's buttons ask for; onImageError: the image did not load, a fresh image_url
+ * is wanted.
+ * @typedef {{ onCancel: (job: StoredJob) => Promise<void>,
+ *   onRetry: (job: StoredJob) => Promise<void>,
+ *   onImageError: (job: StoredJob) => void }} CardActions
+ */
+
+/**
+ * The badge's word for each state of jobStatus.js (the checker refuses a state without one).
+ * @type {Record<JobStatus, string>}
+ */
 const BADGES = {
   pending: "Waiting",
   queued: "Queued",
@@ -15,20 +30,24 @@ const BADGES = {
 
 let nextId = 0;
 
-// Whole seconds until a queued job may run again (a retry waiting out its backoff: run_after is
-// ahead); 0 when it may run now.
-export function retryInSeconds(job, now = Date.now()) {
+/**
+ * Whole seconds until a queued job may run again (a retry waiting out its backoff: run_after is
+ * ahead); 0 when it may run now.
+ * @param {StoredJob} job
+ */
+function retryInSeconds(job) {
   if (job.status !== "queued" || !job.run_after) return 0;
-  const ms = Date.parse(job.run_after) - now;
+  const ms = Date.parse(job.run_after) - Date.now();
   return Number.isFinite(ms) && ms > 0 ? Math.ceil(ms / 1000) : 0;
 }
 
-// What the status line says after its badge (read out politely by screen readers as it
-// changes, so nothing here ticks every second); empty where the badge says it all.
-export function statusDetail(job) {
+/**
+ * What the status line says after its badge (read out politely by screen readers as it
+ * changes, so nothing here ticks every second); empty where the badge says it all.
+ * @param {StoredJob} job
+ */
+function statusDetail(job) {
   switch (job.status) {
-    case "pending":
-      return "waiting to join the queue";
     case "queued":
       if (retryInSeconds(job) > 0) return "waiting to retry";
       return job.attempts > 0 && job.error
@@ -41,8 +60,9 @@ export function statusDetail(job) {
   }
 }
 
+/** @param {StoredJob} job */
 function paramsText(job) {
-  const p = job.params || {};
+  const p = job.params;
   const parts = [];
   if (p.seed !== undefined && p.seed !== null) parts.push(`seed ${p.seed}`);
   if (p.width && p.height) parts.push(`${p.width}×${p.height}`);
@@ -56,10 +76,10 @@ function paramsText(job) {
 }
 
 export class ImageProgressCard {
-  // actions: { onCancel(job), onRetry(job), onImageError(job) (asks for a fresh image_url) }
+  /** @param {StoredJob} job @param {CardActions} actions */
   constructor(job, actions) {
     this.actions = actions;
-    this.job = null;
+    this.job = job;
     this._imageShown = false;
     this._imageLoading = false;
     this._imageFailedAt = 0;
@@ -132,6 +152,7 @@ export class ImageProgressCard {
     this.update(job);
   }
 
+  /** @param {StoredJob} job the job now */
   update(job) {
     this.job = job;
     const status = job.status;
@@ -141,9 +162,8 @@ export class ImageProgressCard {
     el.dataset.position = String(job.queue_position || 0);
     el.classList.toggle("is-partial", Boolean(job._partial));
 
-    setText(this.badge, BADGES[status] || status);
+    setText(this.badge, BADGES[status]);
 
-    const queued = status === "queued" || status === "pending";
     this.refreshEta();
 
     const progress = status === "processing" ? job.progress : null;
@@ -178,7 +198,8 @@ export class ImageProgressCard {
     this.media.style.aspectRatio = compact ? "" : `${width} / ${height}`;
     this.img.alt = job.prompt ? `Generated image: ${job.prompt}` : "Generated image";
 
-    show(this.cancelButton, queued || (status === "processing" && !job.cancel_requested));
+    show(this.cancelButton,
+      status === "queued" || (status === "processing" && !job.cancel_requested));
     show(this.retryButton, status === "error" || status === "canceled");
     this.retryButton.disabled = Boolean(job._partial);
 
@@ -187,7 +208,7 @@ export class ImageProgressCard {
       Date.now() - this._imageFailedAt > 5000;
     if (status === "complete" && job.image_url && !this._imageShown && !this._imageLoading &&
         retryDue) {
-      this._loadImage(job);
+      this._loadImage(job, job.image_url);
     }
     const hasImage = status === "complete" && this._imageShown;
     // The newest link, so a download long after the image appeared is not an expired one.
@@ -219,8 +240,8 @@ export class ImageProgressCard {
 
   // A plain <img>: image_url is a signed link that needs no header (contract: Images). Once
   // the image shows, a fresher link to it (a new signature) is not loaded again.
-  async _loadImage(job) {
-    const url = job.image_url;
+  /** @param {StoredJob} job @param {string} url its image_url */
+  async _loadImage(job, url) {
     this._imageLoading = true;
     this.element.classList.add("is-loading-image");
     try {
@@ -229,7 +250,7 @@ export class ImageProgressCard {
       this._imageShown = true;
       const seed = job.params && job.params.seed;
       this.downloadLink.download = `gpuqueue-${seed ?? job.job_id}.png`;
-    } catch (err) {
+    } catch {
       this.img.removeAttribute("src");
       this._imageFailedAt = Date.now();
       this._imageFailedUrl = url;

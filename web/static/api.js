@@ -1,4 +1,61 @@
-// The HTTP API (contract: "HTTP API"), with the bearer token on every request.
+// The HTTP API (contract: "HTTP API"), with the bearer token on every request. The typedefs
+// are the shapes the server sends (web/api.py; job JSON: queueing), not guesses.
+
+/** @typedef {import("./jobStatus.js").JobStatus} JobStatus */
+
+/**
+ * The image's parameters as the job was asked for (web/validation.py image_request).
+ * @typedef {object} JobParams
+ * @property {string} [negative_prompt]
+ * @property {number} [width]
+ * @property {number} [height]
+ * @property {number} [steps]
+ * @property {number} [guidance_scale]
+ * @property {number | null} [seed]
+ */
+
+/**
+ * The body of POST /api/conversations/{id}/images.
+ * @typedef {{ prompt: string, priority?: number, max_attempts?: number, timeout_s?: number }
+ *   & JobParams} ImageRequest
+ */
+
+/** @typedef {{ step: number, steps: number }} Progress */
+
+/**
+ * A job as the API shows it (GET /api/jobs/{id}, the list of a conversation, POST answers).
+ * @typedef {object} Job
+ * @property {string} job_id
+ * @property {string} message_id
+ * @property {string} conversation_id
+ * @property {JobStatus} status
+ * @property {number} queue_position 0 unless queued
+ * @property {number | null} eta_s seconds until it should start, when queued
+ * @property {string} prompt
+ * @property {JobParams} params
+ * @property {number} [priority]
+ * @property {number} attempts
+ * @property {number} [max_attempts]
+ * @property {number} [timeout_s]
+ * @property {boolean} [cancel_requested]
+ * @property {Progress | null} progress
+ * @property {string | null} error
+ * @property {string | null} image_url a signed link, when complete
+ * @property {string | null} [run_after] a retry waits until then
+ * @property {string} [created_at]
+ * @property {string | null} [queued_at]
+ * @property {string | null} [started_at]
+ * @property {string | null} [finished_at]
+ */
+
+/**
+ * The jobs of a conversation, and the seq of the last event they include.
+ * @typedef {{ jobs: Job[], seq: number }} JobList
+ */
+
+/** @typedef {{ id: string, title: string, created_at: string }} Conversation */
+
+/** @typedef {{ user: string, user_id: number, is_admin: boolean }} Me */
 
 const TOKEN_KEY = "gpuqueue.token";
 
@@ -16,12 +73,18 @@ export function getToken() {
   return localStorage.getItem(TOKEN_KEY) || "";
 }
 
+/** @param {string} token the empty string signs out */
 export function setToken(token) {
   if (token) localStorage.setItem(TOKEN_KEY, token);
   else localStorage.removeItem(TOKEN_KEY);
 }
 
 export class ApiError extends Error {
+  /**
+   * @param {number} status the HTTP status (0: the server could not be reached)
+   * @param {string} code
+   * @param {string} message
+   */
   constructor(status, code, message) {
     super(message);
     this.name = "ApiError";
@@ -30,8 +93,16 @@ export class ApiError extends Error {
   }
 }
 
+/**
+ * @param {string} method
+ * @param {string} path
+ * @param {unknown} [body]
+ * @returns {Promise<any>} the answer's JSON; each caller below names its shape
+ */
 async function request(method, path, body) {
+  /** @type {Record<string, string>} */
   const headers = { Accept: "application/json", Authorization: `Bearer ${getToken()}` };
+  /** @type {RequestInit} */
   const init = { method, headers, cache: "no-store" };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
@@ -40,7 +111,7 @@ async function request(method, path, body) {
   let response;
   try {
     response = await fetch(path, init);
-  } catch (err) {
+  } catch {
     throw new ApiError(0, "network", "The server cannot be reached.");
   }
   const text = await response.text();
@@ -66,17 +137,21 @@ async function request(method, path, body) {
 const enc = encodeURIComponent;
 
 export const api = {
+  /** @returns {Promise<Me>} */
   me: () => request("GET", "/api/me"),
-  listConversations: async () => {
-    const data = await request("GET", "/api/conversations");
-    return Array.isArray(data) ? data : (data && data.conversations) || [];
-  },
-  createConversation: (title = "") => request("POST", "/api/conversations", { title }),
+  /** @returns {Promise<Conversation[]>} newest first */
+  listConversations: async () => (await request("GET", "/api/conversations")).conversations,
+  /** @param {string} title @returns {Promise<Conversation>} */
+  createConversation: (title) => request("POST", "/api/conversations", { title }),
+  /** @param {string} id @returns {Promise<Conversation>} (with its messages, unused here) */
   getConversation: (id) => request("GET", `/api/conversations/${enc(id)}`),
-  // The reload snapshot; `seq` (when the server sends one) is the last event it includes.
+  /** @param {string} conversationId @returns {Promise<JobList>} the reload snapshot */
   listJobs: (conversationId) => request("GET", `/api/conversations/${enc(conversationId)}/jobs`),
+  /** @param {string} jobId @returns {Promise<Job>} */
   getJob: (jobId) => request("GET", `/api/jobs/${enc(jobId)}`),
+  /** @param {string} conversationId @param {ImageRequest} body @returns {Promise<Job>} */
   submitImage: (conversationId, body) =>
     request("POST", `/api/conversations/${enc(conversationId)}/images`, body),
+  /** @param {string} jobId @returns {Promise<Job>} */
   cancelJob: (jobId) => request("POST", `/api/jobs/${enc(jobId)}/cancel`),
 };

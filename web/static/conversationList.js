@@ -3,33 +3,36 @@
 
 import { h } from "./dom.js";
 import { whenText } from "./format.js";
+import { conversationHref } from "./router.js";
 
-export function conversationHref(id) {
-  const url = new URL(window.location.href);
-  url.search = "";
-  url.hash = "";
-  url.searchParams.set("c", id);
-  return url.pathname + url.search;
-}
+/** @typedef {import("./api.js").Conversation} Conversation */
 
+/** @param {Conversation} conversation */
 export function conversationLabel(conversation) {
   return conversation.title || "Untitled conversation";
 }
 
 export class ConversationList {
-  // onOpen(id): the user picked a conversation.
+  /**
+   * @param {HTMLUListElement} listEl
+   * @param {{ onOpen: (id: string) => void }} hooks onOpen: the user picked a conversation
+   */
   constructor(listEl, { onOpen }) {
     this.listEl = listEl;
     this.onOpen = onOpen;
+    /** @type {Conversation[]} */
     this.conversations = [];
+    /** @type {string | null} */
     this.activeId = null;
   }
 
+  /** @param {Conversation[]} conversations newest first */
   set(conversations) {
     this.conversations = [...conversations];
     this.render();
   }
 
+  /** @param {Conversation} conversation it goes first */
   add(conversation) {
     this.conversations = [
       conversation,
@@ -38,17 +41,21 @@ export class ConversationList {
     this.render();
   }
 
+  /** @param {string} id */
   has(id) {
     return this.conversations.some((c) => c.id === id);
   }
 
+  /** @param {string} id */
   get(id) {
     return this.conversations.find((c) => c.id === id) || null;
   }
 
+  /** @param {string} id */
   setActive(id) {
     this.activeId = id;
     for (const link of this.listEl.querySelectorAll("a[data-conversation-id]")) {
+      if (!(link instanceof HTMLAnchorElement)) continue;
       if (link.dataset.conversationId === id) link.setAttribute("aria-current", "page");
       else link.removeAttribute("aria-current");
     }

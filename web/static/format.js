@@ -1,5 +1,6 @@
 // Words and numbers as people read them: "3rd in line", "starts in about 20 s".
 
+/** @param {number} n */
 export function ordinal(n) {
   const value = Math.trunc(Number(n));
   const tens = value % 100;
@@ -12,10 +13,12 @@ export function ordinal(n) {
   }
 }
 
+/** @param {number} position 0: not in line yet */
 export function positionText(position) {
   return position >= 1 ? `${ordinal(position)} in line` : "waiting for a place in line";
 }
 
+/** @param {number | null | undefined} seconds */
 export function etaText(seconds) {
   if (seconds === null || seconds === undefined || !Number.isFinite(Number(seconds))) return "";
   const s = Number(seconds);
@@ -30,6 +33,7 @@ export function etaText(seconds) {
   return `starts in about ${hours} h`;
 }
 
+/** @param {string} fromIso @param {string} toIso */
 export function durationText(fromIso, toIso) {
   const ms = Date.parse(toIso) - Date.parse(fromIso);
   if (!Number.isFinite(ms) || ms < 0) return "";
@@ -38,6 +42,7 @@ export function durationText(fromIso, toIso) {
   return `${Math.round(ms / 60_000)} min`;
 }
 
+/** @param {string} iso */
 export function whenText(iso) {
   const date = new Date(iso);
   if (Number.isNaN(date.getTime())) return "";

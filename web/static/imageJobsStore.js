@@ -2,25 +2,65 @@
 //
 // No DOM here, so the browser tests can import it and feed it messages directly.
 //
-// Three sources write to it, and it decides which one is fresher:
-//   - snapshots (GET /api/conversations/{id}/jobs, GET /api/jobs/{id}, POST answers): the whole
-//     job as the database has it now, positions live, but without a seq;
-//   - transition events (WebSocket, `seq` rising across the whole system): applied only when
-//     newer than what the job already shows, by seq (duplicates and replays) and by the
-//     transition's time (a snapshot read after the event already includes it);
-//   - `position` and `progress` messages, applied to jobs that are queued / processing.
+// Freshness is judged by `seq` alone (global, and commit-ordered: gq_event_lock). Each job
+// remembers the seq of the state it shows (`_seq`), and three sources write to it:
+//   - the conversation's list (GET /api/conversations/{id}/jobs): every job as of its `seq`;
+//   - one job read from the API (GET /api/jobs/{id}, POST answers): as of at least the last seq
+//     this page had seen when it asked, since every event it had seen was committed before;
+//   - transition events (WebSocket): applied only when their seq is above the job's, so
+//     duplicates, replays and events a read already includes change nothing;
+//   and `position` and `progress` messages, applied to jobs that are queued / processing.
 // Positions are only ever the server's: nothing here computes or shifts one.
 
-const TRANSITIONS = new Set(["queued", "processing", "complete", "error", "canceled"]);
-export const FINAL_STATUSES = new Set(["complete", "error", "canceled"]);
+import { FINAL_STATUSES, isJobStatus } from "./jobStatus.js";
+
+/** @typedef {import("./api.js").Job} Job */
+/** @typedef {import("./api.js").JobList} JobList */
+/** @typedef {import("./jobStatus.js").JobStatus} JobStatus */
+
+/**
+ * A job as the store holds it: the API's shape, plus what the store needs to keep it fresh.
+ * @typedef {Job & { _seq: number, _etaAt: number, _partial: boolean, _order: number }} StoredJob
+ */
+
+/**
+ * A transition event (queueing/sql events_after), signed image link included.
+ * @typedef {object} TransitionEvent
+ * @property {JobStatus} type
+ * @property {number} seq
+ * @property {string} job_id
+ * @property {string} message_id
+ * @property {string} conversation_id
+ * @property {JobStatus} status
+ * @property {number} queue_position
+ * @property {string} at
+ * @property {string} [error]
+ * @property {string} [image_url]
+ */
+
+/**
+ * What the WebSocket sends (web/ws.py).
+ * @typedef {TransitionEvent
+ *   | { type: "position", job_id: string, queue_position: number, eta_s: number | null }
+ *   | { type: "progress", job_id: string, step: number, steps: number }
+ *   | { type: "subscribed", seq: number, conversation_id?: string, job_ids?: string[] }
+ *   | { type: "error", error: { code: string, message: string } }
+ *   | { type: "unsubscribed" | "pong" }} ServerFrame
+ */
+
+/** @type {(keyof Job)[]} */
 const DETAIL_FIELDS = [
   "message_id", "prompt", "params", "priority", "max_attempts", "timeout_s", "created_at",
   "queued_at",
 ];
 
-// ISO 8601 to microseconds since the epoch (Date.parse keeps only milliseconds, and two
-// transitions of one job can fall in the same millisecond).
-export function isoToMicros(value) {
+/**
+ * ISO 8601 to microseconds since the epoch, for the order of jobs (Date.parse keeps only
+ * milliseconds, and two jobs can be created in the same millisecond).
+ * @param {unknown} value
+ * @returns {number | null}
+ */
+function isoToMicros(value) {
   if (typeof value !== "string") return null;
   const m = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d(?::?\d\d)?)?$/.exec(
     value.trim().replace(" ", "T"),
@@ -37,20 +77,13 @@ export function isoToMicros(value) {
   return ms * 1000 + fraction;
 }
 
-// The time of the latest transition a job snapshot includes.
-function snapshotAt(job) {
-  let latest = null;
-  for (const t of job.transitions || []) {
-    const at = isoToMicros(t.at);
-    if (at !== null && (latest === null || at > latest)) latest = at;
-  }
-  if (latest === null) {
-    for (const key of ["finished_at", "started_at", "queued_at", "created_at"]) {
-      latest = isoToMicros(job[key]);
-      if (latest !== null) break;
-    }
-  }
-  return latest;
+/**
+ * A refused frame: an `error` frame without a seq (an `error` transition event always has one).
+ * @param {ServerFrame} message
+ * @returns {message is { type: "error", error: { code: string, message: string } }}
+ */
+export function isRefusal(message) {
+  return message.type === "error" && !("seq" in message);
 }
 
 export function createImageJobsStore() {
@@ -59,14 +92,20 @@ export function createImageJobsStore() {
 
 export class ImageJobsStore {
   constructor() {
+    /** @type {string | null} */
     this.conversationId = null;
-    this.lastSeq = 0; // the highest transition seq seen: a reconnect asks for what follows
-    this._jobs = new Map(); // job_id -> job (the API's shape, plus _seq, _at, _partial, _order)
+    this.lastSeq = 0; // the highest seq the store includes: a reconnect asks for what follows
+    /** @type {Map<string, StoredJob>} */
+    this._jobs = new Map();
+    /** @type {Set<(store: ImageJobsStore) => void>} */
     this._listeners = new Set();
     this._nextOrder = 0;
   }
 
-  // Forget everything and follow another conversation (null: none).
+  /**
+   * Forget everything and follow another conversation (null: none).
+   * @param {string | null} [conversationId]
+   */
   reset(conversationId = null) {
     this.conversationId = conversationId;
     this.lastSeq = 0;
@@ -75,11 +114,16 @@ export class ImageJobsStore {
     this._emit();
   }
 
+  /**
+   * @param {(store: ImageJobsStore) => void} listener
+   * @returns {() => void} unsubscribes
+   */
   subscribe(listener) {
     this._listeners.add(listener);
     return () => this._listeners.delete(listener);
   }
 
+  /** @param {string} jobId */
   get(jobId) {
     return this._jobs.get(String(jobId)) || null;
   }
@@ -88,7 +132,7 @@ export class ImageJobsStore {
     return this._jobs.size;
   }
 
-  // Jobs in submission order (created_at, then the order the store learned of them).
+  /** Jobs in submission order (created_at, then the order the store learned of them). */
   jobs() {
     return [...this._jobs.values()].sort((a, b) => {
       const ca = isoToMicros(a.created_at);
@@ -99,75 +143,85 @@ export class ImageJobsStore {
     });
   }
 
-  // Jobs known only from an event, whose prompt and params still have to be fetched.
+  /** Jobs known only from an event, whose prompt and params still have to be fetched. */
   partialJobIds() {
     return [...this._jobs.values()].filter((j) => j._partial).map((j) => j.job_id);
   }
 
-  // The reload snapshot: the conversation's jobs as the database has them now.
-  applySnapshot(jobs) {
+  /**
+   * The reload snapshot: the conversation's jobs as of `list.seq`.
+   * @param {JobList} list
+   */
+  applySnapshot(list) {
     let changed = false;
-    for (const job of jobs || []) changed = this._merge(job) || changed;
+    for (const job of list.jobs) changed = this._merge(job, list.seq) || changed;
+    if (list.seq > this.lastSeq) this.lastSeq = list.seq;
     if (changed) this._emit();
     return changed;
   }
 
-  // One job from the API (the POST answer, GET /api/jobs/{id}, a cancel's answer).
-  upsertJob(job) {
-    const changed = this._merge(job);
+  /**
+   * One job from the API (the POST answer, GET /api/jobs/{id}, a cancel's answer).
+   * @param {Job} job
+   * @param {number} seenSeq the store's lastSeq when the request was sent
+   */
+  upsertJob(job, seenSeq) {
+    const changed = this._merge(job, seenSeq);
     if (changed) this._emit();
     return changed;
   }
 
-  // One WebSocket message; returns whether the store changed.
+  /**
+   * One WebSocket message; returns whether the store changed.
+   * @param {ServerFrame} message
+   */
   applyMessage(message) {
-    if (!message || typeof message !== "object") return false;
     let changed = false;
     if (message.type === "position") changed = this._applyPosition(message);
     else if (message.type === "progress") changed = this._applyProgress(message);
-    else if (message.type === "subscribed" && typeof message.seq === "number") {
+    else if (message.type === "subscribed") {
       // The server has sent everything up to this seq for the subscription.
       if (message.seq > this.lastSeq) this.lastSeq = message.seq;
-    }
-    else if (TRANSITIONS.has(message.type) && typeof message.seq === "number") {
+    } else if (isJobStatus(message.type) && "seq" in message) {
       changed = this._applyEvent(message);
     }
     if (changed) this._emit();
     return changed;
   }
 
-  _merge(job) {
-    if (!job || !job.job_id) return false;
-    if (this.conversationId && job.conversation_id && job.conversation_id !== this.conversationId) {
-      return false;
-    }
+  /**
+   * @param {Job} job
+   * @param {number} seq the seq the job's state is as of
+   */
+  _merge(job, seq) {
+    if (this.conversationId && job.conversation_id !== this.conversationId) return false;
     const id = String(job.job_id);
     const existing = this._jobs.get(id);
-    const at = snapshotAt(job);
-    if (existing && existing._at !== null && at !== null && existing._at > at) {
-      // An event newer than this snapshot already moved the job on: keep its state, take only
+    if (existing && existing._seq > seq) {
+      // An event newer than this read already moved the job on: keep its state, take only
       // the details that never change.
       let changed = existing._partial;
+      /** @type {Record<string, unknown>} */
+      const target = existing;
       for (const key of DETAIL_FIELDS) {
-        if (job[key] !== undefined && existing[key] === undefined) {
-          existing[key] = job[key];
-          changed = true;
+        if (job[key] !== undefined && (existing._partial || existing[key] === undefined)) {
+          changed = changed || target[key] !== job[key];
+          target[key] = job[key];
         }
-        if (existing._partial && job[key] !== undefined) existing[key] = job[key];
       }
       existing._partial = false;
       return changed;
     }
+    /** @type {StoredJob} */
     const next = {
       ...job,
       job_id: id,
       _etaAt: Date.now(), // eta_s counts from when the server computed it, about now
-      _seq: existing ? existing._seq : 0,
-      _at: at,
+      _seq: seq,
       _partial: false,
       _order: existing ? existing._order : this._nextOrder++,
     };
-    // A snapshot read a moment before the last progress message must not move the bar back.
+    // A read a moment before the last progress message must not move the bar back.
     if (
       existing && existing.status === "processing" && next.status === "processing" &&
       existing.started_at === next.started_at && existing.progress && next.progress &&
@@ -175,14 +229,11 @@ export class ImageJobsStore {
     ) {
       next.progress = existing.progress;
     }
-    if (existing && sameJob(existing, next)) {
-      this._jobs.set(id, next);
-      return false;
-    }
     this._jobs.set(id, next);
-    return true;
+    return !existing || !sameJob(existing, next);
   }
 
+  /** @param {TransitionEvent} event */
   _applyEvent(event) {
     if (event.seq > this.lastSeq) this.lastSeq = event.seq;
     const id = String(event.job_id);
@@ -193,17 +244,15 @@ export class ImageJobsStore {
       job = {
         job_id: id, message_id: event.message_id, conversation_id: event.conversation_id,
         status: event.status, queue_position: 0, eta_s: null, prompt: "", params: {},
-        progress: null, error: null, image_url: null, attempts: 0, transitions: [],
-        _seq: 0, _at: null, _partial: true, _order: this._nextOrder++,
+        progress: null, error: null, image_url: null, attempts: 0,
+        _seq: 0, _etaAt: Date.now(), _partial: true, _order: this._nextOrder++,
       };
       this._jobs.set(id, job);
     }
-    if (event.seq <= job._seq) return false; // a duplicate or a replay of something applied
-    job._seq = event.seq;
-    const at = isoToMicros(event.at);
-    if (at !== null && job._at !== null && at <= job._at) return false; // the snapshot has it
-    const status = event.status || event.type;
-    const next = { ...job, status, _at: at === null ? job._at : at };
+    if (event.seq <= job._seq) return false; // a replay of something applied or read
+    const status = event.status;
+    /** @type {StoredJob} */
+    const next = { ...job, status, _seq: event.seq };
     next.queue_position = status === "queued" ? (event.queue_position ?? job.queue_position) : 0;
     if (status !== "queued") next.eta_s = null;
     else if (job.status !== "queued") next.eta_s = null; // unknown until a position message
@@ -216,11 +265,11 @@ export class ImageJobsStore {
     if (FINAL_STATUSES.has(status)) next.finished_at = event.at;
     if (status === "error" || event.error !== undefined) next.error = event.error ?? next.error;
     if (status === "complete") next.image_url = event.image_url || null; // a signed link
-    next.transitions = [...(job.transitions || []), { status, at: event.at }];
     this._jobs.set(id, next);
     return true;
   }
 
+  /** @param {{ job_id: string, queue_position: number, eta_s: number | null }} message */
   _applyPosition(message) {
     const job = this._jobs.get(String(message.job_id));
     if (!job || job.status !== "queued") return false;
@@ -235,6 +284,7 @@ export class ImageJobsStore {
     return true;
   }
 
+  /** @param {{ job_id: string, step: number, steps: number }} message */
   _applyProgress(message) {
     const job = this._jobs.get(String(message.job_id));
     if (!job || job.status !== "processing") return false;
@@ -256,12 +306,18 @@ export class ImageJobsStore {
   }
 }
 
+/**
+ * Whether the card would show the same: fields the card reads.
+ * @param {StoredJob} a
+ * @param {StoredJob} b
+ */
 function sameJob(a, b) {
+  /** @type {(keyof Job)[]} */
   const keys = ["status", "queue_position", "eta_s", "error", "image_url", "cancel_requested",
     "attempts", "prompt", "run_after"];
   for (const key of keys) if (a[key] !== b[key]) return false;
   const pa = a.progress;
   const pb = b.progress;
-  if (!pa !== !pb) return false;
-  return !pa || (pa.step === pb.step && pa.steps === pb.steps);
+  if (!pa || !pb) return !pa === !pb;
+  return pa.step === pb.step && pa.steps === pb.steps;
 }

@@ -2,28 +2,45 @@
 // (0.5 s doubling to 5 s), and on every (re)open hands control to `onOpen`, which catches up
 // (snapshot, then subscribe with since_seq) before messages flow again.
 
-export const MIN_DELAY_MS = 500;
-export const MAX_DELAY_MS = 5000;
+const MIN_DELAY_MS = 500;
+const MAX_DELAY_MS = 5000;
 const LIVE_FALLBACK_MS = 3000;
 
-export function backoffDelay(attempt, { min = MIN_DELAY_MS, max = MAX_DELAY_MS } = {}) {
-  return Math.min(max, min * 2 ** Math.max(0, attempt));
+/** @typedef {"connecting" | "live" | "reconnecting" | "stopped"} SocketState */
+
+/**
+ * Why it is reconnecting (empty for the other states).
+ * @typedef {{ delay?: number, why?: string, code?: number | null, attempt?: number }} StateDetail
+ */
+
+/** @param {number} attempt 0 for the first retry */
+function backoffDelay(attempt) {
+  return Math.min(MAX_DELAY_MS, MIN_DELAY_MS * 2 ** Math.max(0, attempt));
 }
 
 export class LiveSocket {
-  // url(): the ws URL to open now; onOpen(send): may be async, runs before `live`;
-  // onMessage(msg); onState(state, detail): "connecting" | "live" | "reconnecting" | "stopped".
+  /**
+   * @param {{ url: () => string,
+   *   onOpen: (send: (message: object) => boolean) => Promise<void>,
+   *   onMessage: (message: unknown) => void,
+   *   onState: (state: SocketState, detail: StateDetail) => void }} hooks url: the ws URL to
+   *   open now; onOpen: catches up, before `live`; onState: every change of state
+   */
   constructor({ url, onOpen, onMessage, onState }) {
     this._url = url;
     this._onOpen = onOpen;
     this._onMessage = onMessage;
-    this._onState = onState || (() => {});
+    this._onState = onState;
+    /** @type {WebSocket | null} */
     this._ws = null;
     this._attempt = 0;
-    this._timer = null;
-    this._liveTimer = null;
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    this._timer = undefined;
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    this._liveTimer = undefined;
     this._running = false;
     this._generation = 0; // bumps on every start/stop so stale callbacks do nothing
+    /** @type {SocketState} */
     this.state = "stopped";
     this.opens = 0;
     window.addEventListener("online", () => {
@@ -44,7 +61,7 @@ export class LiveSocket {
     this._generation += 1;
     clearTimeout(this._timer);
     clearTimeout(this._liveTimer);
-    this._timer = null;
+    this._timer = undefined;
     if (this._ws) {
       const ws = this._ws;
       this._ws = null;
@@ -65,6 +82,7 @@ export class LiveSocket {
     if (this.state !== "live") this._setState("live");
   }
 
+  /** @param {object} message @returns {boolean} whether it went out */
   send(message) {
     if (this._ws && this._ws.readyState === WebSocket.OPEN) {
       this._ws.send(JSON.stringify(message));
@@ -75,7 +93,7 @@ export class LiveSocket {
 
   _connectNow() {
     clearTimeout(this._timer);
-    this._timer = null;
+    this._timer = undefined;
     this._open();
   }
 
@@ -124,6 +142,11 @@ export class LiveSocket {
     });
   }
 
+  /**
+   * @param {number} generation
+   * @param {string} why
+   * @param {number | null} [code] the close code, when it closed
+   */
   _scheduleReconnect(generation, why, code = null) {
     if (!this._running || generation !== this._generation) return;
     const delay = backoffDelay(this._attempt);
@@ -135,6 +158,7 @@ export class LiveSocket {
     }, delay);
   }
 
+  /** @param {SocketState} state @param {StateDetail} [detail] */
   _setState(state, detail = {}) {
     this.state = state;
     this._onState(state, detail);

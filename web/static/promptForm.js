@@ -3,14 +3,43 @@
 
 import { setText, show } from "./dom.js";
 
+/** @typedef {import("./api.js").ImageRequest} ImageRequest */
+
+/**
+ * A field of the form, by name.
+ * @template {HTMLElement} T
+ * @param {HTMLFormElement} form
+ * @param {string} name
+ * @param {new () => T} type
+ * @returns {T}
+ */
+function field(form, name, type) {
+  const el = form.elements.namedItem(name);
+  if (!(el instanceof type)) throw new Error(`the prompt form has no ${name} field`);
+  return el;
+}
+
 export class PromptForm {
-  // onSubmit(body) -> Promise; a rejection's message is shown under the form.
+  /**
+   * @param {HTMLFormElement} form
+   * @param {{ onSubmit: (body: ImageRequest) => Promise<unknown> }} hooks a rejection's message
+   *   is shown under the form
+   */
   constructor(form, { onSubmit }) {
     this.form = form;
     this.onSubmit = onSubmit;
-    this.prompt = form.elements.namedItem("prompt");
-    this.button = form.querySelector("button[type=submit]");
-    this.errorEl = form.querySelector(".form-error");
+    this.prompt = field(form, "prompt", HTMLTextAreaElement);
+    this.negative = field(form, "negative_prompt", HTMLInputElement);
+    this.size = field(form, "size", HTMLSelectElement);
+    this.steps = field(form, "steps", HTMLInputElement);
+    this.seed = field(form, "seed", HTMLInputElement);
+    const button = form.querySelector("button[type=submit]");
+    const errorEl = form.querySelector(".form-error");
+    if (!(button instanceof HTMLButtonElement) || !(errorEl instanceof HTMLElement)) {
+      throw new Error("the prompt form has no submit button or error line");
+    }
+    this.button = button;
+    this.errorEl = errorEl;
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       this.submit();
@@ -24,16 +53,17 @@ export class PromptForm {
     this.prompt.addEventListener("input", () => this.showError(""));
   }
 
+  /** @returns {ImageRequest} */
   body() {
-    const f = this.form.elements;
+    /** @type {ImageRequest} */
     const body = { prompt: this.prompt.value.trim() };
-    const negative = f.namedItem("negative_prompt").value.trim();
+    const negative = this.negative.value.trim();
     if (negative) body.negative_prompt = negative;
-    const [width, height] = f.namedItem("size").value.split("x").map(Number);
+    const [width, height] = this.size.value.split("x").map(Number);
     if (width && height) Object.assign(body, { width, height });
-    const steps = f.namedItem("steps").value.trim();
+    const steps = this.steps.value.trim();
     if (steps) body.steps = Number(steps);
-    const seed = f.namedItem("seed").value.trim();
+    const seed = this.seed.value.trim();
     if (seed) body.seed = Number(seed);
     return body;
   }
@@ -53,20 +83,17 @@ export class PromptForm {
       this.showError("");
       this.prompt.focus();
     } catch (err) {
-      this.showError(err && err.message ? err.message : "The request could not be sent.");
+      this.showError(err instanceof Error && err.message
+        ? err.message : "The request could not be sent.");
     } finally {
       this.button.disabled = false;
       this.form.removeAttribute("aria-busy");
     }
   }
 
+  /** @param {string} message the empty string hides it */
   showError(message) {
     setText(this.errorEl, message);
     show(this.errorEl, Boolean(message));
-  }
-
-  setEnabled(enabled) {
-    this.button.disabled = !enabled;
-    this.prompt.disabled = !enabled;
   }
 }

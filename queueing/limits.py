@@ -1,0 +1,20 @@
+"""A job request's bounds and its parameters' defaults, written once.
+
+The web edge checks requests (and the configured defaults, at start-up) against them; the
+worker reads a job's params back with the same defaults. The schema's CHECKs hold the bounds
+the database must keep (prompt length, max_attempts, timeout_s).
+"""
+
+from __future__ import annotations
+
+PROMPT_CHARS = 2000
+SIDE = (64, 2048)  # width and height, each a multiple of SIDE_MULTIPLE
+SIDE_MULTIPLE = 8
+STEPS = (1, 150)
+DEFAULT_STEPS = 20
+GUIDANCE_SCALE = (0.0, 30.0)
+DEFAULT_GUIDANCE_SCALE = 7.5
+SEED_MAX = 2**32 - 1
+PRIORITY = (-1000, 1000)
+MAX_ATTEMPTS = (1, 10)
+TIMEOUT_S = (1, 3600)

@@ -1,0 +1,67 @@
+-- Repeatable (see R__queue_functions.sql): the JSON shapes the API and the WebSocket show, each
+-- defined here only. Routes are the web layer's: has_image says a job has one, and the web turns
+-- it into a signed image_url (web/image_links.py).
+
+-- The job as the HTTP API shows it (all but eta_s, which needs the ETA model).
+CREATE OR REPLACE FUNCTION gq_job_json(j jobs, p_position integer DEFAULT NULL) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'job_id', j.id,
+        'message_id', j.message_id,
+        'conversation_id', j.conversation_id,
+        'status', j.status,
+        'queue_position', CASE WHEN j.status = 'queued'
+            THEN coalesce(p_position, gq_queue_position(j.priority, j.queue_seq)) ELSE 0 END,
+        'prompt', j.prompt,
+        'params', j.params,
+        'priority', j.priority,
+        'attempts', j.attempts,
+        'max_attempts', j.max_attempts,
+        'timeout_s', j.timeout_s,
+        'cancel_requested', j.cancel_requested,
+        'progress', j.progress,
+        'error', j.error,
+        'has_image', j.status = 'complete',  -- a complete job always has one
+        'device', j.device,
+        'run_after', j.run_after,
+        'created_at', j.created_at,
+        'queued_at', j.queued_at,
+        'started_at', j.started_at,
+        'finished_at', j.finished_at,
+        'updated_at', j.updated_at,
+        'transitions', (
+            SELECT coalesce(jsonb_agg(jsonb_build_object('status', e.status, 'at', e.at)
+                                      ORDER BY e.seq), '[]'::jsonb)
+            FROM job_events AS e WHERE e.job_id = j.id))
+$$;
+
+-- A message as the HTTP API shows it. A queued job's position is read live here, never stored
+-- for every job on every claim: extra_metadata keeps the position written at the job's last
+-- transition (R3.1), and this overlays the current one.
+CREATE OR REPLACE FUNCTION gq_message_json(m messages) RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'id', m.id,
+        'conversation_id', m.conversation_id,
+        'role', m.role,
+        'content', m.content,
+        'extra_metadata', CASE WHEN j.status = 'queued'
+            THEN m.extra_metadata || jsonb_build_object(
+                'queue_position', gq_queue_position(j.priority, j.queue_seq))
+            ELSE m.extra_metadata END,
+        'created_at', m.created_at,
+        'updated_at', m.updated_at)
+    FROM (SELECT 1) AS one
+    LEFT JOIN jobs AS j ON j.message_id = m.id
+$$;
+
+-- A transition event as the WebSocket sends it: the error when it has one, has_image on complete.
+CREATE OR REPLACE FUNCTION gq_event_json(e job_events) RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+               'type', e.status, 'seq', e.seq, 'job_id', e.job_id, 'message_id', e.message_id,
+               'conversation_id', e.conversation_id, 'status', e.status,
+               'queue_position', e.queue_position, 'at', e.at)
+           || CASE WHEN e.detail ? 'error'
+                   THEN jsonb_build_object('error', e.detail -> 'error') ELSE '{}' END
+           || CASE WHEN e.status = 'complete'
+                   THEN jsonb_build_object('has_image', true) ELSE '{}' END
+$$;

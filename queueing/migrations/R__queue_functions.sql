@@ -1,0 +1,512 @@
+-- Repeatable (applied by `gpuqueue migrate` after the numbered files whenever this file changed
+-- or a numbered one was applied): the queue's state machine and its helpers, each defined here
+-- only, with CREATE OR REPLACE. Each transition is one function, called as one statement, so it
+-- is one round trip and one transaction: the state change, its event row, the message metadata
+-- and the NOTIFY commit together or not at all. Illegal transitions raise; fenced ones (a
+-- worker's stale claim) return no row and write nothing. A signature change (a parameter's name
+-- or type, the result type) is a DROP in a new numbered migration, then the new one here.
+--
+-- Advisory lock keys (two-int form, so they read clearly in pg_locks):
+--   (26449, 0)            gpuqueue migrate
+--   (26449, 1)            the event lock: held from a transition's event insert to its commit
+--   (26450, hashtext(gq_gpu_lock_name(host, device)))   a GPU's lock, session level, held by
+--                         its worker while a job runs; p_release_device names it
+--
+-- Errors raised here carry SQLSTATEs the Python side maps: GQ404 not found, GQ409 illegal
+-- transition, GQ413 metadata too large, GQ429 queue limit reached.
+
+-- Every UPDATE stamps updated_at, whoever writes it (R7.4).
+CREATE OR REPLACE FUNCTION gq_touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.updated_at := clock_timestamp();
+    RETURN NEW;
+END
+$$;
+
+-- Deep merge in one pass per level: objects merge key by key at every depth; any other pair
+-- (arrays, scalars, or an object meeting a non-object) is replaced by the patch's value. A JSON
+-- null in the patch is a value like any other: it is stored as null and deletes nothing. An SQL
+-- NULL patch changes nothing. Each level is one aggregate (jsonb_set on the whole object once
+-- per nested key was quadratic: 2,000 nested keys took ~590 ms). A call costs
+-- far more than an expression, so a patch value whose objects hold no object (no object two
+-- levels down; lax also counts objects in arrays, which only sends more values the long way)
+-- is merged inline, two levels at once, and only deeper ones recurse.
+CREATE OR REPLACE FUNCTION gq_jsonb_deep_merge(base jsonb, patch jsonb) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF patch IS NULL THEN
+        RETURN base;
+    END IF;
+    IF base IS NULL OR jsonb_typeof(base) <> 'object' OR jsonb_typeof(patch) <> 'object' THEN
+        RETURN patch;
+    END IF;
+    IF NOT jsonb_path_exists(patch, 'strict $.* ? (@.type() == "object")') THEN
+        RETURN base || patch;  -- a flat patch (every transition's): nothing to recurse into
+    END IF;
+    -- A stored object arrives TOASTed: detoast it once, not at every `base -> key` below.
+    base := base || '{}';
+    RETURN base || (patch || coalesce(
+        (SELECT jsonb_object_agg(p.key, CASE
+                    WHEN NOT jsonb_path_exists(p.value, 'strict $.* ? (@.type() == "object")')
+                        THEN b.value || p.value
+                    WHEN NOT jsonb_path_exists(p.value, 'lax $.*.* ? (@.type() == "object")')
+                        THEN b.value || (p.value || coalesce(
+                            (SELECT jsonb_object_agg(q.key, (b.value -> q.key) || q.value)
+                             FROM jsonb_each(p.value) AS q
+                             WHERE jsonb_typeof(q.value) = 'object'
+                               AND jsonb_typeof(b.value -> q.key) = 'object'),
+                            '{}'))
+                    ELSE gq_jsonb_deep_merge(b.value, p.value) END)
+         FROM jsonb_each(patch) AS p
+         CROSS JOIN LATERAL (SELECT base -> p.key AS value) AS b
+         WHERE jsonb_typeof(p.value) = 'object' AND jsonb_typeof(b.value) = 'object'),
+        '{}'));
+END
+$$;
+
+-- The size of a JSON value as compact JSON text (no spaces), UTF-8 bytes: the measure of the
+-- metadata limit (contract: Input limits). PostgreSQL writes jsonb with a space after every ':'
+-- and ',' between items, an upper bound that is returned as is while it is within p_limit.
+-- Else the exact size: json_strip_nulls re-writes JSON text compactly (escaping strings as jsonb
+-- does), once every member null has become a number of the same length, so it strips nothing
+-- (`": null` only occurs at a member, or inside a string, where the swap keeps the length too).
+CREATE OR REPLACE FUNCTION gq_jsonb_compact_size(doc jsonb, p_limit integer) RETURNS integer
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    v_spaced text := doc::text;
+BEGIN
+    IF octet_length(v_spaced) <= p_limit THEN
+        RETURN octet_length(v_spaced);
+    END IF;
+    RETURN octet_length(json_strip_nulls(replace(v_spaced, '": null', '": 1e99')::json)::text);
+END
+$$;
+
+-- 1-based rank among queued jobs in claim order. Two range counts over jobs_queued_idx: cheaper
+-- than one OR'd predicate, and bounded by the number of jobs ahead.
+CREATE OR REPLACE FUNCTION gq_queue_position(p_priority integer, p_queue_seq bigint) RETURNS integer
+LANGUAGE sql STABLE AS $$
+    SELECT 1
+        + (SELECT count(*) FROM jobs WHERE status = 'queued' AND priority > p_priority)::integer
+        + (SELECT count(*) FROM jobs
+           WHERE status = 'queued' AND priority = p_priority AND queue_seq < p_queue_seq)::integer
+$$;
+
+-- The one definition of a GPU lock's name; its key is (26450, hashtext(name)).
+CREATE OR REPLACE FUNCTION gq_gpu_lock_name(p_host text, p_device text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT p_host || '/' || p_device
+$$;
+
+-- Serialises event writers from here to commit, so seq order is commit order (a reader that
+-- follows seq never skips a row committed late). Enqueue takes it first, which also makes the
+-- position it returns unique under concurrent enqueues.
+CREATE OR REPLACE FUNCTION gq_event_lock() RETURNS void LANGUAGE sql AS $$
+    SELECT pg_advisory_xact_lock(26449, 1)
+$$;
+
+-- Writes one transition's side effects: the message metadata (deep merge, R3), the event row and
+-- the NOTIFY (ids only). p_at defaults to the transaction's time (now()).
+-- A queued job's position is counted here, after the event lock is granted (p_position is then
+-- ignored): every transition that committed before is seen, so two concurrent re-queues never
+-- both record the place one of them took. The message row is locked first, as on every path
+-- (row, then event lock), so the event lock is never held waiting for a user's merge. Other
+-- statuses record p_position (0) and take the lock only for the event row.
+CREATE OR REPLACE FUNCTION gq_record_transition(
+    j jobs, p_position integer, p_detail jsonb DEFAULT '{}', p_at timestamptz DEFAULT NULL
+) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_seq bigint;
+    v_position integer := p_position;
+BEGIN
+    IF j.status = 'queued' THEN
+        PERFORM 1 FROM messages WHERE id = j.message_id FOR UPDATE;
+        PERFORM gq_event_lock();
+        v_position := gq_queue_position(j.priority, j.queue_seq);
+    END IF;
+    UPDATE messages
+    SET extra_metadata = gq_jsonb_deep_merge(extra_metadata, jsonb_build_object(
+        'job_id', j.id, 'status', j.status, 'queue_position', v_position, 'error', j.error))
+    WHERE id = j.message_id;
+    PERFORM gq_event_lock();
+    INSERT INTO job_events (job_id, message_id, conversation_id, status, queue_position, at, detail)
+    VALUES (j.id, j.message_id, j.conversation_id, j.status, v_position, coalesce(p_at, now()),
+            p_detail)
+    RETURNING seq INTO v_seq;
+    PERFORM pg_notify('gq_event', j.id::text);
+    RETURN v_seq;
+END
+$$;
+
+-- pending -> queued, in one transaction. p_owner is the acting user (NULL for an admin, who may
+-- enqueue into any conversation); the job belongs to the conversation's owner.
+-- The job is inserted pending and its pending event written from that row; then it is queued
+-- and its queued event written from the queued row. No other transaction ever sees it pending
+-- (both commit together), which is why the WebSocket never sends a pending event.
+CREATE OR REPLACE FUNCTION gq_enqueue(
+    p_conversation_id uuid, p_owner bigint, p_prompt text, p_params jsonb, p_priority integer,
+    p_max_attempts integer, p_timeout_s integer, p_max_queued integer
+) RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    v_user_id bigint;
+    v_queued integer;
+    v_job jobs;
+    v_message_id uuid := gen_random_uuid();
+    v_job_id uuid := gen_random_uuid();
+    v_queue_seq bigint;
+    v_position integer;
+BEGIN
+    SELECT user_id INTO v_user_id FROM conversations
+    WHERE id = p_conversation_id AND (p_owner IS NULL OR user_id = p_owner);
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'conversation % not found', p_conversation_id USING ERRCODE = 'GQ404';
+    END IF;
+    PERFORM gq_event_lock();
+    SELECT count(*) INTO v_queued FROM jobs WHERE user_id = v_user_id AND status = 'queued';
+    IF v_queued >= p_max_queued THEN
+        RAISE EXCEPTION 'you already have % jobs queued and one user may have at most %; wait for some to start',
+            v_queued, p_max_queued
+            USING ERRCODE = 'GQ429';
+    END IF;
+    v_queue_seq := nextval('job_queue_seq');
+    v_position := gq_queue_position(p_priority, v_queue_seq);
+    INSERT INTO messages (id, conversation_id, role, content, extra_metadata)
+    VALUES (v_message_id, p_conversation_id, 'assistant', '', jsonb_build_object(
+        'job_id', v_job_id, 'status', 'queued', 'queue_position', v_position, 'error', NULL));
+    INSERT INTO jobs (id, message_id, conversation_id, user_id, prompt, params, status, priority,
+                      queue_seq, max_attempts, timeout_s)
+    VALUES (v_job_id, v_message_id, p_conversation_id, v_user_id, p_prompt, p_params, 'pending',
+            p_priority, v_queue_seq, p_max_attempts, p_timeout_s)
+    RETURNING * INTO v_job;
+    INSERT INTO job_events (job_id, message_id, conversation_id, status, queue_position, at)
+    VALUES (v_job_id, v_message_id, p_conversation_id, v_job.status, 0, now());
+    UPDATE jobs SET status = 'queued', queued_at = now() WHERE id = v_job_id
+    RETURNING * INTO v_job;
+    INSERT INTO job_events (job_id, message_id, conversation_id, status, queue_position, at)
+    VALUES (v_job_id, v_message_id, p_conversation_id, v_job.status, v_position, now());
+    PERFORM pg_notify('gq_event', v_job_id::text);
+    RETURN gq_job_json(v_job, v_position);
+END
+$$;
+
+-- Takes the GPU lock of the worker's (host, device) if it is free, then claims the next runnable
+-- job: highest priority, then first come. Never waits: a worker that finds the GPU busy gets no
+-- row and waits outside any statement (so it holds no snapshot, and vacuum is never held back)
+-- for a wake-up: an event, the gq_gpu NOTIFY of a release, or its poll interval. With nothing to
+-- run the lock is released again, so the GPU lock is held exactly while a job is processing.
+-- The GPU is the one its worker registered: host and device are read from the workers row.
+CREATE OR REPLACE FUNCTION gq_lock_and_claim(p_worker_id uuid) RETURNS SETOF jobs
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_host text;
+    v_device text;
+    v_key integer;
+    v_job jobs;
+    v_started timestamptz;
+BEGIN
+    SELECT host, device INTO v_host, v_device FROM workers WHERE id = p_worker_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'worker % is not registered', p_worker_id USING ERRCODE = 'GQ404';
+    END IF;
+    -- Nothing runnable: no lock taken at all, so an idle worker never holds its GPU's lock, not
+    -- even for the moment of this statement (one probe of jobs_queued_idx).
+    IF NOT EXISTS (SELECT 1 FROM jobs WHERE status = 'queued' AND run_after <= clock_timestamp())
+    THEN
+        RETURN;
+    END IF;
+    v_key := hashtext(gq_gpu_lock_name(v_host, v_device));
+    IF NOT pg_try_advisory_lock(26450, v_key) THEN
+        RETURN;
+    END IF;
+    v_started := clock_timestamp();
+    UPDATE jobs AS j
+    SET status = 'processing', attempts = j.attempts + 1, claim_id = nextval('job_claim_seq'),
+        worker_id = p_worker_id, host = v_host, device = v_device, started_at = v_started,
+        progress = NULL
+    FROM (SELECT id FROM jobs
+          WHERE status = 'queued' AND run_after <= v_started
+          ORDER BY priority DESC, queue_seq
+          LIMIT 1 FOR UPDATE SKIP LOCKED) AS next
+    WHERE j.id = next.id
+    RETURNING j.* INTO v_job;
+    IF NOT FOUND THEN
+        PERFORM pg_advisory_unlock(26450, v_key);
+        RETURN;
+    END IF;
+    PERFORM gq_record_transition(v_job, 0, '{}', v_started);
+    RETURN NEXT v_job;
+END
+$$;
+
+-- Releases a GPU lock by name and wakes the workers waiting for that GPU (NOTIFY gq_gpu, payload
+-- the lock name). The worker calls it when a claim raised: session locks survive the rollback.
+CREATE OR REPLACE FUNCTION gq_release_gpu(p_gpu_lock text) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    v_released boolean := pg_advisory_unlock(26450, hashtext(p_gpu_lock));
+BEGIN
+    IF v_released THEN
+        PERFORM pg_notify('gq_gpu', p_gpu_lock);
+    END IF;
+    RETURN v_released;
+END
+$$;
+
+-- processing -> complete, with the image in the same transaction (a complete job always has one).
+-- Fenced: a stale claim returns no row. p_release_device releases that GPU lock in the same trip.
+CREATE OR REPLACE FUNCTION gq_complete(p_job_id uuid, p_claim_id bigint, p_png bytea, p_release_device text)
+RETURNS SETOF jobs LANGUAGE plpgsql AS $$
+DECLARE
+    v_job jobs;
+BEGIN
+    UPDATE jobs SET status = 'complete', finished_at = now(), error = NULL
+    WHERE id = p_job_id AND claim_id = p_claim_id AND status = 'processing'
+    RETURNING * INTO v_job;
+    IF FOUND THEN
+        INSERT INTO job_images (job_id, png) VALUES (p_job_id, p_png);
+        PERFORM gq_record_transition(v_job, 0);
+        RETURN NEXT v_job;
+    END IF;
+    IF p_release_device IS NOT NULL THEN
+        PERFORM pg_advisory_unlock(26450, hashtext(p_release_device));
+    END IF;
+END
+$$;
+
+-- processing -> queued (retry after an exponential backoff with equal jitter, so each delay is at
+-- least the previous one) while attempts remain and p_retryable; else processing -> error.
+-- The position is counted by gq_record_transition, under the event lock.
+CREATE OR REPLACE FUNCTION gq_fail(
+    p_job_id uuid, p_claim_id bigint, p_error text, p_retryable boolean,
+    p_backoff_base_s double precision, p_backoff_cap_s double precision, p_release_device text
+) RETURNS SETOF jobs LANGUAGE plpgsql AS $$
+DECLARE
+    v_job jobs;
+    v_delay double precision;
+    v_error text := left(p_error, 4000);
+BEGIN
+    SELECT * INTO v_job FROM jobs
+    WHERE id = p_job_id AND claim_id = p_claim_id AND status = 'processing' FOR UPDATE;
+    IF FOUND THEN
+        IF p_retryable AND v_job.attempts < v_job.max_attempts AND NOT v_job.cancel_requested THEN
+            v_delay := least(p_backoff_cap_s, p_backoff_base_s * 2 ^ (v_job.attempts - 1));
+            v_delay := v_delay / 2 + random() * v_delay / 2;
+            UPDATE jobs
+            SET status = 'queued', queued_at = now(), error = v_error, claim_id = NULL,
+                worker_id = NULL, host = NULL, device = NULL, progress = NULL,
+                run_after = now() + v_delay * interval '1 second'
+            WHERE id = p_job_id RETURNING * INTO v_job;
+            PERFORM gq_record_transition(v_job, NULL, jsonb_build_object(
+                'error', v_error, 'attempt', v_job.attempts, 'retry_in_s', round(v_delay::numeric, 3)));
+        ELSE
+            UPDATE jobs SET status = 'error', finished_at = now(), error = v_error
+            WHERE id = p_job_id RETURNING * INTO v_job;
+            PERFORM gq_record_transition(v_job, 0, jsonb_build_object(
+                'error', v_error, 'attempt', v_job.attempts));
+        END IF;
+        RETURN NEXT v_job;
+    END IF;
+    IF p_release_device IS NOT NULL THEN
+        PERFORM pg_advisory_unlock(26450, hashtext(p_release_device));
+    END IF;
+END
+$$;
+
+-- A worker ends a job it was told to cancel: processing -> canceled. Fenced like complete.
+CREATE OR REPLACE FUNCTION gq_finish_canceled(p_job_id uuid, p_claim_id bigint, p_release_device text)
+RETURNS SETOF jobs LANGUAGE plpgsql AS $$
+DECLARE
+    v_job jobs;
+BEGIN
+    UPDATE jobs SET status = 'canceled', finished_at = now()
+    WHERE id = p_job_id AND claim_id = p_claim_id AND status = 'processing'
+    RETURNING * INTO v_job;
+    IF FOUND THEN
+        PERFORM gq_record_transition(v_job, 0, '{"reason": "canceled by user"}');
+        RETURN NEXT v_job;
+    END IF;
+    IF p_release_device IS NOT NULL THEN
+        PERFORM pg_advisory_unlock(26450, hashtext(p_release_device));
+    END IF;
+END
+$$;
+
+-- A worker hands a job back (graceful stop): processing -> queued at its old place, the attempt
+-- not counted; a job whose cancel was requested ends canceled instead.
+CREATE OR REPLACE FUNCTION gq_requeue(p_job_id uuid, p_claim_id bigint, p_release_device text)
+RETURNS SETOF jobs LANGUAGE plpgsql AS $$
+DECLARE
+    v_job jobs;
+BEGIN
+    UPDATE jobs
+    SET status = CASE WHEN cancel_requested THEN 'canceled' ELSE 'queued' END,
+        finished_at = CASE WHEN cancel_requested THEN now() END,
+        queued_at = now(), attempts = greatest(attempts - 1, 0), run_after = now(),
+        claim_id = CASE WHEN cancel_requested THEN claim_id END,
+        worker_id = CASE WHEN cancel_requested THEN worker_id END,
+        host = CASE WHEN cancel_requested THEN host END,
+        device = CASE WHEN cancel_requested THEN device END,
+        progress = NULL
+    WHERE id = p_job_id AND claim_id = p_claim_id AND status = 'processing'
+    RETURNING * INTO v_job;
+    IF FOUND THEN
+        PERFORM gq_record_transition(v_job, 0, '{"reason": "worker stopped"}');
+        RETURN NEXT v_job;
+    END IF;
+    IF p_release_device IS NOT NULL THEN
+        PERFORM pg_advisory_unlock(26450, hashtext(p_release_device));
+    END IF;
+END
+$$;
+
+-- Rows of workers that are gone. A worker whose session has ended is marked stopped (stopped_at:
+-- when it stopped, or when a sweep first found its session gone), and a row stopped for an hour
+-- is removed: long enough to tell which worker (host, pid) ran a job that just went wrong, short
+-- enough that sweeps never join a backlog. A session whose start this role cannot see (another
+-- role's, without pg_read_all_stats) is never judged gone, and a worker that a processing job
+-- still names is never removed before that job has been requeued. SKIP LOCKED: concurrent sweeps
+-- share the work and never wait on each other or on a worker marking itself stopped.
+-- pg_stat_activity is read once per transaction and kept: the sweep read it before this runs, and
+-- a worker registered since would look gone. Clearing it makes the status below newer than the
+-- snapshot that shows the workers.
+CREATE OR REPLACE FUNCTION gq_remove_gone_workers() RETURNS integer LANGUAGE sql AS $$
+    SELECT pg_stat_clear_snapshot();
+    UPDATE workers SET stopped_at = now()
+    WHERE id IN (
+        SELECT w.id FROM workers AS w
+        WHERE w.stopped_at IS NULL
+          AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a
+                          WHERE a.pid = w.session_pid
+                            AND (a.backend_start = w.session_start OR a.backend_start IS NULL))
+        FOR UPDATE OF w SKIP LOCKED);
+    WITH gone AS (
+        DELETE FROM workers
+        WHERE id IN (
+            SELECT w.id FROM workers AS w
+            WHERE w.stopped_at < now() - interval '1 hour'
+              AND NOT EXISTS (SELECT 1 FROM jobs AS j
+                              WHERE j.status = 'processing' AND j.worker_id = w.id)
+            FOR UPDATE OF w SKIP LOCKED)
+        RETURNING 1)
+    SELECT count(*)::integer FROM gone
+$$;
+
+-- Crash recovery: every processing job whose worker session is gone goes back to its place in the
+-- queue (or to error once its attempts are spent, or to canceled if that was asked). The row lock
+-- and the re-checked status make it exact: a job that finished meanwhile is never touched, and
+-- SKIP LOCKED leaves a job that its worker is finishing right now to that worker. Then workers
+-- that are gone are marked stopped, and those stopped for an hour removed (gq_remove_gone_workers).
+CREATE OR REPLACE FUNCTION gq_requeue_lost() RETURNS SETOF jobs LANGUAGE plpgsql AS $$
+DECLARE
+    v_job jobs;
+    v_lost text;
+BEGIN
+    FOR v_job IN
+        SELECT j.* FROM jobs AS j
+        WHERE j.status = 'processing'
+          AND NOT EXISTS (
+              SELECT 1 FROM workers AS w JOIN pg_stat_activity AS a ON a.pid = w.session_pid
+              WHERE w.id = j.worker_id AND w.stopped_at IS NULL
+                -- backend_start is NULL where this role may not see it: such a session is
+                -- taken for alive, so a sweeper without pg_read_all_stats never requeues a
+                -- job of another role's live worker (gpu_worker/sweeper.py says so in the log).
+                AND (a.backend_start = w.session_start OR a.backend_start IS NULL))
+        ORDER BY j.id
+        FOR UPDATE OF j SKIP LOCKED
+    LOOP
+        -- A row locked here is its newest version, but the liveness test above ran on this
+        -- statement's snapshot: a job requeued by another sweeper and claimed again since then
+        -- names a worker this snapshot cannot see. Leave such a job to the next sweep.
+        CONTINUE WHEN v_job.started_at >= now();
+        v_lost := format('the worker on %s of host %s was lost during attempt %s of %s',
+                         coalesce(v_job.device, 'an unknown device'),
+                         coalesce(v_job.host, 'unknown'), v_job.attempts, v_job.max_attempts);
+        UPDATE jobs
+        SET status = CASE WHEN cancel_requested THEN 'canceled'
+                          WHEN attempts >= max_attempts THEN 'error' ELSE 'queued' END,
+            finished_at = CASE WHEN cancel_requested OR attempts >= max_attempts THEN now() END,
+            error = CASE WHEN cancel_requested THEN error ELSE v_lost END,
+            queued_at = now(), run_after = now(), progress = NULL,
+            claim_id = CASE WHEN cancel_requested OR attempts >= max_attempts THEN claim_id END,
+            worker_id = CASE WHEN cancel_requested OR attempts >= max_attempts THEN worker_id END,
+            host = CASE WHEN cancel_requested OR attempts >= max_attempts THEN host END,
+            device = CASE WHEN cancel_requested OR attempts >= max_attempts THEN device END
+        WHERE id = v_job.id
+        RETURNING * INTO v_job;
+        PERFORM gq_record_transition(v_job, 0,
+            jsonb_build_object('reason', 'worker lost', 'error', v_lost));
+        RETURN NEXT v_job;
+    END LOOP;
+    PERFORM gq_remove_gone_workers();
+END
+$$;
+
+-- A user's cancel: queued -> canceled at once; processing -> cancel requested (its worker hears
+-- the NOTIFY or sees the flag at the next step and ends it canceled); finished -> GQ409.
+CREATE OR REPLACE FUNCTION gq_cancel(p_job_id uuid, p_owner bigint) RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    v_job jobs;
+BEGIN
+    SELECT * INTO v_job FROM jobs
+    WHERE id = p_job_id AND (p_owner IS NULL OR user_id = p_owner) FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'job % not found', p_job_id USING ERRCODE = 'GQ404';
+    END IF;
+    IF v_job.status IN ('pending', 'queued') THEN
+        UPDATE jobs SET status = 'canceled', finished_at = now()
+        WHERE id = p_job_id RETURNING * INTO v_job;
+        PERFORM gq_record_transition(v_job, 0, '{"reason": "canceled by user"}');
+    ELSIF v_job.status = 'processing' THEN
+        UPDATE jobs SET cancel_requested = true WHERE id = p_job_id RETURNING * INTO v_job;
+        PERFORM pg_notify('gq_cancel', p_job_id::text);
+    ELSE
+        RAISE EXCEPTION 'job % is already %', p_job_id, v_job.status USING ERRCODE = 'GQ409';
+    END IF;
+    RETURN gq_job_json(v_job);
+END
+$$;
+
+-- Progress of a running job (not a transition: no event row, no event lock). Returns whether a
+-- cancel was requested, so the worker learns it at every step; NULL when the claim is stale.
+CREATE OR REPLACE FUNCTION gq_progress(p_job_id uuid, p_claim_id bigint, p_step integer, p_steps integer)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    v_cancel boolean;
+BEGIN
+    UPDATE jobs SET progress = jsonb_build_object('step', p_step, 'steps', p_steps)
+    WHERE id = p_job_id AND claim_id = p_claim_id AND status = 'processing'
+    RETURNING cancel_requested INTO v_cancel;
+    IF FOUND THEN
+        PERFORM pg_notify('gq_progress', p_job_id::text);
+    END IF;
+    RETURN v_cancel;
+END
+$$;
+
+-- A user's PATCH: deep merge into the message's metadata, refused with GQ413 when the merged
+-- object would be over p_max_bytes of compact JSON. The row lock is taken first, so the size
+-- checked is the size written, and concurrent merges each start from the latest version.
+CREATE OR REPLACE FUNCTION gq_merge_metadata(
+    p_message_id uuid, p_owner bigint, p_patch jsonb, p_max_bytes integer
+) RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    v_merged jsonb;
+    v_size integer;
+    v_message messages;
+BEGIN
+    SELECT gq_jsonb_deep_merge(m.extra_metadata, p_patch) INTO v_merged
+    FROM messages AS m JOIN conversations AS c ON c.id = m.conversation_id
+    WHERE m.id = p_message_id AND (p_owner IS NULL OR c.user_id = p_owner)
+    FOR UPDATE OF m;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'message % not found', p_message_id USING ERRCODE = 'GQ404';
+    END IF;
+    v_size := gq_jsonb_compact_size(v_merged, p_max_bytes);
+    IF v_size > p_max_bytes THEN
+        RAISE EXCEPTION 'the merged metadata would be % bytes as compact JSON; a message''s metadata may hold at most % bytes (% KiB); nothing was changed',
+            v_size, p_max_bytes, p_max_bytes / 1024 USING ERRCODE = 'GQ413';
+    END IF;
+    UPDATE messages SET extra_metadata = v_merged WHERE id = p_message_id
+    RETURNING * INTO v_message;
+    RETURN gq_message_json(v_message);
+END
+$$;

@@ -1,0 +1,76 @@
+-- Statements only tests run, by name (tests/queries.py loads them with queueing's loader).
+
+-- name: queue_position_audit
+-- Each queued job's own position count beside its rank, in one snapshot: the two must agree.
+SELECT id AS job_id, priority, queue_seq,
+       gq_queue_position(priority, queue_seq) AS queue_position,
+       row_number() OVER (ORDER BY priority DESC, queue_seq)::integer AS queue_rank
+FROM jobs WHERE status = 'queued'
+ORDER BY queue_rank
+
+-- name: job_events_of
+-- One job's events with their details, oldest first.
+SELECT seq, status, queue_position, at, detail FROM job_events
+WHERE job_id = %(job_id)s ORDER BY seq
+
+-- name: show_lock_timeout
+SELECT current_setting('lock_timeout') AS lock_timeout
+
+-- name: jsonb_deep_merge
+SELECT gq_jsonb_deep_merge(%(base)s, %(patch)s) AS merged
+
+-- name: job_statuses
+-- The SQL lists of states (the job_status domain's, in order) and of final states.
+SELECT gq_job_statuses() AS statuses, gq_final_job_statuses() AS final
+
+-- name: job_status_check
+-- The job_status domain's constraint as PostgreSQL holds it.
+SELECT c.conname, pg_get_constraintdef(c.oid) AS definition
+FROM pg_constraint AS c JOIN pg_type AS t ON t.oid = c.contypid
+WHERE t.typname = 'job_status'
+
+-- name: unnamed_job_checks
+-- CHECKs on jobs and job_events still under a name PostgreSQL made up.
+SELECT conname FROM pg_constraint
+WHERE conrelid IN ('jobs'::regclass, 'job_events'::regclass) AND contype = 'c'
+  AND conname ~ '_check[0-9]*$'
+
+-- name: job_set_status
+UPDATE jobs SET status = %(status)s WHERE id = %(job_id)s RETURNING id
+
+-- name: job_clear_finished_at
+UPDATE jobs SET finished_at = NULL WHERE id = %(job_id)s RETURNING id
+
+-- name: seed_jobs
+-- Bulk rows for the scale tests: %(n)s jobs (with their messages) in one status,
+-- written directly (no events), in queue order after every job already there.
+WITH m AS (
+    INSERT INTO messages (conversation_id, role, extra_metadata)
+    SELECT %(conversation_id)s, 'assistant', '{}' FROM generate_series(1, %(n)s)
+    RETURNING id
+)
+INSERT INTO jobs (message_id, conversation_id, user_id, prompt, params, status, priority, queue_seq,
+                  attempts, timeout_s, queued_at, started_at, finished_at, claim_id)
+SELECT m.id, %(conversation_id)s, %(user_id)s, 'seeded', '{}', %(status)s::text, 0,
+       nextval('job_queue_seq'),
+       CASE WHEN %(status)s = 'queued' THEN 0 ELSE 1 END, 60, now(),
+       CASE WHEN %(status)s = 'queued' THEN NULL ELSE now() - interval '2 seconds' END,
+       CASE WHEN %(status)s = ANY (gq_final_job_statuses()) THEN now() END,
+       CASE WHEN %(status)s = 'queued' THEN NULL ELSE 0 END
+FROM m
+
+-- name: seed_jobs_before_006
+-- A user with three jobs, one canceled, written by 005's functions (the upgrade test's data).
+WITH u AS (INSERT INTO users (name) VALUES ('before-006') RETURNING id),
+     c AS (INSERT INTO conversations (user_id) SELECT id FROM u RETURNING id),
+     j AS (SELECT gq_enqueue(c.id, NULL, 'p', '{}', 0, 3, 60, 100) AS job
+           FROM c, generate_series(1, 3))
+SELECT gq_cancel((min(job ->> 'job_id'))::uuid, NULL) ->> 'status' AS status FROM j
+
+-- name: job_tables_storage
+-- Where jobs and job_events live on disk: a rewrite gives a table a new file.
+SELECT relname, relfilenode FROM pg_class
+WHERE oid IN ('jobs'::regclass, 'job_events'::regclass) ORDER BY relname
+
+-- name: job_status_counts
+SELECT status::text AS status, count(*)::integer AS n FROM jobs GROUP BY 1 ORDER BY 1

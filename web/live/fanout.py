@@ -1,0 +1,273 @@
+"""The NOTIFY-driven loop: one LISTEN connection per web process, and nothing lost.
+
+NOTIFY only wakes us (its payload is a job id); the job_events table is the truth. A burst of
+notifications sets a flag, and one task then reads every event after `last_seq` once for all
+sockets, routes each to the subscribers of its conversation or job (its JSON serialised once,
+the same str sent to every socket), and advances `last_seq`. When an event may have moved a
+followed job, positions are read once for every queued job some socket follows, and a
+`position` message goes only where a position (or the ETA's bucket) changed. Seq is global and
+commit-ordered, so several web processes each doing this agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from uuid import UUID
+
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from queueing import db, events, positions
+from queueing.cancellation import cancel_and_wait
+from queueing.listener import CHANNEL_EVENT, CHANNEL_PROGRESS, Listener
+from queueing.positions import EtaCache
+from queueing.states import FINAL, JobStatus
+
+from ..image_links import ImageLinks
+from .stats import FanoutStats
+from .subscriptions import Subscriptions
+from .waiters import CancelWaiters
+from .wire import eta_bucket, event_of, position_message, progress_message
+
+log = logging.getLogger(__name__)
+
+PAGE = 1000  # events per read, for the live pump and for replays
+POSITIONS_MIN_INTERVAL_S = 0.1  # position passes run at most 10 times a second ...
+POSITIONS_MAX_SHARE = 0.25  # ... and take at most about a quarter of the time
+_MOVES_OTHERS = (JobStatus.PROCESSING, JobStatus.CANCELED)
+
+
+class Fanout:
+    def __init__(
+        self,
+        pool: db.Pool,
+        url: str,
+        subscriptions: Subscriptions,
+        waiters: CancelWaiters,
+        stats: FanoutStats,
+        *,
+        eta_cache: EtaCache,
+        image_links: ImageLinks,
+        poll_interval_s: float,
+    ) -> None:
+        self._pool = pool
+        self._subs = subscriptions
+        self._waiters = waiters
+        self._stats = stats
+        self._eta = eta_cache
+        self._links = image_links
+        self._poll_interval_s = poll_interval_s
+        self.listener = Listener(
+            url,
+            (CHANNEL_EVENT, CHANNEL_PROGRESS),
+            self._on_notify,
+            on_connect=self._on_connect,
+            app="gpuqueue-web-listen",
+        )
+        self.last_seq = 0
+        self._wake = asyncio.Event()
+        self._events_due = False
+        self._progress_due: set[UUID] = set()
+        self._positions_due = False
+        self._last_positions = 0.0
+        self._positions_interval_s = POSITIONS_MIN_INTERVAL_S
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.last_seq = await events.last_seq(self._pool)
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="gpuqueue-listen"),
+            asyncio.create_task(self._run(), name="gpuqueue-fanout"),
+        ]
+        try:
+            async with asyncio.timeout(10):
+                await self.listener.connected.wait()
+        except TimeoutError:
+            log.warning("the LISTEN connection is not up yet; live updates start once it is")
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._tasks)
+        self._tasks = []
+
+    # -- notifications ------------------------------------------------------------------------
+
+    def _on_notify(self, channel: str, payload: str) -> None:
+        if channel == CHANNEL_PROGRESS:
+            try:
+                self._progress_due.add(UUID(payload))
+            except ValueError:
+                log.warning("ignoring a %s notification with payload %r", channel, payload[:80])
+                return
+        else:
+            self._events_due = True
+        self._wake.set()
+
+    def _on_connect(self) -> None:
+        # Whatever was committed while we were not listening is in the table: catch up.
+        self._events_due = True
+        self._wake.set()
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                await self.listener.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("the LISTEN task failed; restarting it")
+                await asyncio.sleep(1.0)
+
+    async def _run(self) -> None:
+        """One task does every read, so a burst of notifications costs a handful of queries."""
+        backoff = 0.05
+        while True:
+            timeout, polling = self._poll_interval_s, True
+            if self._positions_due:
+                since = time.monotonic() - self._last_positions
+                deferred = max(0.0, self._positions_interval_s - since)
+                if deferred < timeout:
+                    timeout, polling = deferred, False
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            except TimeoutError:
+                if polling:
+                    self._events_due = True  # the safety net: a poll now and then
+            self._wake.clear()
+            try:
+                await self._tick()
+                backoff = 0.05
+            except (psycopg.Error, PoolTimeout, OSError) as exc:
+                log.warning("fan-out read failed (%s); retrying in %.2f s", exc, backoff)
+                self._events_due = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except Exception:
+                log.exception("fan-out step failed; retrying")
+                self._events_due = True
+                await asyncio.sleep(1.0)
+
+    async def _tick(self) -> None:
+        while self._events_due:
+            self._events_due = False
+            if await self._pump_events():
+                self._positions_due = True
+        if self._progress_due:
+            ids, self._progress_due = self._progress_due, set()
+            await self._send_progress(ids)
+        if self._positions_due:
+            now = time.monotonic()
+            if now - self._last_positions >= self._positions_interval_s:
+                self._positions_due = False
+                self._last_positions = now
+                await self._refresh_positions()
+                # A big queue makes a pass costly: space passes out so they stay a small share.
+                took = time.monotonic() - now
+                self._positions_interval_s = max(
+                    POSITIONS_MIN_INTERVAL_S, took / POSITIONS_MAX_SHARE
+                )
+
+    # -- events -------------------------------------------------------------------------------
+
+    async def _pump_events(self) -> bool:
+        """Route every event after last_seq; True when one of them may move a followed job."""
+        moved = False
+        while True:
+            rows = await events.events_after(self._pool, self.last_seq, limit=PAGE)
+            if rows:
+                moved = self._route(rows) or moved
+            if len(rows) < PAGE:
+                return moved
+
+    def _may_move_followed_jobs(self, rows: list[db.Row]) -> bool:
+        """Whether these events can change a followed queued job's position.
+
+        A job leaving the queue (processing, canceled) moves those behind it; a job entering it
+        moves those at or behind its position; complete and error come from processing and move
+        no one. New jobs at the tail, the common case, so cost no positions pass.
+        """
+        deepest: int | None = None
+        for row in rows:
+            event = row["event"]
+            if event["status"] in _MOVES_OTHERS:
+                return True
+            if event["status"] == JobStatus.QUEUED:
+                if deepest is None:
+                    deepest = self._subs.deepest_tracked()
+                if event["queue_position"] <= deepest:
+                    return True
+        return False
+
+    def _route(self, rows: list[db.Row]) -> bool:
+        moved = self._may_move_followed_jobs(rows)
+        by_conversation, by_job, waiters = (
+            self._subs.by_conversation,
+            self._subs.by_job,
+            self._waiters,
+        )
+        for row in rows:
+            job_id = row["job_id"]
+            in_conversation = by_conversation.get(row["conversation_id"])
+            of_job = by_job.get(job_id)
+            if in_conversation or of_job:
+                event = event_of(row, self._links)  # serialised once for every socket
+                self._stats.events_routed += 1
+                for sub in in_conversation or ():
+                    sub.deliver(event)
+                for sub in of_job or ():
+                    sub.deliver(event)
+            if waiters and row["event"]["status"] in FINAL:
+                waiters.ended(job_id)
+            self.last_seq = row["seq"]
+        return moved
+
+    async def _send_progress(self, job_ids: set[UUID]) -> None:
+        if not self._subs.all:
+            return
+        for row in await events.progress_of(self._pool, job_ids):
+            job_id = row["job_id"]
+            text: str | None = None
+            for sub in self._subs.following(row["conversation_id"], job_id):
+                if sub.live:
+                    if text is None:
+                        text = progress_message(job_id, row["progress"])
+                    sub.client.offer(text)
+
+    async def _refresh_positions(self) -> None:
+        """One read of positions for every followed queued job; messages only where they moved."""
+        subs = [s for s in self._subs.all if s.live and s.tracked and not s.client.closed]
+        if not subs:
+            return
+        self._stats.position_passes += 1
+        conversation_ids = {s.conversation_id for s in subs if s.conversation_id is not None}
+        job_ids = {j for s in subs if s.conversation_id is None for j in s.tracked}
+        rows = await positions.positions_in_subscriptions(
+            self._pool, conversation_ids=conversation_ids, job_ids=job_ids
+        )
+        model = await self._eta.get(self._pool, max_age_s=0.25)
+        # Each job's state is computed once; sockets only compare it with what they last got.
+        current: dict[UUID, tuple[tuple[int, int | None], float | None]] = {}
+        for row in rows:
+            eta = model.eta_s(row["queue_position"])
+            current[row["job_id"]] = ((row["queue_position"], eta_bucket(eta)), eta)
+        texts: dict[UUID, str] = {}
+        for sub in subs:
+            if sub.client.closed or sub.client.subscription is not sub:
+                continue
+            batch: list[str] = []
+            tracked = sub.tracked
+            for job_id, last in tracked.items():
+                state = current.get(job_id)
+                if state is None or state[0] == last:
+                    continue  # unchanged, or no longer queued (its event is on the way)
+                tracked[job_id] = state[0]
+                text = texts.get(job_id)
+                if text is None:
+                    text = texts[job_id] = position_message(job_id, state[0][0], state[1])
+                batch.append(text)
+            if batch:
+                sub.client.offer(batch[0] if len(batch) == 1 else batch)

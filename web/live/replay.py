@@ -1,0 +1,135 @@
+"""Subscribing: the stored events after since_seq, then the current positions, then live.
+
+A replay reads job_events while live events for the subscription wait in its `pending`; the
+two are joined without a gap or a duplicate, and the subscription goes live in the same step
+that finds nothing left. The positions snapshot is one statement, so it is exactly the queue
+after every event up to its `at_seq`; an event delivered while it was read wins over it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from uuid import UUID
+
+from queueing import db, events, positions
+from queueing.positions import EtaCache
+
+from ..image_links import ImageLinks
+from .fanout import PAGE, Fanout
+from .outbox import Client
+from .stats import FanoutStats
+from .subscriptions import Subscription, Subscriptions
+from .wire import eta_bucket, event_of, position_message, subscribed_message
+
+
+class Replayer:
+    def __init__(
+        self,
+        pool: db.Pool,
+        subscriptions: Subscriptions,
+        fanout: Fanout,
+        stats: FanoutStats,
+        *,
+        eta_cache: EtaCache,
+        image_links: ImageLinks,
+    ) -> None:
+        self._pool = pool
+        self._subs = subscriptions
+        self._fanout = fanout
+        self._stats = stats
+        self._eta = eta_cache
+        self._links = image_links
+
+    async def subscribe(
+        self,
+        client: Client,
+        *,
+        conversation_id: UUID | None,
+        job_ids: Iterable[UUID],
+        since_seq: int | None,
+    ) -> Subscription:
+        """Replay (with since_seq), then positions, then {"type": "subscribed", "seq"}: every
+        event of the subscription up to that seq has been sent, so it is the next since_seq."""
+        self._subs.remove(client)
+        if since_seq is not None:
+            since_seq = min(since_seq, await events.last_seq(self._pool))
+        sub = Subscription(
+            client=client,
+            conversation_id=conversation_id,
+            job_ids=frozenset(job_ids),
+            delivered=self._fanout.last_seq if since_seq is None else since_seq,
+            live=since_seq is None,
+            needs_replay=since_seq is not None,
+        )
+        self._subs.add(sub)
+        if not sub.live:
+            self._stats.replays += 1
+            await self._replay(sub)
+        batch = await self._positions_snapshot(sub)
+        batch.append(subscribed_message(sub.describe(), sub.delivered))
+        client.offer(batch)
+        return sub
+
+    async def _replay(self, sub: Subscription) -> None:
+        """Stored events after sub.delivered, then the live ones that arrived meanwhile; the
+        subscription goes live in the same step that finds nothing left (no await between)."""
+        conversation_ids = None if sub.conversation_id is None else [sub.conversation_id]
+        job_ids = sorted(sub.job_ids) if sub.job_ids else None
+        while True:
+            while sub.needs_replay:
+                sub.needs_replay = False
+                while True:
+                    rows = await events.events_after(
+                        self._pool,
+                        sub.delivered,
+                        conversation_ids=conversation_ids,
+                        job_ids=job_ids,
+                        limit=PAGE,
+                    )
+                    batch = []
+                    for row in rows:
+                        if row["seq"] > sub.delivered:
+                            event = event_of(row, self._links)
+                            sub.apply(event)
+                            batch.append(event[4])
+                    if batch:
+                        await sub.client.send(batch)
+                    if len(rows) < PAGE:
+                        break
+            if sub.pending and not sub.needs_replay:
+                batch = []
+                while sub.pending:
+                    event = sub.pending.popleft()
+                    if event[0] > sub.delivered:
+                        sub.apply(event)
+                        batch.append(event[4])
+                if batch:
+                    await sub.client.send(batch)
+                continue
+            if not sub.needs_replay and not sub.pending:
+                sub.live = True
+                return
+
+    async def _positions_snapshot(self, sub: Subscription) -> list[str]:
+        """A position message for each queued job of the subscription, as of now."""
+        sub.recording = {}
+        try:
+            rows = await positions.positions_in_subscriptions(
+                self._pool,
+                conversation_ids=() if sub.conversation_id is None else (sub.conversation_id,),
+                job_ids=sub.job_ids,
+            )
+            model = await self._eta.get(self._pool) if rows else None
+        finally:
+            recording, sub.recording = sub.recording, None
+        batch: list[str] = []
+        for row in rows:
+            job_id = row["job_id"]
+            if recording.get(job_id, 0) > row["at_seq"]:
+                continue  # a newer event for it was already delivered
+            assert model is not None
+            queue_position = row["queue_position"]
+            eta = model.eta_s(queue_position)
+            sub.tracked[job_id] = (queue_position, eta_bucket(eta))
+            batch.append(position_message(job_id, queue_position, eta))
+        return batch
