@@ -38,7 +38,7 @@ node_modules/.package-lock.json: package.json package-lock.json
 lint: $(STAMP) node_modules/.package-lock.json
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy queueing web gpu_worker gpuqueue bench
+	$(VENV)/bin/mypy queueing web gpu_worker gpuqueue bench harness
 	node_modules/.bin/tsc --project jsconfig.json
 
 bench: $(STAMP)

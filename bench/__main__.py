@@ -25,6 +25,8 @@ from typing import Any
 from bench import env
 from bench.env import Context
 from bench.report import MISS, NOT_RUN, Figure, markdown, not_run, write_results
+from harness import databases
+from harness.processes import raise_open_files_limit
 
 # family -> module; each module has `async def run(ctx) -> list[Figure]`.
 FAMILIES: dict[str, str] = {
@@ -131,10 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         problem = ensure_peer_installed()
         if problem:
             env.log(problem)
-    env.raise_fd_limit()
-    from tests import dbserver
+    raise_open_files_limit()
 
-    admin_url = dbserver.admin_url()
+    admin_url = databases.admin_url()
     scratch = Path(tempfile.mkdtemp(prefix="gpuqueue-bench-"))
     ctx = Context(admin_url=admin_url, quick=args.quick, scratch=scratch)
     try:

@@ -10,29 +10,29 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
-import psutil
 import psycopg
 from psycopg.types.json import Jsonb
 
 from bench.queries import BENCH_SQL
+from harness import databases
+from harness.ports import free_port
+from harness.processes import rss_kib
+from harness.waiting import eventually
 from queueing import db, tokens
 from queueing.actors import Actor
 from queueing.conversations import create_conversation
 from queueing.migrate import migrate
-from tests import dbserver
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "gpuqueue-bench"
-T = TypeVar("T")
 
 
 def log(message: str) -> None:
@@ -84,8 +84,8 @@ class Context:
 
     @contextlib.asynccontextmanager
     async def database(self, family: str) -> AsyncIterator[BenchDb]:
-        name = dbserver.unique_name(f"gq_bench_{family}")
-        url = dbserver.create_database(self.admin_url, name)
+        name = databases.unique_name(f"gq_bench_{family}")
+        url = databases.create_database(self.admin_url, name)
         try:
             await migrate(url)
             conn = await db.connect(url, APP)
@@ -98,7 +98,7 @@ class Context:
                 await conn.close()
             yield BenchDb(url, name, actor, token, UUID(str(row["id"])))
         finally:
-            dbserver.drop_database(self.admin_url, name)
+            databases.drop_database(self.admin_url, name)
 
 
 # -- SQL helpers ------------------------------------------------------------------------------
@@ -188,20 +188,6 @@ async def vacuum(bdb: BenchDb) -> None:
         await conn.close()
 
 
-async def until(
-    probe: Callable[[], Awaitable[T]], *, limit_s: float, interval: float = 0.05, what: str = ""
-) -> T:
-    """Poll until probe() is truthy; raise TimeoutError naming `what` after `limit_s` s."""
-    deadline = time.monotonic() + limit_s
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what or 'condition'} not reached within {limit_s:.0f} s")
-        await asyncio.sleep(interval)
-
-
 async def wait_batch(bdb: BenchDb, prompt: str, n: int, *, limit_s: float) -> float:
     """Wait until n jobs tagged `prompt` are complete; their GPU span in seconds."""
     conn = await bdb.connect()
@@ -213,7 +199,9 @@ async def wait_batch(bdb: BenchDb, prompt: str, n: int, *, limit_s: float) -> fl
                 raise RuntimeError(f"{row['failed']} job(s) of batch {prompt!r} failed")
             return row if row["complete"] >= n else None
 
-        row = await until(probe, limit_s=limit_s, what=f"{n} complete jobs of {prompt!r}")
+        row = await eventually(
+            probe, within=limit_s, interval=0.05, what=f"{n} complete jobs of {prompt!r}"
+        )
         assert row is not None
         return float(row["span_s"])
     finally:
@@ -257,24 +245,6 @@ class WaitSampler:
 # -- processes --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def raise_fd_limit() -> int:
-    """Raise the soft open-files limit to the hard one (children inherit it)."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 16
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
-
-
 @dataclass
 class Child:
     """A process the benchmark started: its log goes to a file in the scratch folder."""
@@ -288,7 +258,7 @@ class Child:
         return self.proc.pid
 
     def rss_mib(self) -> float:
-        return float(psutil.Process(self.pid).memory_info().rss) / (1 << 20)
+        return rss_kib(self.pid) / 1024
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -384,7 +354,7 @@ async def start_worker(
             row = await fetch_row(conn, "live_worker_count", {"device": device})
             return bool(row["workers"])
 
-        await until(registered, limit_s=limit_s, interval=0.1, what=f"worker on {device}")
+        await eventually(registered, within=limit_s, interval=0.1, what=f"worker on {device}")
     except BaseException:
         await child.stop()
         raise
@@ -428,7 +398,7 @@ async def start_web(
                 except aiohttp.ClientError:
                     return False
 
-            await until(healthy, limit_s=60, interval=0.1, what="gpuqueue web /healthz")
+            await eventually(healthy, within=60, interval=0.1, what="gpuqueue web /healthz")
     except BaseException:
         await child.stop()
         raise

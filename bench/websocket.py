@@ -28,6 +28,8 @@ from bench import env
 from bench.env import BenchDb, Child, Context
 from bench.report import Figure, at_most
 from bench.stats import ms, p50, p99
+from harness.ports import free_port
+from harness.waiting import eventually
 from queueing import jobs
 from queueing.positions import eta_model
 
@@ -118,7 +120,7 @@ async def _ours(
 
 
 async def _bare(ctx: Context, clients: Clients, sample: str, rounds: int) -> list[float]:
-    port = env.free_port()
+    port = free_port()
     child = await env.start(ctx, "ws-bare", ["-m", "bench.ws_bare", str(port)])
     base = f"http://127.0.0.1:{port}"
     latencies: list[float] = []
@@ -132,7 +134,7 @@ async def _bare(ctx: Context, clients: Clients, sample: str, rounds: int) -> lis
             except aiohttp.ClientError:
                 return False
 
-        await env.until(up, limit_s=30, what="the bare WebSocket server")
+        await eventually(up, within=30, interval=0.05, what="the bare WebSocket server")
         await clients.ask({"cmd": "connect", "url": f"{base}/ws", "n": SOCKETS, "subscribe": None})
         marker_at = sample.find('"job_id":"') + len('"job_id":"')
         old = sample[marker_at : marker_at + 36]

@@ -11,7 +11,7 @@ import sys
 
 from aiohttp import web
 
-from bench.env import raise_fd_limit
+from harness.processes import raise_open_files_limit
 
 SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("sockets")
 
@@ -44,7 +44,7 @@ async def broadcast(request: web.Request) -> web.Response:
 
 
 def main() -> None:
-    raise_fd_limit()
+    raise_open_files_limit()
     app = web.Application()
     app[SOCKETS] = set()
     app.router.add_get("/", hello)

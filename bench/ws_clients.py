@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.env import raise_fd_limit
+from harness.processes import raise_open_files_limit
 
 MARK = '"job_id":"'
 TYPE = '"type":"'
@@ -127,7 +127,7 @@ class Crowd:
 
 
 async def main() -> None:
-    raise_fd_limit()
+    raise_open_files_limit()
     crowd = Crowd()
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()

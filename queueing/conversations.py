@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from psycopg.types.json import Jsonb
@@ -10,34 +10,36 @@ from psycopg.types.json import Jsonb
 from . import db
 from .actors import Actor
 from .errors import NotFound
+from .rows import ConversationRow, ConversationWithMessages, MessageJson
 
 
-async def create_conversation(conn: db.Db, *, actor: Actor, title: str = "") -> dict[str, Any]:
+async def create_conversation(conn: db.Db, *, actor: Actor, title: str = "") -> ConversationRow:
     row = await db.fetch_one(
         conn, "conversation_create", {"user_id": actor.user_id, "title": title}
     )
     assert row is not None
-    return row
+    return cast(ConversationRow, row)
 
 
 async def list_conversations(
     conn: db.Db, *, actor: Actor, limit: int = 200, everyone: bool = True
-) -> list[db.Row]:
+) -> list[ConversationRow]:
     """Newest first. An admin sees everyone's unless `everyone` is False (then only its own)."""
     owner = actor.owner if everyone else actor.user_id
-    return await db.fetch_all(conn, "conversation_list", {"owner": owner, "limit": limit})
+    rows = await db.fetch_all(conn, "conversation_list", {"owner": owner, "limit": limit})
+    return cast("list[ConversationRow]", rows)
 
 
 async def get_conversation(
     conn: db.Db, conversation_id: UUID | str, *, actor: Actor
-) -> dict[str, Any]:
+) -> ConversationWithMessages:
     """The conversation with its messages (queued jobs' positions overlaid live)."""
     row = await db.fetch_one(
         conn, "conversation_get", {"conversation_id": conversation_id, "owner": actor.owner}
     )
     if row is None:
         raise NotFound(f"conversation {conversation_id} not found")
-    return row
+    return cast(ConversationWithMessages, row)
 
 
 async def conversation_visible(conn: db.Db, conversation_id: UUID | str, *, actor: Actor) -> bool:
@@ -54,7 +56,7 @@ METADATA_MAX_BYTES = 192 * 1024
 
 async def merge_metadata(
     conn: db.Db, message_id: UUID | str, patch: dict[str, Any], *, actor: Actor
-) -> dict[str, Any]:
+) -> MessageJson:
     """Deep-merge `patch` into the message's extra_metadata in one statement (R7); TooLarge,
     nothing written, when the merged object would be over METADATA_MAX_BYTES."""
     row = await db.fetch_one(
@@ -68,5 +70,5 @@ async def merge_metadata(
         },
     )
     assert row is not None  # gq_merge_metadata raises GQ404 (NotFound) for a message not seen
-    message: dict[str, Any] = row["message"]
+    message: MessageJson = row["message"]
     return message

@@ -7,9 +7,11 @@ Rows are written under the event lock, so seq order is commit order: a reader th
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 from uuid import UUID
 
 from . import db
+from .rows import EventRow, ProgressRow
 
 
 async def last_seq(conn: db.Db) -> int:
@@ -24,11 +26,11 @@ async def events_after(
     conversation_ids: Iterable[UUID] | None = None,
     job_ids: Iterable[UUID] | None = None,
     limit: int = 1000,
-) -> list[db.Row]:
+) -> list[EventRow]:
     """Up to `limit` events with seq > `after` in seq order ('pending' left out), optionally only
     those of some conversations or jobs. Rows: seq, job_id, conversation_id, event (the dict the
     WebSocket sends)."""
-    return await db.fetch_all(
+    rows = await db.fetch_all(
         conn,
         "events_after",
         {
@@ -38,12 +40,13 @@ async def events_after(
             "limit": limit,
         },
     )
+    return cast("list[EventRow]", rows)
 
 
-async def progress_of(conn: db.Db, job_ids: Iterable[UUID]) -> list[db.Row]:
+async def progress_of(conn: db.Db, job_ids: Iterable[UUID]) -> list[ProgressRow]:
     """The last reported step of those of the jobs that are processing (job_id,
     conversation_id, progress)."""
     ids = list(job_ids)
     if not ids:
         return []
-    return await db.fetch_all(conn, "progress_of_jobs", {"job_ids": ids})
+    return cast("list[ProgressRow]", await db.fetch_all(conn, "progress_of_jobs", {"job_ids": ids}))

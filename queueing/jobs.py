@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from psycopg.types.json import Jsonb
@@ -21,6 +21,7 @@ from .config import Settings
 from .errors import NotFound
 from .eta import EtaModel
 from .positions import eta_model, with_eta
+from .rows import ClaimFence, JobJson, JobList, LostJob
 from .states import JobStatus
 
 
@@ -73,11 +74,11 @@ class Claim:
             gpu_lock=row["gpu_lock"],
         )
 
-    def fence(self) -> dict[str, Any]:
+    def fence(self) -> ClaimFence:
         return {"job_id": self.job_id, "claim_id": self.claim_id}
 
 
-async def _job_with_eta(conn: db.Db, job: dict[str, Any], eta: EtaModel | None) -> dict[str, Any]:
+async def _job_with_eta(conn: db.Db, job: JobJson, eta: EtaModel | None) -> JobJson:
     if job["status"] == JobStatus.QUEUED and eta is None:
         eta = await eta_model(conn)
     return with_eta(job, eta or EtaModel(None, ()))
@@ -91,7 +92,7 @@ async def enqueue(
     actor: Actor,
     max_queued: int,
     eta: EtaModel | None = None,
-) -> dict[str, Any]:
+) -> JobJson:
     """pending -> queued; creates the assistant message too. Returns the job as the API shows it."""
     row = await db.fetch_one(
         conn,
@@ -113,7 +114,7 @@ async def enqueue(
 
 async def get_job(
     conn: db.Db, job_id: UUID | str, *, actor: Actor, eta: EtaModel | None = None
-) -> dict[str, Any]:
+) -> JobJson:
     row = await db.fetch_one(conn, "job_get", {"job_id": job_id, "owner": actor.owner})
     if row is None:
         raise NotFound(f"job {job_id} not found")
@@ -122,17 +123,18 @@ async def get_job(
 
 async def list_jobs(
     conn: db.Db, conversation_id: UUID | str, *, actor: Actor, eta: EtaModel | None = None
-) -> list[dict[str, Any]]:
-    """A conversation's jobs in submission order, with live positions."""
+) -> JobList:
+    """A conversation's jobs in queue order, with live positions, and the seq of the state they
+    show (read in one statement: since_seq=seq replays exactly what they do not show)."""
     row = await db.fetch_one(
         conn, "conversation_jobs", {"conversation_id": conversation_id, "owner": actor.owner}
     )
     if row is None:
         raise NotFound(f"conversation {conversation_id} not found")
-    jobs: list[dict[str, Any]] = row["jobs"]
+    jobs: list[JobJson] = row["jobs"]
     if eta is None and any(j["status"] == JobStatus.QUEUED for j in jobs):
         eta = await eta_model(conn)
-    return [with_eta(j, eta or EtaModel(None, ())) for j in jobs]
+    return {"jobs": [with_eta(j, eta or EtaModel(None, ())) for j in jobs], "seq": row["seq"]}
 
 
 async def visible_jobs(conn: db.Db, job_ids: Iterable[UUID], *, actor: Actor) -> dict[UUID, UUID]:
@@ -153,7 +155,7 @@ async def job_image(conn: db.Db, job_id: UUID | str, *, actor: Actor) -> bytes:
 
 async def cancel(
     conn: db.Db, job_id: UUID | str, *, actor: Actor, eta: EtaModel | None = None
-) -> dict[str, Any]:
+) -> JobJson:
     """queued -> canceled now; processing -> cancel requested (its worker ends it canceled)."""
     row = await db.fetch_one(conn, "job_cancel", {"job_id": job_id, "owner": actor.owner})
     assert row is not None
@@ -224,9 +226,9 @@ async def requeue(conn: db.Db, claim: Claim, *, release_device: str | None = Non
     return None if row is None else str(row["status"])
 
 
-async def requeue_lost(conn: db.Db) -> list[db.Row]:
+async def requeue_lost(conn: db.Db) -> list[LostJob]:
     """Crash recovery: jobs of dead worker sessions go back to the queue (or end). Safe to race."""
-    return await db.fetch_all(conn, "job_requeue_lost")
+    return cast("list[LostJob]", await db.fetch_all(conn, "job_requeue_lost"))
 
 
 async def report_progress(conn: db.Db, claim: Claim, step: int, steps: int) -> bool | None:

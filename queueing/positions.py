@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import cast
 from uuid import UUID
 
 from . import db
 from .eta import EtaModel, backoff_left_s
+from .rows import JobJson, QueueCounts, QueuedJob, StatusCount, SubscribedPosition
 from .states import JobStatus
 
 
@@ -43,7 +44,7 @@ class EtaCache:
             return model
 
 
-def with_eta(job: dict[str, Any], model: EtaModel) -> dict[str, Any]:
+def with_eta(job: JobJson, model: EtaModel) -> JobJson:
     """Add eta_s to a job dict (null unless queued with a known model); a job waiting out a
     retry's backoff starts no earlier than its run_after."""
     if job.get("status") != JobStatus.QUEUED:
@@ -73,30 +74,32 @@ async def positions_of(conn: db.Db, job_ids: Iterable[UUID | str]) -> dict[str, 
 
 async def positions_in_subscriptions(
     conn: db.Db, *, conversation_ids: Iterable[UUID] = (), job_ids: Iterable[UUID] = ()
-) -> list[db.Row]:
+) -> list[SubscribedPosition]:
     """Queued jobs of some conversations and some job ids, with their positions, and `at_seq`:
     the newest event the snapshot reflects (rows: job_id, queue_position, at_seq)."""
-    return await db.fetch_all(
+    rows = await db.fetch_all(
         conn,
         "positions_in_subscriptions",
         {"conversation_ids": list(conversation_ids), "job_ids": list(job_ids)},
         prepare=False,
     )
+    return cast("list[SubscribedPosition]", rows)
 
 
-async def queue_counts(conn: db.Db) -> db.Row:
+async def queue_counts(conn: db.Db) -> QueueCounts:
     """How many jobs are queued and processing, and the oldest queued job's age in seconds."""
     row = await db.fetch_one(conn, "queue_counts")
     assert row is not None
-    return row
+    return cast(QueueCounts, row)
 
 
-async def queue_overview(conn: db.Db) -> list[db.Row]:
+async def queue_overview(conn: db.Db) -> list[StatusCount]:
     """Jobs per status (every status, zero included), with the oldest queued age."""
-    return await db.fetch_all(conn, "queue_overview")
+    return cast("list[StatusCount]", await db.fetch_all(conn, "queue_overview"))
 
 
-async def queue_head(conn: db.Db, limit: int = 50) -> list[db.Row]:
+async def queue_head(conn: db.Db, limit: int = 50) -> list[QueuedJob]:
     """The first `limit` queued jobs in the order they will be taken, with their positions and
     their owners' names."""
-    return await db.fetch_all(conn, "queue_head_with_users", {"limit": limit}, prepare=False)
+    rows = await db.fetch_all(conn, "queue_head_with_users", {"limit": limit}, prepare=False)
+    return cast("list[QueuedJob]", rows)

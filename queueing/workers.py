@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import cast
 from uuid import UUID
 
 from . import db
+from .rows import WorkerRow
 
 
 async def register(
@@ -43,7 +45,7 @@ async def mark_stopped(conn: db.Db, worker_id: UUID) -> None:
     await db.fetch_all(conn, "worker_stop", {"worker_id": worker_id})
 
 
-async def live_workers(conn: db.Db) -> list[db.Row]:
+async def live_workers(conn: db.Db) -> list[WorkerRow]:
     """Live workers with their host and device, current job and how long they have held the
     GPU lock."""
-    return await db.fetch_all(conn, "workers_live")
+    return cast("list[WorkerRow]", await db.fetch_all(conn, "workers_live"))

@@ -6,31 +6,31 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from harness import databases
 from queueing import db, tokens
 from queueing.actors import Actor
 from queueing.conversations import create_conversation
-from tests import dbserver
 
 
 @pytest.fixture(scope="session")
 def pg_admin_url() -> str:
-    return dbserver.admin_url()
+    return databases.admin_url()
 
 
 @pytest.fixture(scope="session")
 def template_db(pg_admin_url: str) -> Iterator[str]:
-    name = dbserver.migrated_template(pg_admin_url)
+    name = databases.migrated_template(pg_admin_url)
     yield name
-    dbserver.drop_database(pg_admin_url, name)
+    databases.drop_database(pg_admin_url, name)
 
 
 @pytest.fixture
 def database_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
     """A database of this test's own, cloned from the migrated template, dropped afterwards."""
-    name = dbserver.unique_name()
-    url = dbserver.create_database(pg_admin_url, name, template=template_db)
+    name = databases.unique_name()
+    url = databases.create_database(pg_admin_url, name, template=template_db)
     yield url
-    dbserver.drop_database(pg_admin_url, name)
+    databases.drop_database(pg_admin_url, name)
 
 
 @pytest.fixture

@@ -1,31 +1,13 @@
-"""Small helpers the tests share: waiting on a condition with a deadline, never sleeping blind."""
+"""Small helpers the tests share: a worker's session, a queue snapshot. (Waiting on a condition:
+harness.waiting.eventually.)"""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from queueing import db, workers
 from tests import queries
-
-T = TypeVar("T")
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], *, within: float = 10.0, interval: float = 0.02
-) -> T:
-    """Poll `probe` until it returns something truthy, or fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within} s (last value: {value!r})")
-        await asyncio.sleep(interval)
 
 
 async def worker_session(

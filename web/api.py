@@ -12,9 +12,10 @@ import psycopg
 from aiohttp import web
 from psycopg_pool import PoolTimeout
 
-from queueing import conversations, db, events, images, jobs, positions, workers
+from queueing import conversations, db, images, jobs, positions, workers
 from queueing.actors import Actor
 from queueing.errors import QueueFull
+from queueing.rows import JobJson
 from queueing.states import JobStatus
 
 from . import auth, validation
@@ -58,7 +59,7 @@ def _actor(request: web.Request) -> Actor:
     return request[ACTOR]
 
 
-def _signed(request: web.Request, job: dict[str, Any]) -> dict[str, Any]:
+def _signed(request: web.Request, job: JobJson) -> dict[str, Any]:
     """Job JSON as it leaves the server: its image_url a signed link (contract: Images)."""
     return request.app[IMAGE_LINKS].sign(job)
 
@@ -156,15 +157,15 @@ async def enqueue(request: web.Request) -> web.Response:
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    """The page's reload snapshot. Its `seq` is read first, so every event up to it is in the
-    jobs (a later one may be too): subscribing with since_seq=seq replays whatever they lack."""
+    """The page's reload snapshot: the jobs as of event `seq`, exactly (one statement), so
+    subscribing with since_seq=seq brings each later transition once and no earlier one."""
     conversation_id = validation.parse_uuid(request.match_info["id"], "conversation")
     pool = request.app[POOL]
-    seq = await events.last_seq(pool)
-    rows = await jobs.list_jobs(
+    listed = await jobs.list_jobs(
         pool, conversation_id, actor=_actor(request), eta=await request.app[ETA_CACHE].get(pool)
     )
-    return json_response({"jobs": [_signed(request, row) for row in rows], "seq": seq})
+    jobs_out = [_signed(request, row) for row in listed["jobs"]]
+    return json_response({"jobs": jobs_out, "seq": listed["seq"]})
 
 
 async def get_job(request: web.Request) -> web.Response:

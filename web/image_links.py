@@ -14,8 +14,10 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
+
+from queueing.rows import EventJson, JobJson
 
 from .errors import ApiError
 
@@ -47,12 +49,12 @@ class ImageLinks:
         exp = -(-(int(self._clock()) + self._ttl_s) // self._step) * self._step
         return f"/api/jobs/{job}/image?exp={exp}&sig={self._sig(job, exp)}"
 
-    def sign(self, value: dict[str, Any]) -> dict[str, Any]:
+    def sign(self, value: JobJson | EventJson) -> dict[str, Any]:
         """The job or event as it leaves the server: queueing's has_image becomes image_url, a
         signed link (null without an image). A job always has has_image, an event only with one."""
         if "has_image" not in value:
-            return value
-        shown = {key: v for key, v in value.items() if key != "has_image"}
+            return cast("dict[str, Any]", value)
+        shown: dict[str, Any] = {key: v for key, v in value.items() if key != "has_image"}
         shown["image_url"] = self.url(value["job_id"]) if value["has_image"] else None
         return shown
 

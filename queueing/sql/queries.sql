@@ -95,9 +95,11 @@ WHERE c.id = %(conversation_id)s AND (%(owner)s::bigint IS NULL OR c.user_id = %
 -- name: conversation_jobs
 -- A conversation's jobs in the order the queue accepted them (queue_seq, taken under the event
 -- lock, so commit order; created_at is the transaction's start and is not), positions live; no
--- row when not visible.
+-- row when not visible. seq is the newest event of the same snapshot: seq order is commit order,
+-- so the jobs are exactly the state after every event up to it and before any later one.
 SELECT (SELECT coalesce(jsonb_agg(gq_job_json(j) ORDER BY j.queue_seq), '[]'::jsonb)
-        FROM jobs AS j WHERE j.conversation_id = c.id) AS jobs
+        FROM jobs AS j WHERE j.conversation_id = c.id) AS jobs,
+       (SELECT coalesce(max(seq), 0) FROM job_events) AS seq
 FROM conversations AS c
 WHERE c.id = %(conversation_id)s AND (%(owner)s::bigint IS NULL OR c.user_id = %(owner)s)
 

@@ -12,8 +12,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from psycopg import sql
 
+from harness.waiting import eventually
 from queueing import db, tokens
-from tests.helpers import eventually
 from tests.integration.web_support import (
     PNG,
     HandWorker,

@@ -12,8 +12,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from harness.waiting import eventually
 from queueing import db
-from tests.helpers import eventually
 from tests.integration.web_support import (
     PNG,
     HandWorker,

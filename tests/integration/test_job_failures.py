@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import pytest
 
+from harness.waiting import eventually
 from queueing import db
 from queueing.actors import Actor
-from tests.helpers import eventually
 from tests.integration.worker_support import (
     InProcessWorker,
     WorkerProcess,

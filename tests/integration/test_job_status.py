@@ -11,11 +11,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from harness import databases
 from queueing import db, jobs
 from queueing.actors import Actor
 from queueing.migrate import MIGRATIONS_DIR, migrate
 from queueing.states import FINAL, JobStatus
-from tests import dbserver, queries
+from tests import queries
 
 JS_MODULE = Path(__file__).resolve().parents[2] / "web" / "static" / "jobStatus.js"
 REQUEST = jobs.JobRequest(prompt="a lighthouse at dusk", params={"steps": 3, "seed": 1})
@@ -73,9 +74,9 @@ async def test_a_status_outside_the_vocabulary_is_refused_by_the_domain(
 
 @pytest.fixture
 def empty_url(pg_admin_url: str) -> Iterator[str]:
-    name = dbserver.unique_name("gq_before_006")
-    yield dbserver.create_database(pg_admin_url, name)
-    dbserver.drop_database(pg_admin_url, name)
+    name = databases.unique_name("gq_before_006")
+    yield databases.create_database(pg_admin_url, name)
+    databases.drop_database(pg_admin_url, name)
 
 
 async def test_the_domain_comes_in_without_rewriting_the_tables(

@@ -13,11 +13,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from psycopg.types.json import Jsonb
 
+from harness.waiting import eventually
 from queueing import db, jobs
 from queueing.actors import Actor
 from queueing.conversations import METADATA_MAX_BYTES, get_conversation, merge_metadata
 from queueing.errors import TooLarge
-from tests.helpers import eventually, worker_session
+from tests.helpers import worker_session
 from tests.integration.web_support import (
     HandWorker,
     enqueue,

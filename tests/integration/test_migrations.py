@@ -14,16 +14,16 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from harness import databases
 from queueing.migrate import MIGRATIONS_DIR, MigrationError, migrate, repeatables
-from tests import dbserver
 
 
 @pytest.fixture
 def empty_database_url(pg_admin_url: str) -> Iterator[str]:
-    name = dbserver.unique_name("gq_empty")
-    url = dbserver.create_database(pg_admin_url, name)
+    name = databases.unique_name("gq_empty")
+    url = databases.create_database(pg_admin_url, name)
     yield url
-    dbserver.drop_database(pg_admin_url, name)
+    databases.drop_database(pg_admin_url, name)
 
 
 def applied_versions(url: str) -> list[str]:
@@ -206,12 +206,12 @@ async def test_an_upgraded_database_has_the_schema_of_a_fresh_one(
     for path in MIGRATIONS_DIR.glob("[0-9]*.sql"):
         if path.stem <= LAST_BEFORE_REPEATABLES:
             shutil.copy(path, old)
-    name = dbserver.unique_name("gq_upgraded")
-    upgraded = dbserver.create_database(pg_admin_url, name)
+    name = databases.unique_name("gq_upgraded")
+    upgraded = databases.create_database(pg_admin_url, name)
     try:
         await migrate(upgraded, old)
         await migrate(upgraded)
         await migrate(empty_database_url)
         assert whole_schema(upgraded) == whole_schema(empty_database_url)
     finally:
-        dbserver.drop_database(pg_admin_url, name)
+        databases.drop_database(pg_admin_url, name)

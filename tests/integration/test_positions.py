@@ -40,7 +40,7 @@ async def test_every_job_gets_its_own_position(
     """R1.1: no two queued jobs share a position."""
     created = [await enqueue(pool, alice, conversation_id) for _ in range(10)]
     assert [j["queue_position"] for j in created] == list(range(1, 11))
-    listed = await jobs.list_jobs(pool, conversation_id, actor=alice)
+    listed = (await jobs.list_jobs(pool, conversation_id, actor=alice))["jobs"]
     assert [j["queue_position"] for j in listed] == list(range(1, 11))
 
 
@@ -57,7 +57,7 @@ async def test_concurrent_enqueues_return_exactly_one_to_n(
     results = await asyncio.gather(*(twenty_at_a_time(5) for _ in range(20)))
     returned = sorted(p for batch in results for p in batch)
     assert returned == list(range(1, 101))
-    assert len(await jobs.list_jobs(pool, conversation_id, actor=alice)) == 100
+    assert len((await jobs.list_jobs(pool, conversation_id, actor=alice))["jobs"]) == 100
     assert_permutation_in_claim_order(await queue_snapshot(pool))
     await pool.close()
 
@@ -88,7 +88,7 @@ async def test_positions_update_when_a_job_completes_or_a_new_one_arrives(
     await jobs.complete(session, claim, PNG, release_device=claim.gpu_lock)
     got = {
         j["job_id"]: j["queue_position"]
-        for j in await jobs.list_jobs(pool, conversation_id, actor=alice)
+        for j in (await jobs.list_jobs(pool, conversation_id, actor=alice))["jobs"]
     }
     assert (got[b["job_id"]], got[c["job_id"]]) == (1, 2)
     admin = Actor(user_id=alice.user_id, is_admin=True)
@@ -98,7 +98,7 @@ async def test_positions_update_when_a_job_completes_or_a_new_one_arrives(
     assert urgent["queue_position"] == 1
     got = {
         j["job_id"]: j["queue_position"]
-        for j in await jobs.list_jobs(pool, conversation_id, actor=alice)
+        for j in (await jobs.list_jobs(pool, conversation_id, actor=alice))["jobs"]
     }
     assert (got[b["job_id"]], got[c["job_id"]]) == (2, 3)
     await session.close()

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
+from harness.waiting import eventually
 from queueing import db, jobs, workers
 from queueing.actors import Actor
 from queueing.retention import parse_duration, prune
-from tests.helpers import eventually, worker_session
+from tests.helpers import worker_session
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"0" * 16
 

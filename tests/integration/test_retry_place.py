@@ -33,7 +33,9 @@ async def test_a_retrying_job_keeps_its_place_and_starts_no_earlier_than_run_aft
     claim = await worker.claim()
     assert str(claim.job_id) == later  # claimed past the retrying job
 
-    listed = {j["job_id"]: j for j in await jobs.list_jobs(pool, conversation_id, actor=alice)}
+    listed = {
+        j["job_id"]: j for j in (await jobs.list_jobs(pool, conversation_id, actor=alice))["jobs"]
+    }
     job = await jobs.get_job(pool, retrying, actor=alice)
     wait_s = (datetime.fromisoformat(job["run_after"]) - datetime.now(UTC)).total_seconds()
     assert wait_s > 90

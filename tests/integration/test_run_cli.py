@@ -7,7 +7,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import sys
 
 import aiohttp
@@ -15,9 +14,10 @@ import pytest
 
 from gpuqueue.cli import build_parser
 from gpuqueue.run import page_url, run_settings
+from harness.ports import free_port
+from harness.waiting import eventually
 from queueing import db, workers
 from queueing.config import Settings
-from tests.helpers import eventually
 
 OPEN_LINE = re.compile(r"^open: http://127\.0\.0\.1:(\d+)/\?token=(gq_[A-Za-z0-9_-]+)$")
 
@@ -42,12 +42,6 @@ def test_the_open_line_names_a_reachable_address() -> None:
     assert page_url("127.0.0.1", 8080, "gq_x") == "http://127.0.0.1:8080/?token=gq_x"
     assert page_url("0.0.0.0", 9000, "gq_x") == "http://127.0.0.1:9000/?token=gq_x"
     assert page_url("::1", 80, "gq_x") == "http://[::1]:80/?token=gq_x"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def start_run(

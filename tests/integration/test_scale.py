@@ -46,16 +46,18 @@ def nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return [plan, *(n for child in plan.get("Plans", []) for n in nodes(child))]
 
 
-async def scan_counts(pool: db.Pool) -> tuple[int, int]:
-    async with pool.connection() as conn:
-        await conn.execute("SELECT pg_stat_force_next_flush()")
-        await conn.execute("SELECT pg_stat_clear_snapshot()")
-        cur = await conn.execute(
-            "SELECT (SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'jobs') AS seq,"
-            " (SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'jobs_queued_idx')"
-            " AS idx"
-        )
-        row = await cur.fetchone()
+async def scan_counts(conn: db.Connection) -> tuple[int, int]:
+    """The scans of jobs and of jobs_queued_idx, with this connection's own counts flushed: run
+    the query under test on the same connection (another session's counts reach the shared
+    statistics only when that session flushes them, up to seconds later)."""
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    cur = await conn.execute(
+        "SELECT (SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'jobs') AS seq,"
+        " (SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'jobs_queued_idx')"
+        " AS idx"
+    )
+    row = await cur.fetchone()
     assert row is not None
     return int(row["seq"]), int(row["idx"])
 
@@ -69,12 +71,13 @@ async def test_position_queries_touch_only_queued_rows_among_100000_finished(
     await seed(pool, alice, conversation_id, 50, "queued")
     async with pool.connection() as conn:
         await conn.execute("VACUUM ANALYZE jobs")
-    listed = await jobs.list_jobs(pool, conversation_id, actor=alice)
+    listed = (await jobs.list_jobs(pool, conversation_id, actor=alice))["jobs"]
     last_queued = [j for j in listed if j["status"] == "queued"][-1]
 
-    seq_before, idx_before = await scan_counts(pool)
-    assert await positions.job_position(pool, last_queued["job_id"]) == 50
-    seq_after, idx_after = await scan_counts(pool)
+    async with pool.connection() as conn:
+        seq_before, idx_before = await scan_counts(conn)
+        assert await positions.job_position(conn, last_queued["job_id"]) == 50
+        seq_after, idx_after = await scan_counts(conn)
     assert seq_after == seq_before, "the one-job position query scanned the jobs table"
     assert idx_after - idx_before == 2, "both position counts use jobs_queued_idx"
 

@@ -19,9 +19,9 @@ from psycopg import sql
 
 from gpu_worker.backends.stub import StubBackend
 from gpu_worker.worker import Worker
+from harness.waiting import eventually
 from queueing import db
 from queueing.actors import Actor
-from tests.helpers import eventually
 from tests.integration.worker_support import (
     WorkerProcess,
     fast_config,

@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from harness.waiting import eventually
 from queueing import db, jobs
 from queueing.actors import Actor
-from tests.helpers import eventually, worker_session
+from tests.helpers import worker_session
 
 ROUNDS = 3
 WORKERS = 24

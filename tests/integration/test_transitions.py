@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
+from harness.waiting import eventually
 from queueing import db, jobs
 from queueing.actors import Actor
 from queueing.conversations import get_conversation
 from queueing.errors import IllegalTransition, InvalidData, NotFound
 from tests import queries
-from tests.helpers import eventually
 from tests.integration.web_support import HandWorker
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"0" * 16

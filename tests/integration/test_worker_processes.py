@@ -8,10 +8,10 @@ import socket
 import time
 from collections.abc import Callable
 
+from harness.waiting import eventually
 from queueing import db, jobs
 from queueing.actors import Actor
 from queueing.jobs import Claim
-from tests.helpers import eventually
 from tests.integration.worker_support import (
     WorkerProcess,
     gpu_locks,

@@ -12,9 +12,9 @@ from collections.abc import Callable
 import pytest
 
 from gpu_worker.worker import Worker
+from harness.waiting import eventually
 from queueing import db, jobs
 from queueing.actors import Actor
-from tests.helpers import eventually
 from tests.integration.worker_support import (
     InProcessWorker,
     gpu_locks,

@@ -14,9 +14,9 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 
+from harness.waiting import eventually
 from queueing import db, jobs
 from queueing.jobs import JobRequest
-from tests.helpers import eventually
 from tests.integration.web_support import (
     PARAMS,
     Frame,

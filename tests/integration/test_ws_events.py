@@ -11,6 +11,7 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 
+from harness.waiting import eventually
 from queueing import db, tokens
 from tests.integration.web_support import (
     Frame,
@@ -227,9 +228,18 @@ async def test_a_position_message_goes_only_where_a_position_changed(
     positions read (the fan-out knows from the event's position that nobody followed is behind)."""
     conversation_id = await new_conversation(client, alice)
     await enqueue(client, alice, conversation_id)
+    broadcaster = client.app[BROADCASTER]
+    listed = await (
+        await client.get(f"/api/conversations/{conversation_id}/jobs", headers=alice.headers)
+    ).json()
+
+    async def first_routed() -> bool:  # else its late fan-out could count as this test's pass
+        return broadcaster.routed_seq >= listed["seq"]
+
+    await eventually(first_routed)
     ws = await connect(client, alice)
     await subscribe(ws, conversation_id=conversation_id)
-    stats = client.app[BROADCASTER].stats
+    stats = broadcaster.stats
     passes = stats.position_passes
     behind = await enqueue(client, alice, conversation_id)
     assert (await next_of(ws, "queued"))["job_id"] == behind["job_id"]

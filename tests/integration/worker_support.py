@@ -22,12 +22,12 @@ import pytest
 
 from gpu_worker.backends.stub import StubBackend
 from gpu_worker.worker import Worker, WorkerConfig
+from harness.processes import REPO, rss_kib
+from harness.waiting import eventually
 from queueing import db, jobs
 from queueing.actors import Actor
 from queueing.jobs import JobRequest
-from tests.helpers import eventually
 
-REPO = Path(__file__).resolve().parents[2]
 FINAL = ("complete", "error", "canceled")
 
 
@@ -234,10 +234,7 @@ class WorkerProcess:
 
     def rss_kib(self) -> int:
         """Resident set size from /proc/<pid>/status (VmRSS), in KiB."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmRSS line")
+        return rss_kib(self.pid)
 
     async def registered(self, pool: db.Pool, within: float = 60.0) -> dict[str, Any]:
         """Wait until this process has a live registration; return it."""

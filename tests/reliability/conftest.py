@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from harness import databases
 from queueing import db
-from tests import dbserver
 
 SEED_ENV = "GPUQUEUE_RELIABILITY_SEED"
 
@@ -27,10 +27,10 @@ def seeded(name: str) -> tuple[random.Random, int]:
 @pytest.fixture(scope="module")
 def module_database_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
     """A database for every test of the module: they add rows, none relies on an empty one."""
-    name = dbserver.unique_name("gq_rel")
-    url = dbserver.create_database(pg_admin_url, name, template=template_db)
+    name = databases.unique_name("gq_rel")
+    url = databases.create_database(pg_admin_url, name, template=template_db)
     yield url
-    dbserver.drop_database(pg_admin_url, name)
+    databases.drop_database(pg_admin_url, name)
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,9 @@
 """The real command line as subprocesses: `gpuqueue web` servers (workers come from the worker
-harness), free ports, open-file limits, and reading a process's memory and sockets from /proc."""
+harness). Free ports, open-file limits, stopping and reading memory: harness."""
 
 from __future__ import annotations
 
 import os
-import resource
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,52 +11,12 @@ from typing import Any
 
 import aiohttp
 
-from tests.helpers import eventually
-from tests.integration.worker_support import REPO, WorkerProcess
+from harness.ports import free_port
+from harness.processes import REPO, rss_kib, stop_process
+from harness.waiting import eventually
+from tests.integration.worker_support import WorkerProcess
 
-__all__ = [
-    "REPO",
-    "WebProcess",
-    "WorkerProcess",
-    "free_port",
-    "raise_open_files_limit",
-    "rss_kib",
-    "stop_process",
-]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def raise_open_files_limit(wanted: int = 65536) -> int:
-    """Raise this process's soft RLIMIT_NOFILE (children inherit it); returns the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def rss_kib(pid: int) -> int:
-    """Resident set size from /proc/<pid>/status (VmRSS), in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS line for pid {pid}")
-
-
-def stop_process(proc: subprocess.Popen[bytes], *, grace_s: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL when it does not exit within grace_s; always reaped."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+__all__ = ["WebProcess", "WorkerProcess"]
 
 
 class WebProcess:

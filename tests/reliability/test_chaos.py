@@ -39,9 +39,10 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from harness.ports import free_port
+from harness.waiting import eventually
 from queueing import conversations, db, tokens
 from queueing.migrate import migrate
-from tests.helpers import eventually
 from tests.reliability.conftest import seeded
 from tests.reliability.history import (
     FINAL,
@@ -53,7 +54,7 @@ from tests.reliability.history import (
 )
 from tests.reliability.netcut import dropped_tcp, nft_unavailable, tcp_ports_to
 from tests.reliability.pgserver import PrivateServer
-from tests.reliability.processes import WebProcess, WorkerProcess, free_port
+from tests.reliability.processes import WebProcess, WorkerProcess
 from tests.reliability.wsclient import FollowingClient
 
 pytestmark = pytest.mark.slow

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.waiting import eventually
 from queueing import db, jobs
 from queueing.actors import Actor
-from tests.helpers import eventually
 from tests.integration.worker_support import (
     InProcessWorker,
     WorkerProcess,

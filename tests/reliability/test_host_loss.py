@@ -18,9 +18,9 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
+from harness.waiting import eventually
 from queueing import db
 from queueing.actors import Actor
-from tests.helpers import eventually
 from tests.integration.worker_support import (
     InProcessWorker,
     WorkerProcess,

@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
+from harness.waiting import eventually
 from queueing import db
-from tests.helpers import eventually
 from tests.integration.web_support import (
     User,
     enqueue,

@@ -37,9 +37,10 @@ import aiohttp
 import psutil
 import pytest
 
+from harness.processes import REPO, raise_open_files_limit
+from harness.waiting import eventually
 from queueing import conversations, db, tokens
-from tests.helpers import eventually
-from tests.reliability.processes import REPO, WebProcess, raise_open_files_limit
+from tests.reliability.processes import WebProcess
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gpu_worker.device_lock import DeviceLock
-from tests.helpers import eventually
+from harness.waiting import eventually
 
 GPU = "box/cuda:0"
 

@@ -21,9 +21,9 @@ from gpu_worker.runner import (
     image_request,
 )
 from gpu_worker.worker import WorkerConfig, timeout_message
+from harness.waiting import eventually
 from queueing.config import Settings
 from queueing.jobs import Claim
-from tests.helpers import eventually
 
 
 class FakeClock:

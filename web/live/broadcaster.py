@@ -60,6 +60,12 @@ class Broadcaster:
     def listener(self) -> Listener:
         return self._fanout.listener
 
+    @property
+    def routed_seq(self) -> int:
+        """The newest event seq the fan-out has routed: every event up to it has reached every
+        subscription that follows it (operators, tests)."""
+        return self._fanout.last_seq
+
     async def start(self) -> None:
         await self._fanout.start()
 

@@ -23,6 +23,7 @@ from queueing import db, events, positions
 from queueing.cancellation import cancel_and_wait
 from queueing.listener import CHANNEL_EVENT, CHANNEL_PROGRESS, Listener
 from queueing.positions import EtaCache
+from queueing.rows import EventRow
 from queueing.states import FINAL, JobStatus
 
 from ..image_links import ImageLinks
@@ -183,7 +184,7 @@ class Fanout:
             if len(rows) < PAGE:
                 return moved
 
-    def _may_move_followed_jobs(self, rows: list[db.Row]) -> bool:
+    def _may_move_followed_jobs(self, rows: list[EventRow]) -> bool:
         """Whether these events can change a followed queued job's position.
 
         A job leaving the queue (processing, canceled) moves those behind it; a job entering it
@@ -202,7 +203,7 @@ class Fanout:
                     return True
         return False
 
-    def _route(self, rows: list[db.Row]) -> bool:
+    def _route(self, rows: list[EventRow]) -> bool:
         moved = self._may_move_followed_jobs(rows)
         by_conversation, by_job, waiters = (
             self._subs.by_conversation,

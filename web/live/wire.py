@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, TypeAlias
 from uuid import UUID
 
-from queueing import db
+from queueing.rows import EventRow
 
 from ..image_links import ImageLinks
 from ..json_text import dumps
@@ -22,7 +22,7 @@ CLOSE_UNAUTHORIZED = 4401
 Event: TypeAlias = tuple[int, UUID, str, int, str]
 
 
-def event_of(row: db.Row, links: ImageLinks) -> Event:
+def event_of(row: EventRow, links: ImageLinks) -> Event:
     """An events_after row as routed and sent: its image link signed, its JSON serialised once."""
     event = links.sign(row["event"])
     return (row["seq"], row["job_id"], event["status"], event["queue_position"], dumps(event))

@@ -1,4 +1,5 @@
-"""The PostgreSQL server the suite runs against, and databases cloned from a migrated template.
+"""The PostgreSQL server the tests and the benchmark run against, and databases cloned from a
+migrated template.
 
 TEST_DATABASE_URL when set; else the server at GPUQUEUE_PG_PROBE (127.0.0.1:5432) when it
 answers; else an embedded server in a temporary folder, removed at the end.

@@ -1,0 +1,4 @@
+"""What the tests and the benchmark share to drive gpuqueue from outside: free ports, the
+PostgreSQL server and migrated databases, subprocesses (stopping them, reading their memory) and
+waiting on a condition with a deadline. Dev-only: not part of the installed package; importable
+from the repository root, as tests/ and bench/ are."""
