@@ -29,18 +29,22 @@ APP_NAME = "gpuqueue-worker"
 CHANNEL_GPU = "gq_gpu"  # payload: a GPU lock's name; gq_release_gpu freed it
 
 T = TypeVar("T")
+# Round trips given up on by _within: referenced until they end, so none is collected pending.
+_ABANDONED: set[asyncio.Future[Any]] = set()
 
 
 class GpuSession:
     """One registered worker on one GPU. A lost connection means a new session, new id."""
 
     def __init__(
-        self, conn: db.Connection, worker_id: UUID, gpu_lock: str, claim_deadline_s: float
+        self, conn: db.Connection, worker_id: UUID, gpu_lock: str, deadline_s: float
     ) -> None:
+        """`deadline_s` bounds every round trip that never waits for a lock (claim, release,
+        probe): past it the session, or its host's network, is taken for gone."""
         self.conn = conn
         self.worker_id = worker_id
         self.gpu_lock = gpu_lock
-        self._claim_deadline_s = claim_deadline_s
+        self._deadline_s = deadline_s
 
     @classmethod
     async def open(
@@ -51,7 +55,7 @@ class GpuSession:
         device: str,
         backend: str,
         model: str | None,
-        claim_deadline_s: float,
+        deadline_s: float,
     ) -> GpuSession:
         """Connect and register a new worker id under this connection."""
         conn = await db.connect(url, APP_NAME)
@@ -63,7 +67,7 @@ class GpuSession:
         except BaseException:
             await conn.close()
             raise
-        return cls(conn, worker_id, gpu_lock, claim_deadline_s)
+        return cls(conn, worker_id, gpu_lock, deadline_s)
 
     @property
     def backend_pid(self) -> int:
@@ -72,18 +76,18 @@ class GpuSession:
     async def claim(self) -> Claim | None:
         """Take the GPU lock if free and claim the next job; None when busy or nothing to run.
 
-        The round trip never waits for a lock, so past claim_deadline_s the session is taken
-        for lost: TimeoutError, and the caller abandons it.
+        Past deadline_s: TimeoutError, and the caller abandons the session.
         """
-        return await _within(self._claim_deadline_s, jobs.lock_and_claim(self.conn, self.worker_id))
+        return await _within(self._deadline_s, jobs.lock_and_claim(self.conn, self.worker_id))
 
     async def release_gpu(self) -> None:
         """Free the GPU lock after a claim raised: a session lock survives the rollback."""
-        await _within(self._claim_deadline_s, jobs.release_gpu(self.conn, self.gpu_lock))
+        await _within(self._deadline_s, jobs.release_gpu(self.conn, self.gpu_lock))
 
     async def probe(self, claim: Claim) -> tuple[bool, bool]:
-        """(claim still current, cancel requested); raises when the session is gone."""
-        return await jobs.claim_state(self.conn, claim)
+        """(claim still current, cancel requested); raises when the session is gone, and
+        TimeoutError past deadline_s (a network that drops packets never answers nor fails)."""
+        return await _within(self._deadline_s, jobs.claim_state(self.conn, claim))
 
     async def complete(self, claim: Claim, png: bytes) -> bool:
         return await jobs.complete(self.conn, claim, png, release_device=claim.gpu_lock)
@@ -134,15 +138,17 @@ async def _within(deadline_s: float, call: Coroutine[Any, Any, T]) -> T:
         task.cancel()
         raise
     if not done:
-        task.add_done_callback(_ignore_outcome)
+        _ABANDONED.add(task)
+        task.add_done_callback(_forget)
         task.cancel()
         raise TimeoutError(f"no answer within {deadline_s:g} s")
     return task.result()
 
 
-def _ignore_outcome(task: asyncio.Future[Any]) -> None:
+def _forget(task: asyncio.Future[Any]) -> None:
+    _ABANDONED.discard(task)
     if not task.cancelled():
-        task.exception()
+        task.exception()  # read, so asyncio does not report it as never retrieved
 
 
 class LockWatchdog:

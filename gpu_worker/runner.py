@@ -208,15 +208,12 @@ class JobRunner:
         probe_interval_s: float,
         stuck_grace_s: float,
         progress_interval_s: float,
-        probe_timeout_s: float = 5.0,
     ) -> None:
         """The intervals are WorkerConfig's (their one default is there)."""
         self._backend = backend
         self._executor = executor
         self._pool = pool
         self._probe_interval_s = probe_interval_s
-        self._probe_timeout_s = probe_timeout_s
-        self._abandoned: set[asyncio.Future[tuple[bool, bool]]] = set()
         self._stuck_grace_s = stuck_grace_s
         self._progress_interval_s = progress_interval_s
 
@@ -224,8 +221,8 @@ class JobRunner:
         """Run the claim's pipeline until it returns, raises, or wedges past an interrupt.
 
         `probe` reads (claim current, cancel requested) over the worker's session every
-        probe_interval_s; an error from it, or no answer within probe_timeout_s, means the
-        session is lost.
+        probe_interval_s; an error from it, or no answer within the session's deadline
+        (TimeoutError), means the session is lost.
         """
         try:
             request = image_request(claim)
@@ -250,24 +247,16 @@ class JobRunner:
         return self._result(future, gate)
 
     async def _probe(self, claim: Claim, gate: StepGate, probe: Probe) -> None:
-        """One probe with a deadline: a network that drops packets never answers nor fails."""
-        probing = asyncio.ensure_future(probe(claim))
-        await asyncio.wait({probing}, timeout=self._probe_timeout_s)
-        if not probing.done():
+        try:
+            current, cancel = await probe(claim)
+        except TimeoutError as exc:
             log.warning(
-                "job %s: the worker's session did not answer a probe in %g s; taking it as lost",
+                "job %s: the worker's session did not answer a probe (%s); taking it as lost",
                 claim.job_id,
-                self._probe_timeout_s,
+                exc,
             )
             gate.flag(Reason.LOST)
-            # Not awaited: psycopg's own cancel of the query can take as long again, and the
-            # session is abandoned anyway. Kept referenced until it ends, its outcome read.
-            probing.cancel()
-            self._abandoned.add(probing)
-            probing.add_done_callback(self._forget)
             return
-        try:
-            current, cancel = probing.result()
         except Exception as exc:  # the session's state is unknown: treat it as gone
             log.warning("job %s: the worker's session failed (%s)", claim.job_id, exc)
             gate.flag(Reason.LOST)
@@ -276,11 +265,6 @@ class JobRunner:
             gate.flag(Reason.STALE)
         if cancel:
             gate.flag(Reason.CANCEL)
-
-    def _forget(self, probing: asyncio.Future[tuple[bool, bool]]) -> None:
-        self._abandoned.discard(probing)
-        if not probing.cancelled():
-            probing.exception()  # read, so asyncio does not report it as never retrieved
 
     def _result(self, future: asyncio.Future[bytes], gate: StepGate) -> RunResult:
         elapsed = gate.elapsed()

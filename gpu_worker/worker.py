@@ -66,9 +66,9 @@ class WorkerConfig:
     stuck_grace_s: float = Settings.stuck_grace_s
     progress_interval_s: float = 0.1
     reconnect_max_s: float = 2.0
-    # The claim never waits for a lock, so a claim round trip slower than this means the
-    # session (or its host's network) is gone.
-    claim_deadline_s: float = 5.0
+    # The session's claim, release and probe never wait for a lock, so a round trip slower than
+    # this means the session (or its host's network) is gone.
+    session_deadline_s: float = 5.0
     gpu_lock_dir: Path = field(default_factory=default_gpu_lock_dir)
 
     @classmethod
@@ -282,7 +282,7 @@ class Worker:
                     device=self.device,
                     backend=self.backend_name,
                     model=self.model,
-                    claim_deadline_s=self.config.claim_deadline_s,
+                    deadline_s=self.config.session_deadline_s,
                 )
             except psycopg.OperationalError as exc:
                 log.warning("cannot open the worker session (%s); retrying in %.2f s", exc, backoff)

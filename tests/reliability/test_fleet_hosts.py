@@ -264,7 +264,7 @@ async def test_a_claim_that_raises_frees_the_gpu_lock_and_the_worker_goes_on(
 async def test_a_claim_past_its_deadline_abandons_the_session_and_writes_nothing(
     pool: db.Pool, conversation_id: str, alice: Actor, start_worker: StartWorker
 ) -> None:
-    """Item 2 (the claim's deadline): a claim round trip slower than claim_deadline_s (here the
+    """Item 2 (the claim's deadline): a claim round trip slower than session_deadline_s (here the
     first claim of a job sleeps 3 s in the database) means the session is lost: the worker
     abandons it and comes back as a new worker, which runs the job; the first registration
     writes nothing for it (at most its claim, which the sweep then takes back)."""
@@ -283,7 +283,7 @@ async def test_a_claim_past_its_deadline_abandons_the_session_and_writes_nothing
                 FOR EACH ROW EXECUTE FUNCTION test_slow_claim();
             """
         )
-    handle = start_worker("cuda:0", claim_deadline_s=0.5)
+    handle = start_worker("cuda:0", session_deadline_s=0.5)
 
     async def registered() -> str | None:
         return handle.worker.worker_id
