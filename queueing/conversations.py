@@ -7,7 +7,7 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
-from . import db
+from . import db, limits
 from .actors import Actor
 from .errors import NotFound
 from .rows import ConversationRow, ConversationWithMessages, MessageJson
@@ -49,16 +49,12 @@ async def conversation_visible(conn: db.Db, conversation_id: UUID | str, *, acto
     return row is not None
 
 
-# A message's metadata as compact UTF-8 JSON text, at most (contract: Input limits). The row's
-# CHECK (migrations/004) leaves room above it, so the queue's own fields always fit.
-METADATA_MAX_BYTES = 192 * 1024
-
-
 async def merge_metadata(
     conn: db.Db, message_id: UUID | str, patch: dict[str, Any], *, actor: Actor
 ) -> MessageJson:
     """Deep-merge `patch` into the message's extra_metadata in one statement (R7); TooLarge,
-    nothing written, when the merged object would be over METADATA_MAX_BYTES."""
+    nothing written, when the merged object would be over limits.METADATA_BYTES (the row's
+    CHECK, migration 004, leaves room above it, so the queue's own fields always fit)."""
     row = await db.fetch_one(
         conn,
         "message_merge_metadata",
@@ -66,7 +62,7 @@ async def merge_metadata(
             "message_id": message_id,
             "patch": Jsonb(patch),
             "owner": actor.owner,
-            "max_bytes": METADATA_MAX_BYTES,
+            "max_bytes": limits.METADATA_BYTES,
         },
     )
     assert row is not None  # gq_merge_metadata raises GQ404 (NotFound) for a message not seen

@@ -1,8 +1,9 @@
-"""A job request's bounds and its parameters' defaults, written once.
+"""The bounds of what a user may send, and a job's parameter defaults, written once.
 
 The web edge checks requests (and the configured defaults, at start-up) against them; the
-worker reads a job's params back with the same defaults. The schema's CHECKs hold the bounds
-the database must keep (prompt length, max_attempts, timeout_s).
+worker reads a job's params back with the same defaults; the merged metadata's size is checked
+in the database under the row lock. The schema's CHECKs hold the bounds the database must keep
+(prompt length, max_attempts, timeout_s).
 """
 
 from __future__ import annotations
@@ -18,3 +19,8 @@ SEED_MAX = 2**32 - 1
 PRIORITY = (-1000, 1000)
 MAX_ATTEMPTS = (1, 10)
 TIMEOUT_S = (1, 3600)
+# A message's metadata (contract: Input limits): the merged object as compact UTF-8 JSON; one
+# PATCH's levels of nesting (the top object is level 1) and its keys, counted at every depth.
+METADATA_BYTES = 192 * 1024
+METADATA_DEPTH = 20
+METADATA_KEYS = 2000

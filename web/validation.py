@@ -25,11 +25,6 @@ from .image_links import MIN_SECRET_BYTES
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_TITLE_CHARS = 200
-# One metadata PATCH (contract: Input limits): levels of nesting, the top object being level 1,
-# and keys counted at every depth. The merged object's size is checked in the database, under
-# the row lock (queueing.conversations.METADATA_MAX_BYTES).
-MAX_METADATA_DEPTH = 20
-MAX_METADATA_KEYS = 2000
 IMAGE_LINK_TTL_S = (1, 7 * 86400)
 RESERVED_METADATA_KEYS = ("job_id", "status", "queue_position", "error")
 
@@ -227,9 +222,9 @@ def metadata_patch(body: dict[str, Any]) -> dict[str, Any]:
             "reserved_fields",
         )
     keys = _check_json(body, "metadata", 1)
-    if keys > MAX_METADATA_KEYS:
+    if keys > limits.METADATA_KEYS:
         raise invalid(
-            f"a metadata patch may hold at most {MAX_METADATA_KEYS} keys, counted at every "
+            f"a metadata patch may hold at most {limits.METADATA_KEYS} keys, counted at every "
             f"depth (got {keys}); send it in several patches",
             "metadata_too_many_keys",
         )
@@ -238,10 +233,10 @@ def metadata_patch(body: dict[str, Any]) -> dict[str, Any]:
 
 def _check_json(value: Any, path: str, level: int) -> int:
     """Every string (keys too) storable in jsonb, and containers nested at most
-    MAX_METADATA_DEPTH levels; returns the number of object keys at every depth."""
-    if isinstance(value, dict | list) and level > MAX_METADATA_DEPTH:
+    limits.METADATA_DEPTH levels; returns the number of object keys at every depth."""
+    if isinstance(value, dict | list) and level > limits.METADATA_DEPTH:
         raise invalid(
-            f"metadata is nested more than {MAX_METADATA_DEPTH} levels deep at {path[:200]}",
+            f"metadata is nested more than {limits.METADATA_DEPTH} levels deep at {path[:200]}",
             "metadata_too_deep",
         )
     if isinstance(value, str):

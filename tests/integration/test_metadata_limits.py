@@ -16,8 +16,9 @@ from psycopg.types.json import Jsonb
 from harness.waiting import eventually
 from queueing import db, jobs
 from queueing.actors import Actor
-from queueing.conversations import METADATA_MAX_BYTES, get_conversation, merge_metadata
+from queueing.conversations import get_conversation, merge_metadata
 from queueing.errors import TooLarge
+from queueing.limits import METADATA_BYTES as METADATA_MAX_BYTES
 from tests.helpers import worker_session
 from tests.integration.web_support import (
     HandWorker,
