@@ -231,7 +231,7 @@ class Worker:
                     claim = await session.claim()
                 except SESSION_LOST as exc:
                     device_lock.release()
-                    await self._lost(session, pool, f"while claiming ({_describe(exc)})")
+                    await self._lost(session, pool, f"while claiming ({error_message(exc)})")
                     continue
                 except (psycopg.Error, QueueError) as exc:
                     device_lock.release()
@@ -318,14 +318,14 @@ class Worker:
             "the claim on GPU %s failed (%s); the GPU lock is released and the worker tries "
             "again in %g s",
             session.gpu_lock,
-            _describe(exc),
+            error_message(exc),
             self.config.poll_interval_s,
             exc_info=exc,
         )
         try:
             await session.release_gpu()
         except SESSION_LOST as lost:
-            await self._lost(session, pool, f"while releasing the GPU lock ({_describe(lost)})")
+            await self._lost(session, pool, f"while releasing the GPU lock ({error_message(lost)})")
             return
         await self._sleep_unless_stopping(self.config.poll_interval_s)
 
@@ -568,11 +568,6 @@ class Worker:
     async def _sweep_forever(self, pool: db.Pool) -> None:
         """Crash recovery (see Sweeper): it never ends on its own, whatever a sweep raises."""
         await Sweeper(pool, self.config.sweep_interval_s).run()
-
-
-def _describe(exc: BaseException) -> str:
-    """An exception for a log line, also one without a message."""
-    return str(exc).strip() or type(exc).__name__
 
 
 def timeout_message(elapsed_s: float, timeout_s: int) -> str:
