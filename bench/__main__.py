@@ -26,7 +26,7 @@ from bench import env
 from bench.env import Context
 from bench.report import MISS, NOT_RUN, Figure, markdown, not_run, write_results
 from harness import databases
-from harness.processes import raise_open_files_limit
+from harness.processes import REPO, raise_open_files_limit
 
 # family -> module; each module has `async def run(ctx) -> list[Figure]`.
 FAMILIES: dict[str, str] = {
@@ -35,6 +35,7 @@ FAMILIES: dict[str, str] = {
     "enqueue": "bench.enqueue",
     "dispatch": "bench.dispatch",
     "worker": "bench.worker",
+    "eta": "bench.eta",
     "peer": "bench.peer",
     "http": "bench.http",
     "websocket": "bench.websocket",
@@ -65,14 +66,14 @@ def _git_commit() -> str:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
-            cwd=env.ROOT,
+            cwd=REPO,
             capture_output=True,
             text=True,
             check=False,
         )
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=env.ROOT,
+            cwd=REPO,
             capture_output=True,
             text=True,
             check=False,

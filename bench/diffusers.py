@@ -16,34 +16,17 @@ Memory: the worker's RSS after the warm-up jobs, then after the measured ones.
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from bench import env
-from bench.env import Child, Context
+from bench.env import Context
 from bench.report import Figure, at_most, ratio_at_most
 
 FAMILY = "diffusers"
 DEVICE = "cpu"
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+LIMIT_S = 600.0  # for each answer of the direct pipeline process
 
 
 PARAMS = {"width": 64, "height": 64, "steps": 3, "guidance_scale": 7.5}
-
-
-async def _ask(child: Child, command: dict[str, Any], limit_s: float = 600.0) -> dict[str, Any]:
-    import asyncio
-
-    proc = child.proc
-    assert proc.stdin is not None and proc.stdout is not None
-    if command:
-        proc.stdin.write((json.dumps(command) + "\n").encode())
-        await proc.stdin.drain()
-    line = await asyncio.wait_for(proc.stdout.readline(), limit_s)
-    if not line:
-        raise RuntimeError(f"the direct pipeline process ended:\n{child.log_tail()}")
-    answer: dict[str, Any] = json.loads(line)
-    return answer
 
 
 async def run(ctx: Context) -> list[Figure]:
@@ -55,28 +38,28 @@ async def run(ctx: Context) -> list[Figure]:
     images = 0
     rss: list[float] = []
     async with ctx.database(FAMILY) as bdb:
-        direct = await env.start(
+        direct = env.start(
             ctx,
             "diffusers-direct",
             ["-m", "bench.diffusers_direct", str(data_dir)],
             env=THREADS,
             pipes=True,
         )
-        async with env.running(direct):
-            await _ask(direct, {})  # ready: the model is built and loaded
-            await _ask(direct, {"cmd": "run", "n": warm, "seed": 10_000})
+        async with direct:
+            await env.ask(direct, None, LIMIT_S)  # ready: the model is built and loaded
+            await env.ask(direct, {"cmd": "run", "n": warm, "seed": 10_000}, LIMIT_S)
             worker = await env.start_worker(
                 ctx, bdb, device=DEVICE, backend="diffusers", env=THREADS, limit_s=300
             )
-            async with env.running(worker):
+            async with worker:
                 await _batch(bdb, "warm", warm, 10_000)
-                rss.append(worker.rss_mib())
+                rss.append(worker.rss_kib() / 1024)
                 for rnd in range(rounds):
-                    got = await _ask(direct, {"cmd": "run", "n": n, "seed": rnd * n})
+                    got = await env.ask(direct, {"cmd": "run", "n": n, "seed": rnd * n}, LIMIT_S)
                     direct_s += float(got["seconds"])
                     queue_s += await _batch(bdb, f"run-{rnd}", n, rnd * n)
                     images += n
-                    rss.append(worker.rss_mib())
+                    rss.append(worker.rss_kib() / 1024)
                 worker.check_alive()
     per_queue, per_direct = queue_s / images, direct_s / images
     growth = (rss[-1] / rss[0] - 1) * 100

@@ -34,11 +34,14 @@ from bench.queries import BENCH_SQL
 from bench.report import Figure, at_most, not_run, ratio_at_least
 from bench.stats import ms, p50, p99
 from queueing import db, jobs, workers
+from queueing.config import BUILTIN_MODEL
 
 FAMILY = "dispatch"
 CEILING = "raw claim+complete CTE loop, lock held"
 PARAMS = {"width": 64, "height": 64, "steps": 1, "seed": 0}
 PNG = tiny_png(64, 64)
+MODEL = BUILTIN_MODEL  # the model env.seed's jobs name
+HOST = "bench-host"  # the host of the GPUs this family's loops register on
 
 
 @dataclass
@@ -59,12 +62,10 @@ class Loop:
         self.gaps += other.gaps
 
 
-async def _session(bdb: BenchDb, device: str) -> tuple[db.Connection, uuid.UUID]:
+async def _session(bdb: BenchDb, device: str, host: str = HOST) -> tuple[db.Connection, uuid.UUID]:
     conn = await db.connect(bdb.url, "gpuqueue-bench-worker", "-c lock_timeout=0")
     worker_id = uuid.uuid4()
-    await workers.register(
-        conn, worker_id, host="bench-host", device=device, backend="bench", model=None
-    )
+    await workers.register(conn, worker_id, host=host, device=device, backend="bench", model=MODEL)
     return conn, worker_id
 
 
@@ -93,16 +94,20 @@ async def queueing_loop(bdb: BenchDb, n: int, device: str) -> Loop:
     return loop
 
 
-async def ceiling_loop(bdb: BenchDb, n: int, device: str) -> Loop:
-    conn, worker_id = await _session(bdb, device)
+async def ceiling_loop(bdb: BenchDb, n: int, device: str, host: str = HOST) -> Loop:
+    """The raw loop on the GPU (host, device), holding that GPU's lock throughout."""
+    conn, worker_id = await _session(bdb, device, host)
+    gpu = {"host": host, "device": device}
     loop = Loop()
     claim_sql, complete_sql = BENCH_SQL["claim_one"], BENCH_SQL["complete_one"]
     try:
-        await env.execute(conn, "gpu_lock", {"device": device})
+        await env.execute(conn, "gpu_lock", gpu)
         last_complete: float | None = None
         started = time.perf_counter()
         while True:
-            cur = await conn.execute(claim_sql, {"worker_id": worker_id, "device": device})
+            cur = await conn.execute(
+                claim_sql, {"worker_id": worker_id, "device": device, "model": MODEL}
+            )
             row = await cur.fetchone()
             claimed = time.perf_counter()
             if row is None:
@@ -117,7 +122,7 @@ async def ceiling_loop(bdb: BenchDb, n: int, device: str) -> Loop:
             last_complete = time.perf_counter()
             loop.jobs += 1
         loop.seconds = (last_complete or started) - started
-        await env.execute(conn, "gpu_unlock", {"device": device})
+        await env.execute(conn, "gpu_unlock", gpu)
     finally:
         await conn.close()
     if loop.jobs != n:

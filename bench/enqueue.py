@@ -1,9 +1,14 @@
 """Enqueue: one job's latency from one connection, and throughput from 8 connections.
 
-Ours is queueing.jobs.enqueue (gq_enqueue: conversation check, per-user queue limit, the event
-lock, the position, message + job + two events + NOTIFY, then the job as JSON). The ETA model is
-read once and passed in, as the web server's one-second cache does. The ceiling is one
-statement: message + job + one event (bench/sql/ceilings.sql: enqueue_one); a second ceiling
+Ours is queueing.jobs.enqueue (gq_enqueue: conversation and model check, per-user queue limit,
+the event lock, the user's latest finish tag, the fair-share tags cut from the cost model's
+estimate, the position and the work ahead, message + job + two events + NOTIFY, then the job as
+JSON). The ETA model is read once and passed in, as the web server's one-second cache does.
+
+Two baselines. "Before": the enqueue as it was before fair share, 011's FIFO gq_enqueue, kept in
+bench/sql/enqueue_before.sql and called as 011's queueing.jobs.enqueue called it, on the same
+database, in blocks interleaved with ours (issue 12's target: p50 within 1.2x). The ceiling: one
+statement, message + job + one event (bench/sql/ceilings.sql: enqueue_one); a second ceiling
 adds the NOTIFY (enqueue_one_notify), to show what NOTIFY's commit lock costs on its own.
 
 Jobs are spread over 64 users (each with its own conversation), so a user's queued count stays
@@ -24,13 +29,14 @@ from psycopg.types.json import Jsonb
 from bench import env
 from bench.env import BenchDb, Context, User
 from bench.queries import BENCH_SQL
-from bench.report import Figure, ratio_at_least
+from bench.report import Figure, ratio_at_least, ratio_at_most
 from bench.stats import ms, p50, p99
 from queueing import db, jobs
 from queueing.eta import EtaModel
-from queueing.positions import eta_model
+from queueing.positions import eta_model, with_eta
 
 FAMILY = "enqueue"
+BEFORE = "011's FIFO gq_enqueue, same run"
 CEILING = "raw one-statement CTE insert"
 CEILING_NOTIFY = "the same CTE + pg_notify"
 PARAMS = {"width": 64, "height": 64, "steps": 1, "seed": 0}
@@ -58,6 +64,27 @@ class Enqueuers:
             max_queued=MAX_QUEUED,
             eta=self._eta,
         )
+
+    async def before(self, conn: db.Connection) -> Any:
+        """011's queueing.jobs.enqueue: the FIFO function, then eta_s from the passed model."""
+        user = next(self._users)
+        request = self._request
+        cur = await conn.execute(
+            BENCH_SQL["enqueue_before"],
+            {
+                "conversation_id": user.conversation_id,
+                "owner": user.actor.owner,
+                "prompt": request.prompt,
+                "params": Jsonb(request.params),
+                "priority": request.priority,
+                "max_attempts": request.max_attempts,
+                "timeout_s": request.timeout_s,
+                "max_queued": MAX_QUEUED,
+            },
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return with_eta(row["job"], self._eta)
 
     async def ceiling(self, conn: db.Connection) -> Any:
         return await self._raw(conn, "enqueue_one")
@@ -152,19 +179,26 @@ async def run(ctx: Context) -> list[Figure]:
     async with ctx.database(FAMILY) as bdb:
         conn = await bdb.connect()
         try:
+            await env.execute(conn, "enqueue_before_function")
             enqueuers = Enqueuers(await users(bdb, conn, USERS), await eta_model(conn))
-            ours: list[float] = []
-            ceiling: list[float] = []
-            await latencies(conn, enqueuers.ours, 20)
-            await latencies(conn, enqueuers.ceiling, 20)
-            for _ in range(4):  # interleaved blocks, so drift hits both alike
-                ours += await latencies(conn, enqueuers.ours, singles // 4)
-                ceiling += await latencies(conn, enqueuers.ceiling, singles // 4)
+            single_ops = {
+                "ours": enqueuers.ours,
+                "before": enqueuers.before,
+                "ceiling": enqueuers.ceiling,
+            }
+            single: dict[str, list[float]] = {name: [] for name in single_ops}
+            for op in single_ops.values():
+                await latencies(conn, op, 20)
+            for block in range(8):  # interleaved blocks, so drift hits every variant alike
+                order = list(single_ops) if block % 2 else list(reversed(single_ops))
+                for name in order:
+                    single[name] += await latencies(conn, single_ops[name], singles // 8)
         finally:
             await conn.close()
         await empty_queue(bdb)
         variants = {
             "ours": enqueuers.ours,
+            "before": enqueuers.before,
             "ceiling": enqueuers.ceiling,
             "notify": enqueuers.ceiling_notify,
         }
@@ -175,11 +209,26 @@ async def run(ctx: Context) -> list[Figure]:
                 rates[name].append(await throughput(bdb, op, 8, seconds, waits[name]))
                 await empty_queue(bdb)
     mean = {name: sum(r) / len(r) for name, r in rates.items()}
+    ours, before, ceiling = single["ours"], single["before"], single["ceiling"]
 
     def spread(name: str) -> str:
         return ", ".join(f"{r:,.0f}" for r in rates[name])
 
+    samples = f"{len(ours)} samples each, in 8 interleaved blocks"
     return [
+        Figure(
+            FAMILY,
+            "enqueue one job p50 with fair share, vs before",
+            "one connection",
+            "ms",
+            ms(p50(ours)),
+            ms(p50(before)),
+            BEFORE,
+            (ratio_at_most(1.2),),
+            f"p99 ours {ms(p99(ours)):.2f} ms, before {ms(p99(before)):.2f} ms; {samples}; "
+            f"before writes its jobs to a queue of their own (model 'fifo'), as long as ours; "
+            f"it pays today's wider index and jobs_user_tags_idx, which 011 did not have",
+        ),
         Figure(
             FAMILY,
             "enqueue one job p50, one connection",
@@ -189,8 +238,7 @@ async def run(ctx: Context) -> list[Figure]:
             ms(p50(ceiling)),
             CEILING,
             (),
-            f"p99 ours {ms(p99(ours)):.2f} ms, ceiling {ms(p99(ceiling)):.2f} ms; "
-            f"{len(ours)} samples each",
+            f"p99 ours {ms(p99(ours)):.2f} ms, ceiling {ms(p99(ceiling)):.2f} ms; {samples}",
         ),
         Figure(
             FAMILY,
@@ -204,6 +252,18 @@ async def run(ctx: Context) -> list[Figure]:
             f"mean of 3 interleaved rounds of {seconds:g} s (ours {spread('ours')}; "
             f"ceiling {spread('ceiling')}). Connections were, ours: "
             f"{summarize(waits['ours'])}; ceiling: {summarize(waits['ceiling'])}",
+        ),
+        Figure(
+            FAMILY,
+            "enqueue throughput, 8 connections, vs before",
+            "8 connections",
+            "jobs/s",
+            mean["ours"],
+            mean["before"],
+            BEFORE,
+            (),
+            f"before's rounds {spread('before')}; its connections were: "
+            f"{summarize(waits['before'])}",
         ),
         Figure(
             FAMILY,

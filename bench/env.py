@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
+import json
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -23,15 +22,15 @@ from psycopg.types.json import Jsonb
 
 from bench.queries import BENCH_SQL
 from harness import databases
-from harness.ports import free_port
-from harness.processes import rss_kib
+from harness.children import Child
+from harness.commands import WebChild, WorkerChild
 from harness.waiting import eventually
 from queueing import db, tokens
 from queueing.actors import Actor
+from queueing.config import BUILTIN_MODEL
 from queueing.conversations import create_conversation
 from queueing.migrate import migrate
 
-ROOT = Path(__file__).resolve().parent.parent
 APP = "gpuqueue-bench"
 
 
@@ -139,10 +138,13 @@ async def seed(
     connections: int = 1,
     wake: bool = False,
     seed_base: int | None = None,
+    model: str = BUILTIN_MODEL,
+    host: str | None = None,
 ) -> float:
-    """Insert n jobs (with messages) in `status`; returns the seconds it took.
+    """Insert n jobs (with messages) of `model` in `status`; returns the seconds it took.
 
-    Big seeds run on several connections at once with foreign-key triggers off.
+    Finished jobs ran on `host` (None: none; with a host they feed the cost model). Big seeds
+    run on several connections at once with foreign-key triggers off.
     """
     started = time.perf_counter()
     replica = n >= 10_000
@@ -169,6 +171,8 @@ async def seed(
                     "conversation_id": conversation_id or bdb.conversation_id,
                     "user_id": bdb.actor.user_id,
                     "seed_base": seed_base,
+                    "model": model,
+                    "host": host,
                 },
             )
             if wake:
@@ -242,51 +246,13 @@ class WaitSampler:
                 await self._task
 
 
-# -- processes --------------------------------------------------------------------------------
+# -- processes ------------------------------------------------------------------------------
+
+# How long a child the benchmark started has to exit after SIGTERM, before SIGKILL.
+STOP_GRACE_S = 20.0
 
 
-@dataclass
-class Child:
-    """A process the benchmark started: its log goes to a file in the scratch folder."""
-
-    name: str
-    proc: asyncio.subprocess.Process
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def rss_mib(self) -> float:
-        return rss_kib(self.pid) / 1024
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def check_alive(self) -> None:
-        if self.proc.returncode is not None:
-            raise RuntimeError(
-                f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}"
-            )
-
-    async def stop(self, limit_s: float = 20.0) -> int | None:
-        """SIGTERM, then SIGKILL after `limit_s` seconds; returns the exit code."""
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), limit_s)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                await self.proc.wait()
-        return self.proc.returncode
-
-
-async def start(
+def start(
     ctx: Context,
     name: str,
     argv: Sequence[str],
@@ -294,30 +260,25 @@ async def start(
     env: Mapping[str, str] | None = None,
     pipes: bool = False,
 ) -> Child:
-    """Start `python argv...` from the repository root; stdout/stdin piped when `pipes`."""
+    """Start `python argv...`, its log in the scratch folder as `name`.log (see Child)."""
     log_path = ctx.scratch / f"{name}.log"
-    log_file = log_path.open("ab")
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *argv,
-            cwd=ROOT,
-            env={**os.environ, **(env or {})},
-            stdin=asyncio.subprocess.PIPE if pipes else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE if pipes else log_file,
-            stderr=log_file,
-        )
-    finally:
-        log_file.close()
-    return Child(name, proc, log_path)
+    return Child(argv, log_path, env=env, pipes=pipes, grace_s=STOP_GRACE_S)
 
 
-@contextlib.asynccontextmanager
-async def running(child: Child) -> AsyncIterator[Child]:
-    try:
-        yield child
-    finally:
-        await child.stop()
+async def ask(child: Child, command: dict[str, Any] | None, limit_s: float) -> dict[str, Any]:
+    """One JSON line to a helper started with pipes (none when `command` is None), and its
+    answer, the next JSON line it writes."""
+    if command is not None:
+        child.write_line(json.dumps(command))
+    line = await child.read_line(limit_s)
+    if line is None:
+        raise RuntimeError(f"{child.name} ended:\n{child.log_tail()}")
+    answer: dict[str, Any] = json.loads(line)
+    return answer
+
+
+def _data_dir(ctx: Context) -> dict[str, str]:
+    return {"GPUQUEUE_DATA_DIR": str(ctx.scratch / "data")}
 
 
 async def start_worker(
@@ -328,78 +289,41 @@ async def start_worker(
     backend: str,
     env: Mapping[str, str] | None = None,
     limit_s: float = 120.0,
-) -> Child:
+) -> WorkerChild:
     """`gpuqueue worker` in a subprocess, returned once it is registered and idle."""
-    child = await start(
-        ctx,
-        f"worker-{device}",
-        [
-            "-m",
-            "gpuqueue.cli",
-            "--database-url",
-            bdb.url,
-            "worker",
-            "--device",
-            device,
-            "--backend",
-            backend,
-        ],
-        env={"GPUQUEUE_DATA_DIR": str(ctx.scratch / "data"), **(env or {})},
+    child = WorkerChild(
+        bdb.url,
+        ctx.scratch / f"worker-{device}.log",
+        device=device,
+        backend=backend,
+        env={**_data_dir(ctx), **(env or {})},
+        grace_s=STOP_GRACE_S,
     )
-    conn = await bdb.connect()
     try:
-
-        async def registered() -> bool:
-            child.check_alive()
-            row = await fetch_row(conn, "live_worker_count", {"device": device})
-            return bool(row["workers"])
-
-        await eventually(registered, within=limit_s, interval=0.1, what=f"worker on {device}")
+        conn = await bdb.connect()
+        try:
+            await child.registered(conn, within=limit_s)
+        finally:
+            await conn.close()
     except BaseException:
         await child.stop()
         raise
-    finally:
-        await conn.close()
     return child
 
 
 async def start_web(
     ctx: Context, bdb: BenchDb, *, env: Mapping[str, str] | None = None
-) -> tuple[Child, str]:
-    """`gpuqueue web` in a subprocess on a free port; returns it and its base URL once healthy."""
-    import aiohttp
-
-    port = free_port()
-    child = await start(
-        ctx,
-        "web",
-        [
-            "-m",
-            "gpuqueue.cli",
-            "--database-url",
-            bdb.url,
-            "web",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env={"GPUQUEUE_DATA_DIR": str(ctx.scratch / "data"), **(env or {})},
+) -> WebChild:
+    """`gpuqueue web` in a subprocess on a free port, returned once /healthz answers 200."""
+    child = WebChild(
+        bdb.url,
+        ctx.scratch / "web.log",
+        env={**_data_dir(ctx), **(env or {})},
+        grace_s=STOP_GRACE_S,
     )
-    base = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession() as session:
-
-            async def healthy() -> bool:
-                child.check_alive()
-                try:
-                    async with session.get(f"{base}/healthz") as response:
-                        return response.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await eventually(healthy, within=60, interval=0.1, what="gpuqueue web /healthz")
+        await child.ready()
     except BaseException:
         await child.stop()
         raise
-    return child, base
+    return child

@@ -21,6 +21,7 @@ import aiohttp
 from bench import env
 from bench.enqueue import empty_queue, users
 from bench.env import BenchDb, Context, User
+from bench.positions import position_keys
 from bench.queries import BENCH_SQL
 from bench.report import Figure, at_least, at_most
 from bench.stats import ms, p50, p99
@@ -113,9 +114,7 @@ async def get_job_latency(
                 t_ours = time.perf_counter() - started
                 started = time.perf_counter()
                 cur = await conn.execute(
-                    BENCH_SQL["position_one"],
-                    {"priority": key["priority"], "queue_seq": key["queue_seq"]},
-                    prepare=False,
+                    BENCH_SQL["position_one"], position_keys(key), prepare=False
                 )
                 row = await cur.fetchone()
                 t_ceiling = time.perf_counter() - started
@@ -140,8 +139,9 @@ async def run(ctx: Context) -> list[Figure]:
             clients = await users(bdb, conn, CLIENTS)
         finally:
             await conn.close()
-        child, base = await env.start_web(ctx, bdb, env=WEB_ENV)
-        async with env.running(child):
+        child = await env.start_web(ctx, bdb, env=WEB_ENV)
+        base = child.base_url
+        async with child:
             rates: dict[str, list[float]] = {"http": [], "direct": []}
             for _ in range(rounds):
                 rates["http"].append(await http_enqueue(base, clients, seconds))

@@ -37,7 +37,7 @@ async def run(ctx: Context) -> list[Figure]:
         child = await env.start_worker(
             ctx, bdb, device=DEVICE, backend="stub", env={"GPUQUEUE_STUB_DELAY": "0"}
         )
-        async with env.running(child):
+        async with child:
             await env.seed(bdb, 200, status="queued", prompt="warm", params=PARAMS, wake=True)
             await env.wait_batch(bdb, "warm", 200, limit_s=120)
             for rnd in range(rounds):
@@ -70,7 +70,7 @@ async def run(ctx: Context) -> list[Figure]:
 
 
 async def _pgqueuer(ctx: Context, url: str, seconds: float) -> list[dict[str, float]]:
-    child = await env.start(
+    child = env.start(
         ctx,
         "pgqueuer",
         [
@@ -87,10 +87,11 @@ async def _pgqueuer(ctx: Context, url: str, seconds: float) -> list[dict[str, fl
         ],
         pipes=True,
     )
-    async with env.running(child):
-        out, _ = await child.proc.communicate()
-    if child.proc.returncode != 0:
-        raise RuntimeError(
-            f"the PgQueuer run failed ({child.proc.returncode}):\n{child.log_tail()}"
-        )
-    return [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+    lines: list[str] = []
+    async with child:
+        while (line := await child.read_line(300.0)) is not None:
+            lines.append(line)
+        code = await child.wait()
+    if code != 0:
+        raise RuntimeError(f"the PgQueuer run failed ({code}):\n{child.log_tail()}")
+    return [json.loads(line) for line in lines if line]

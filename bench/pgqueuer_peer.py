@@ -56,12 +56,12 @@ async def one_run(url: str, dequeuers: int, seconds: float) -> dict[str, Any]:
     for conn in conns[:dequeuers]:
         pgq = PgQueuer(PsycopgDriver(conn))
 
-        @pgq.entrypoint("asyncfetch")  # type: ignore[untyped-decorator]
+        @pgq.entrypoint("asyncfetch")  # type: ignore[untyped-decorator, unused-ignore]
         async def asyncfetch(job: Job) -> None:
             nonlocal done
             done += 1
 
-        @pgq.entrypoint("syncfetch")  # type: ignore[untyped-decorator]
+        @pgq.entrypoint("syncfetch")  # type: ignore[untyped-decorator, unused-ignore]
         async def syncfetch(job: Job) -> None:
             nonlocal done
             done += 1

@@ -17,7 +17,6 @@ again after more such cycles.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from typing import Any
@@ -25,11 +24,12 @@ from typing import Any
 import aiohttp
 
 from bench import env
-from bench.env import BenchDb, Child, Context
+from bench.env import BenchDb, Context
 from bench.report import Figure, at_most
 from bench.stats import ms, p50, p99
+from harness.children import Child
+from harness.commands import WebChild
 from harness.ports import free_port
-from harness.waiting import eventually
 from queueing import jobs
 from queueing.positions import eta_model
 
@@ -47,15 +47,7 @@ class Clients:
         self.child = child
 
     async def ask(self, command: dict[str, Any], limit_s: float = 120.0) -> dict[str, Any]:
-        proc = self.child.proc
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write((json.dumps(command) + "\n").encode())
-        await proc.stdin.drain()
-        line = await asyncio.wait_for(proc.stdout.readline(), limit_s)
-        if not line:
-            raise RuntimeError(f"the client process ended:\n{self.child.log_tail()}")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
+        return await env.ask(self.child, command, limit_s)
 
     async def receipt(self, marker: str) -> dict[str, Any]:
         got = await self.ask({"cmd": "report", "marker": marker, "timeout": 10.0})
@@ -65,7 +57,7 @@ class Clients:
 
 
 async def _ours(
-    ctx: Context, bdb: BenchDb, clients: Clients, rounds: int, web: Child, ws_url: str
+    ctx: Context, bdb: BenchDb, clients: Clients, rounds: int, web: WebChild, ws_url: str
 ) -> tuple[list[float], list[float], str, list[float]]:
     """Fan-out latencies (without, then with a backlog of queued jobs in the conversation), a
     sample event, and the web RSS after each cycle of 1,000 sockets coming and going."""
@@ -104,7 +96,7 @@ async def _ours(
             await clients.ask({"cmd": "close"})
             await asyncio.sleep(1.0)  # the server notices the closes and lets go of them
             web.check_alive()
-            rss.append(web.rss_mib())
+            rss.append(web.rss_kib() / 1024)
         # The same with BACKLOG jobs queued in the conversation: every subscriber follows them,
         # so each position pass weighs subscribers x followed jobs.
         await env.seed(bdb, BACKLOG, status="queued", prompt="backlog", params=PARAMS)
@@ -121,20 +113,19 @@ async def _ours(
 
 async def _bare(ctx: Context, clients: Clients, sample: str, rounds: int) -> list[float]:
     port = free_port()
-    child = await env.start(ctx, "ws-bare", ["-m", "bench.ws_bare", str(port)])
+    child = env.start(ctx, "ws-bare", ["-m", "bench.ws_bare", str(port)])
     base = f"http://127.0.0.1:{port}"
     latencies: list[float] = []
-    async with env.running(child), aiohttp.ClientSession() as session:
+    async with child, aiohttp.ClientSession() as session:
 
         async def up() -> bool:
-            child.check_alive()
             try:
                 async with session.get(base) as response:
                     return response.status == 200
             except aiohttp.ClientError:
                 return False
 
-        await eventually(up, within=30, interval=0.05, what="the bare WebSocket server")
+        await child.until(up, within=30, what="the bare WebSocket server")
         await clients.ask({"cmd": "connect", "url": f"{base}/ws", "n": SOCKETS, "subscribe": None})
         marker_at = sample.find('"job_id":"') + len('"job_id":"')
         old = sample[marker_at : marker_at + 36]
@@ -154,8 +145,9 @@ async def _bare(ctx: Context, clients: Clients, sample: str, rounds: int) -> lis
 async def run(ctx: Context) -> list[Figure]:
     rounds = 10 if ctx.quick else 25
     async with ctx.database(FAMILY) as bdb:
-        web, base = await env.start_web(ctx, bdb)
-        async with env.running(web):
+        web = await env.start_web(ctx, bdb)
+        base = web.base_url
+        async with web:
             # A few ordinary requests first, so the cold RSS is that of a server in use.
             async with aiohttp.ClientSession() as session:
                 for _ in range(5):
@@ -164,11 +156,11 @@ async def run(ctx: Context) -> list[Figure]:
                         headers={"Authorization": f"Bearer {bdb.token}"},
                     ) as response:
                         await response.read()
-            cold = web.rss_mib()
-            child = await env.start(ctx, "ws-clients", ["-m", "bench.ws_clients"], pipes=True)
-            async with env.running(child):
+            cold = web.rss_kib() / 1024
+            child = env.start(ctx, "ws-clients", ["-m", "bench.ws_clients"], pipes=True)
+            async with child:
                 clients = Clients(child)
-                ws_url = f"ws://127.0.0.1:{base.rsplit(':', 1)[1]}/ws?token={bdb.token}"
+                ws_url = f"ws://127.0.0.1:{web.port}/ws?token={bdb.token}"
                 ours, backlogged, sample, rss = await _ours(ctx, bdb, clients, rounds, web, ws_url)
                 bare = await _bare(ctx, clients, sample, rounds)
     growth = (rss[-1] / rss[0] - 1) * 100

@@ -13,9 +13,11 @@ from bench import env
 from bench.dispatch import CEILING, PARAMS, Loop, ceiling_loop
 from bench.env import Context
 from bench.report import Figure, at_most, ratio_at_least
+from queueing.config import Settings
 
 FAMILY = "worker"
 DEVICE = "bench-stub"
+HOST = Settings.from_env().host_id  # the worker's host: the child inherits this environment
 
 
 async def run(ctx: Context) -> list[Figure]:
@@ -28,20 +30,21 @@ async def run(ctx: Context) -> list[Figure]:
         child = await env.start_worker(
             ctx, bdb, device=DEVICE, backend="stub", env={"GPUQUEUE_STUB_DELAY": "0"}
         )
-        async with env.running(child):
+        async with child:
             await env.seed(bdb, warm, status="queued", prompt="warm", params=PARAMS, wake=True)
             await env.wait_batch(bdb, "warm", warm, limit_s=120)
-            rss.append(child.rss_mib())
+            rss.append(child.rss_kib() / 1024)
             for rnd in range(rounds):
                 prompt = f"run-{rnd}"
                 await env.seed(bdb, n, status="queued", prompt=prompt, params=PARAMS, wake=True)
                 span = await env.wait_batch(bdb, prompt, n, limit_s=300)
                 ours.add(Loop(n, span))
-                rss.append(child.rss_mib())
-                # The raw loop holds this device's GPU lock, so the idle worker cannot take its
-                # jobs: it waits on the lock, costing no CPU, and finds the queue empty after.
+                rss.append(child.rss_kib() / 1024)
+                # The raw loop holds the worker's own GPU lock (same host and device), so the idle
+                # worker cannot take its jobs: its claims find the GPU busy, and the queue empty
+                # after.
                 await env.seed(bdb, n, status="queued", prompt=f"ceiling-{rnd}", params=PARAMS)
-                ceiling.add(await ceiling_loop(bdb, n, DEVICE))
+                ceiling.add(await ceiling_loop(bdb, n, DEVICE, HOST))
             child.check_alive()
     growth = (rss[-1] / rss[0] - 1) * 100
     total = rounds * n

@@ -54,7 +54,7 @@ class GpuSession:
         host: str,
         device: str,
         backend: str,
-        model: str | None,
+        model: str,
         deadline_s: float,
     ) -> GpuSession:
         """Connect and register a new worker id under this connection."""

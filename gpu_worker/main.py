@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def run_worker(
-    settings: Settings, url: str, *, host: str, device: str, backend: str, model: str | None
+    settings: Settings, url: str, *, host: str, device: str, backend: str, model: str
 ) -> int:
     """Run a worker on GPU host/device until SIGTERM or SIGINT; returns the exit code."""
     if not logging.getLogger().handlers:
@@ -40,6 +40,7 @@ def run_worker(
             model=model,
             data_dir=settings.data_dir,
             stub_delay_s=settings.stub_delay_s,
+            stub_delay_per_work_s=settings.stub_delay_per_work_s,
         ),
         backend_name=backend,
         model=model,

@@ -175,6 +175,7 @@ def image_request(claim: Claim) -> ImageRequest:
         steps=int(params.get("steps", limits.DEFAULT_STEPS)),
         guidance_scale=float(params.get("guidance_scale", limits.DEFAULT_GUIDANCE_SCALE)),
         seed=int(params.get("seed", 0)),
+        work=claim.work,
     )
 
 

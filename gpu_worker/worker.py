@@ -36,7 +36,7 @@ from gpu_worker.runner import JobRunner, Reason, RunResult, StepGate, error_mess
 from gpu_worker.sweeper import Sweeper
 from queueing import db, workers
 from queueing.cancellation import cancel_and_wait
-from queueing.config import Settings, default_gpu_lock_dir
+from queueing.config import BUILTIN_MODEL, Settings, default_gpu_lock_dir
 from queueing.errors import QueueError
 from queueing.jobs import Backoff, Claim
 from queueing.listener import CHANNEL_CANCEL, CHANNEL_EVENT, Listener
@@ -121,7 +121,7 @@ class Worker:
         backend: Backend,
         backend_name: str,
         host: str | None = None,
-        model: str | None = None,
+        model: str = BUILTIN_MODEL,
         config: WorkerConfig | None = None,
         hard_exit: Callable[[int], NoReturn] = _hard_exit,
     ) -> None:

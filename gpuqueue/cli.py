@@ -1,4 +1,4 @@
-"""`gpuqueue`: migrate, web, worker, run, token, status (contract: Command line)."""
+"""`gpuqueue`: migrate, web, worker, run, token, status, prune, user (contract: Command line)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gpuqueue import prune_cli
+from gpuqueue import prune_cli, users_cli
 from queueing import db, locate
 from queueing.config import Settings, check_host_id
 
@@ -72,7 +72,10 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 
     return asyncio.run(
         show_status(
-            database_url(args, settings), as_json=args.json, lock_warn_s=settings.lock_warn_s
+            database_url(args, settings),
+            as_json=args.json,
+            lock_warn_s=settings.lock_warn_s,
+            default_model=settings.default_model,
         )
     )
 
@@ -106,7 +109,12 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--device", default=settings.device)
         p.add_argument("--backend", choices=("diffusers", "stub"), default=settings.backend)
-        p.add_argument("--model", default=settings.model)
+        p.add_argument(
+            "--model",
+            default=settings.model,
+            help="the model this worker serves and jobs name: for diffusers a local path or "
+            "a model id; for stub any name (default: the built-in tiny model, 'tiny')",
+        )
         p.add_argument(
             "--host-id",
             type=_host_id,
@@ -135,6 +143,7 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_status)
     prune_cli.add_parser(sub)
+    users_cli.add_parser(sub)
     return parser
 
 

@@ -22,7 +22,7 @@ import time
 from aiohttp import web
 
 from queueing import db, tokens
-from queueing.config import Settings
+from queueing.config import BUILTIN_MODEL, Settings
 from queueing.migrate import migrate
 from web.app import create_app
 from web.server import make_runner
@@ -39,9 +39,13 @@ def run_all(args: argparse.Namespace, settings: Settings, url: str) -> int:
 
 
 def run_settings(args: argparse.Namespace, settings: Settings) -> Settings:
-    """The tiny default model makes small images the sensible default, unless told otherwise."""
-    if args.backend == "diffusers" and not args.model and "default_size" not in settings.given:
-        return dataclasses.replace(settings, default_size=TINY_MODEL_SIZE)
+    """The web serves the worker's model by default, and the tiny default model makes small
+    images the sensible default, unless told otherwise."""
+    if "default_model" not in settings.given:
+        settings = dataclasses.replace(settings, default_model=args.model)
+    tiny = args.backend == "diffusers" and args.model == BUILTIN_MODEL
+    if tiny and "default_size" not in settings.given:
+        settings = dataclasses.replace(settings, default_size=TINY_MODEL_SIZE)
     return settings
 
 
@@ -101,8 +105,7 @@ def worker_command(args: argparse.Namespace) -> list[str]:
     if getattr(args, "log_level", None):
         command += ["--log-level", str(args.log_level)]
     command += ["worker", "--device", args.device, "--backend", args.backend]
-    if args.model:
-        command += ["--model", args.model]
+    command += ["--model", args.model]
     if args.host_id:
         command += ["--host-id", args.host_id]
     return command

@@ -1,9 +1,9 @@
 """`gpuqueue status`: the operator's view of the queue, as a table or as JSON.
 
-Counts per status, the head of the queue in claim order with positions and ETAs, the live
-workers with their GPU (host and device), the job each runs and how long it has held its GPU
-lock, and the oldest queued job's age. Everything is read from the database, so it shows the
-same from any machine.
+Counts per status, each model with its workers and jobs, the head of each model's queue in
+claim order with positions and ETAs, the live workers with their GPU (host and device) and model,
+the job each runs and how long it has held its GPU lock, and the oldest queued job's age.
+Everything is read from the database, so it shows the same from any machine.
 """
 
 from __future__ import annotations
@@ -14,16 +14,19 @@ from typing import Any, TextIO
 
 import psycopg
 
-from queueing import db, positions, workers
+from queueing import db, models, positions, workers
 from queueing.config import Settings
 from queueing.states import JobStatus
 
 QUEUE_SHOWN = 50
 
 
-async def collect(conn: db.Db, *, limit: int = QUEUE_SHOWN) -> dict[str, Any]:
-    """The status as plain data (what --json prints)."""
+async def collect(
+    conn: db.Db, *, limit: int = QUEUE_SHOWN, default_model: str = Settings.default_model
+) -> dict[str, Any]:
+    """The status as plain data (what --json prints); `limit` jobs of each model's queue."""
     overview = await positions.queue_overview(conn)
+    served = await models.list_models(conn, default_model)
     head = await positions.queue_head(conn, limit)
     live = await workers.live_workers(conn)
     model = await positions.eta_model(conn)
@@ -32,8 +35,10 @@ async def collect(conn: db.Db, *, limit: int = QUEUE_SHOWN) -> dict[str, Any]:
     return {
         "counts": {status.value: counts.get(status, 0) for status in JobStatus},
         "oldest_queued_s": oldest,
+        "models": [dict(m) for m in served],
         "queue": [
             {
+                "model": row["model"],
                 "queue_position": row["queue_position"],
                 "job_id": str(row["job_id"]),
                 "user": row["user_name"],
@@ -42,7 +47,7 @@ async def collect(conn: db.Db, *, limit: int = QUEUE_SHOWN) -> dict[str, Any]:
                 "max_attempts": row["max_attempts"],
                 "waiting_s": row["waiting_s"],
                 "retry_in_s": row["retry_in_s"] or None,
-                "eta_s": model.eta_s(row["queue_position"]),
+                "eta_s": model.eta_s(row["model"], row["queue_position"], row["work_ahead"]),
                 "prompt": row["prompt"],
             }
             for row in head
@@ -70,6 +75,7 @@ async def show_status(
     as_json: bool = False,
     out: TextIO | None = None,
     lock_warn_s: float = Settings.lock_warn_s,
+    default_model: str = Settings.default_model,
 ) -> int:
     """Print the status; 0 when the database answered, 1 when it did not."""
     out = out or sys.stdout
@@ -79,7 +85,7 @@ async def show_status(
         print(f"gpuqueue status: cannot reach the database: {exc}", file=sys.stderr)
         return 1
     try:
-        data = await collect(conn)
+        data = await collect(conn, default_model=default_model)
     except psycopg.errors.UndefinedTable:
         print("gpuqueue status: the schema is missing; run `gpuqueue migrate`", file=sys.stderr)
         return 1
@@ -99,29 +105,31 @@ def render(data: dict[str, Any], *, lock_warn_s: float = Settings.lock_warn_s) -
     oldest = data["oldest_queued_s"]
     lines.append(f"oldest queued: {duration(oldest) if oldest is not None else '-'}")
 
-    queue = data["queue"]
-    shown = f", first {len(queue)} shown" if counts[JobStatus.QUEUED] > len(queue) else ""
-    lines += ["", f"queue ({counts[JobStatus.QUEUED]} queued{shown})"]
-    if queue:
-        rows = [
+    served = data["models"]
+    lines += ["", f"models ({len(served)})"]
+    lines += table(
+        ["model", "workers", "queued", "processing"],
+        [
             [
-                str(job["queue_position"]),
-                job["job_id"][:8],
-                job["user"],
-                str(job["priority"]),
-                f"{job['attempts']}/{job['max_attempts']}",
-                duration(job["waiting_s"]),
-                "-" if job["eta_s"] is None else duration(job["eta_s"]),
-                _prompt(job["prompt"])
-                + (f"  (retry in {duration(job['retry_in_s'])})" if job["retry_in_s"] else ""),
+                m["name"] + (" (default)" if m["default"] else ""),
+                str(m["workers"]),
+                str(m["queued"]),
+                str(m["processing"]),
             ]
-            for job in queue
-        ]
-        lines += table(
-            ["pos", "job", "user", "pri", "tries", "waiting", "eta", "prompt"], rows, right={0, 3}
-        )
-    else:
-        lines.append("  (empty)")
+            for m in served
+        ],
+        right={1, 2, 3},
+    )
+    for m in served:
+        queue = [job for job in data["queue"] if job["model"] == m["name"]]
+        if not queue and not m["queued"]:
+            continue
+        shown = f", first {len(queue)} shown" if m["queued"] > len(queue) else ""
+        waiting = "" if m["workers"] else "; no live worker serves it"
+        lines += ["", f"queue of {m['name']} ({m['queued']} queued{shown}{waiting})"]
+        lines += _queue_table(queue)
+    if not counts[JobStatus.QUEUED]:
+        lines += ["", "queue (empty)"]
 
     live = data["workers"]
     lines += ["", f"workers ({len(live)} live)"]
@@ -136,6 +144,7 @@ def render(data: dict[str, Any], *, lock_warn_s: float = Settings.lock_warn_s) -
                 [
                     w["host"],
                     w["device"],
+                    w["model"],
                     w["worker_id"][:8],
                     w["backend"],
                     f"{w['hostname']}:{w['pid']}",
@@ -144,11 +153,32 @@ def render(data: dict[str, Any], *, lock_warn_s: float = Settings.lock_warn_s) -
                 ]
             )
         lines += table(
-            ["host", "device", "worker", "backend", "machine:pid", "job", "GPU lock held"], rows
+            ["host", "device", "model", "worker", "backend", "machine:pid", "job", "GPU lock held"],
+            rows,
         )
     else:
         lines.append("  (none)")
     return "\n".join(lines)
+
+
+def _queue_table(queue: list[dict[str, Any]]) -> list[str]:
+    rows = [
+        [
+            str(job["queue_position"]),
+            job["job_id"][:8],
+            job["user"],
+            str(job["priority"]),
+            f"{job['attempts']}/{job['max_attempts']}",
+            duration(job["waiting_s"]),
+            "-" if job["eta_s"] is None else duration(job["eta_s"]),
+            _prompt(job["prompt"])
+            + (f"  (retry in {duration(job['retry_in_s'])})" if job["retry_in_s"] else ""),
+        ]
+        for job in queue
+    ]
+    return table(
+        ["pos", "job", "user", "pri", "tries", "waiting", "eta", "prompt"], rows, right={0, 3}
+    )
 
 
 def table(header: list[str], rows: list[list[str]], right: set[int] | None = None) -> list[str]:

@@ -1,11 +1,9 @@
-"""Processes the tests and the benchmark start: stopping them, reading their memory from /proc,
-and the open-files limit they inherit."""
+"""What the processes the tests and the benchmark start share with this one: the repository they
+run from, their memory read from /proc, and the open-files limit they inherit."""
 
 from __future__ import annotations
 
 import resource
-import signal
-import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,14 +28,3 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError(f"no VmRSS line for pid {pid}")
-
-
-def stop_process(proc: subprocess.Popen[bytes], *, grace_s: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL when it does not exit within grace_s; always reaped."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)

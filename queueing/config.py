@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The model a worker serves without --model, and a request gets without "model": the small
+# random-weight pipeline built offline (gpu_worker/tiny_model.py); for stub, only a name.
+BUILTIN_MODEL = "tiny"
+
 
 def check_host_id(host: str) -> str:
     """A GPU is named host/device, so a host id is 1 to 200 characters without '/'."""
@@ -62,10 +66,15 @@ class Settings:
     host_id: str = field(default_factory=socket.gethostname)
     gpu_lock_dir: Path = field(default_factory=default_gpu_lock_dir)
     # `gpuqueue worker` and `gpuqueue run`: what runs where, and who owns run's admin token.
+    # The model a worker serves (diffusers: a local path or a model id) and a request's default.
     device: str = "cpu"
     backend: str = "diffusers"
-    model: str | None = None
+    model: str = BUILTIN_MODEL
+    default_model: str = BUILTIN_MODEL
+    # The stub's run time: stub_delay_s, plus stub_delay_per_work_s per megapixel-step of the job
+    # (a stand-in GPU whose run time grows with size and steps, as a real one's does).
     stub_delay_s: float = field(default=0.05, metadata=_env("GPUQUEUE_STUB_DELAY"))
+    stub_delay_per_work_s: float = 0.0
     run_user: str = field(default="local", metadata=_env("USER"))
     log_level: str = "INFO"
     # The web server's defaults: image side when a request names none, and its pool size.

@@ -35,6 +35,13 @@ class InvalidData(QueueError):
     code = "invalid"
 
 
+class UnknownModel(QueueError):
+    """A request named a model no worker has registered (the message lists the known ones)."""
+
+    status = 422
+    code = "unknown_model"
+
+
 class TooLarge(QueueError):
     """The result would be over a size limit (a message's metadata)."""
 
@@ -46,6 +53,7 @@ _BY_SQLSTATE: dict[str, type[QueueError]] = {
     "GQ404": NotFound,
     "GQ409": IllegalTransition,
     "GQ413": TooLarge,
+    "GQ422": UnknownModel,
     "GQ429": QueueFull,
     "23514": InvalidData,  # check_violation
     "22P02": InvalidData,  # invalid_text_representation

@@ -1,47 +1,112 @@
-"""Estimated seconds until a queued job starts.
+"""Estimated seconds until a queued job starts, per model (contract: ETA).
 
-With W devices whose current jobs end after r_1 <= ... <= r_W seconds (0 when idle) and a mean
-job duration D, each r_i <= D, so slots free up round-robin: the job with k jobs ahead of it
-starts at r_(k mod W) + floor(k / W) * D. Gradio's rank_eta multiplies rank by a mean; this
-also counts the work already done on the running jobs and the number of devices.
+A model's live GPUs free up after r_1 <= ... <= r_W seconds (the cost model's run time of each
+one's current job, less what it has run; 0 when idle). The k jobs ahead of a job need T seconds
+of GPU time in all (the cost model's line summed over them: k * a + b * their total work, which
+the position's index pass sums). Spread over the GPUs as they free up, that work is done at the
+water level t where sum(max(0, t - r_i)) = T; and with k < W jobs ahead the job starts by r_(k+1)
+at the latest, when a (k+1)-th GPU is free. The ETA is the smaller of the two. Both grow with
+the position (k and T only grow), so the ETA never falls as the position rises. With one GPU it
+is exactly r_1 + T. Gradio's rank_eta multiplies the rank by a mean of past run times; this
+knows the size of every job ahead, the work already done on the running ones, and how many GPUs
+serve the model.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+
+from .cost_model import PRIOR, CostFit, pooled
+from .rows import CostSampleRow, EtaGpuRow
+
+
+@dataclass(frozen=True)
+class ModelEta:
+    """One model's ETA inputs: its cost fit (None until one of its jobs completed) and when each
+    of its live GPUs is free, soonest first."""
+
+    fit: CostFit | None
+    free_in_s: tuple[float, ...]
+
+    def eta_s(
+        self, queue_position: int, work_ahead: float, not_before_s: float = 0.0
+    ) -> float | None:
+        """Seconds until the job at this 1-based position starts; None when unknown (no fit, or
+        no live GPU serves the model).
+
+        `work_ahead`: the total work of the jobs ahead. `not_before_s`: how long the job still
+        waits out a retry's backoff (its run_after): it keeps its place, but no worker takes it
+        before then, whatever the slots say.
+        """
+        if self.fit is None or not self.free_in_s or queue_position < 1:
+            return None
+        ahead = queue_position - 1
+        start = water_level(self.free_in_s, self.fit.total_s(ahead, work_ahead))
+        if ahead < len(self.free_in_s):
+            start = min(start, self.free_in_s[ahead])
+        return round(max(start, not_before_s), 1)
+
+
+def water_level(free_in_s: tuple[float, ...], work_s: float) -> float:
+    """The time t at which GPUs free after `free_in_s` (sorted) have done `work_s` seconds of
+    work between them: sum(max(0, t - r)) = work_s."""
+    total = 0.0
+    for used, free in enumerate(free_in_s, start=1):
+        total += free
+        level = (work_s + total) / used
+        if used == len(free_in_s) or level <= free_in_s[used]:
+            return level
+    raise ValueError("no GPU")
+
+
+UNKNOWN = ModelEta(None, ())
 
 
 @dataclass(frozen=True)
 class EtaModel:
-    mean_duration_s: float | None
-    device_free_in_s: tuple[float, ...]
+    """The cost fits per (model, host) and the ETA inputs of every model with a live GPU."""
+
+    fits: Mapping[tuple[str, str], CostFit] = field(default_factory=dict)
+    models: Mapping[str, ModelEta] = field(default_factory=dict)
 
     @classmethod
-    def from_context(cls, row: dict[str, Any]) -> EtaModel:
-        """Build from the eta_context query's row."""
-        mean = row["mean_duration_s"]
-        devices = int(row["devices"] or 0)
-        if mean is None or devices == 0:
-            return cls(mean, ())
-        running = sorted(max(0.0, mean - elapsed) for elapsed in row["running_elapsed_s"])
-        running = running[:devices]
-        free = [0.0] * (devices - len(running)) + running
-        return cls(float(mean), tuple(sorted(free)))
+    def from_rows(cls, samples: Iterable[CostSampleRow], gpus: Iterable[EtaGpuRow]) -> EtaModel:
+        """Build from the cost_samples and eta_gpus queries' rows."""
+        fits = {(r["model"], r["host"]): CostFit.from_row(r) for r in samples}
+        hosts: dict[str, set[str]] = defaultdict(set)
+        free: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
+        gpu_rows = list(gpus)
+        for row in gpu_rows:
+            hosts[row["model"]].add(row["host"])
+        model_fits = {
+            model: pooled(f for (m, host), f in fits.items() if m == model and host in live)
+            or pooled(f for (m, _), f in fits.items() if m == model)
+            for model, live in hosts.items()
+        }
+        for row in gpu_rows:
+            model, gpu = row["model"], (row["host"], row["device"])
+            left = 0.0
+            if row["work"] is not None:
+                fit = fits.get((model, row["host"])) or model_fits[model] or PRIOR
+                left = max(0.0, fit.run_s(row["work"]) - (row["elapsed_s"] or 0.0))
+            free[model][gpu] = max(left, free[model].get(gpu, 0.0))  # one GPU, two workers
+        models = {
+            model: ModelEta(model_fits[model], tuple(sorted(slots.values())))
+            for model, slots in free.items()
+        }
+        return cls(fits, models)
 
-    def eta_s(self, queue_position: int, not_before_s: float = 0.0) -> float | None:
-        """Seconds until the job at this 1-based position starts; None when unknown.
+    def eta_s(
+        self, model: str, queue_position: int, work_ahead: float, not_before_s: float = 0.0
+    ) -> float | None:
+        return self.models.get(model, UNKNOWN).eta_s(queue_position, work_ahead, not_before_s)
 
-        `not_before_s`: how long the job still waits out a retry's backoff (its run_after). It
-        keeps its place, but no worker takes it before then, whatever the slots say.
-        """
-        if self.mean_duration_s is None or not self.device_free_in_s or queue_position < 1:
-            return None
-        ahead = queue_position - 1
-        slots = len(self.device_free_in_s)
-        start = self.device_free_in_s[ahead % slots] + (ahead // slots) * self.mean_duration_s
-        return round(max(start, not_before_s), 1)
+    def cost(self, model: str) -> CostFit:
+        """What a new job of the model is expected to cost: its hosts' fits, else the prior."""
+        return pooled(f for (m, _), f in self.fits.items() if m == model) or PRIOR
 
 
 def backoff_left_s(run_after: str | datetime | None, now: datetime | None = None) -> float:

@@ -31,6 +31,7 @@ class JobRequest:
 
     prompt: str
     params: dict[str, Any]
+    model: str = Settings.default_model
     priority: int = 0
     max_attempts: int = Settings.default_max_attempts
     timeout_s: int = Settings.default_timeout_s
@@ -50,8 +51,10 @@ class Claim:
     claim_id: int
     message_id: UUID
     conversation_id: UUID
+    model: str
     prompt: str
     params: dict[str, Any]
+    work: float  # megapixel-steps (gq_job_work)
     timeout_s: int
     attempts: int
     max_attempts: int
@@ -65,8 +68,10 @@ class Claim:
             claim_id=row["claim_id"],
             message_id=row["message_id"],
             conversation_id=row["conversation_id"],
+            model=row["model"],
             prompt=row["prompt"],
             params=row["params"],
+            work=row["work"],
             timeout_s=row["timeout_s"],
             attempts=row["attempts"],
             max_attempts=row["max_attempts"],
@@ -81,7 +86,7 @@ class Claim:
 async def _job_with_eta(conn: db.Db, job: JobJson, eta: EtaModel | None) -> JobJson:
     if job["status"] == JobStatus.QUEUED and eta is None:
         eta = await eta_model(conn)
-    return with_eta(job, eta or EtaModel(None, ()))
+    return with_eta(job, eta or EtaModel())
 
 
 async def enqueue(
@@ -91,15 +96,27 @@ async def enqueue(
     *,
     actor: Actor,
     max_queued: int,
+    default_model: str = Settings.default_model,
     eta: EtaModel | None = None,
 ) -> JobJson:
-    """pending -> queued; creates the assistant message too. Returns the job as the API shows it."""
+    """pending -> queued; creates the assistant message too. Returns the job as the API shows it.
+
+    The model must be one a worker registered, or `default_model` (UnknownModel otherwise). The
+    job's estimated cost, which places it among other users' jobs, comes from `eta`'s fits.
+    """
+    if eta is None:
+        eta = await eta_model(conn)
+    cost = eta.cost(request.model)
     row = await db.fetch_one(
         conn,
         "job_enqueue",
         {
             "conversation_id": conversation_id,
             "owner": actor.owner,
+            "model": request.model,
+            "default_model": default_model,
+            "cost_intercept_s": cost.intercept_s,
+            "cost_slope_s": cost.slope_s,
             "prompt": request.prompt,
             "params": Jsonb(request.params),
             "priority": request.priority,
@@ -134,7 +151,7 @@ async def list_jobs(
     jobs: list[JobJson] = row["jobs"]
     if eta is None and any(j["status"] == JobStatus.QUEUED for j in jobs):
         eta = await eta_model(conn)
-    return {"jobs": [with_eta(j, eta or EtaModel(None, ())) for j in jobs], "seq": row["seq"]}
+    return {"jobs": [with_eta(j, eta or EtaModel()) for j in jobs], "seq": row["seq"]}
 
 
 async def visible_jobs(conn: db.Db, job_ids: Iterable[UUID], *, actor: Actor) -> dict[UUID, UUID]:
@@ -158,6 +175,16 @@ async def cancel(
 ) -> JobJson:
     """queued -> canceled now; processing -> cancel requested (its worker ends it canceled)."""
     row = await db.fetch_one(conn, "job_cancel", {"job_id": job_id, "owner": actor.owner})
+    assert row is not None
+    return await _job_with_eta(conn, row["job"], eta)
+
+
+async def move_to_front(
+    conn: db.Db, job_id: UUID | str, *, actor: Actor, eta: EtaModel | None = None
+) -> JobJson:
+    """A queued job takes the earliest place among its owner's queued jobs of its model (and
+    priority); those shift back one place each and no other user's job moves."""
+    row = await db.fetch_one(conn, "job_move_to_front", {"job_id": job_id, "owner": actor.owner})
     assert row is not None
     return await _job_with_eta(conn, row["job"], eta)
 

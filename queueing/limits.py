@@ -19,6 +19,7 @@ SEED_MAX = 2**32 - 1
 PRIORITY = (-1000, 1000)
 MAX_ATTEMPTS = (1, 10)
 TIMEOUT_S = (1, 3600)
+MODEL_NAME_CHARS = 200  # models_name_length
 # A message's metadata (contract: Input limits): the merged object as compact UTF-8 JSON; one
 # PATCH's levels of nesting (the top object is level 1) and its keys, counted at every depth.
 METADATA_BYTES = 192 * 1024

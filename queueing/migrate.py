@@ -107,6 +107,9 @@ async def _apply_repeatables(conn: db.Connection, files: list[Migration], *, for
     if not force and recorded == {m.version: m.checksum for m in files}:
         return
     async with conn.transaction():
+        # The files define functions that call each other: as pg_dump does, bodies are checked
+        # when called, not when created, so no file has to come before another.
+        await conn.execute(QUERIES["function_bodies_unchecked"])
         await conn.execute(QUERIES["repeatables_forget"])
         for file in files:
             await conn.execute(file.sql.encode())

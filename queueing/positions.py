@@ -2,74 +2,52 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Iterable
 from typing import cast
 from uuid import UUID
 
 from . import db
+from .cached import Cached
+from .cost_model import SAMPLES
 from .eta import EtaModel, backoff_left_s
-from .rows import JobJson, QueueCounts, QueuedJob, StatusCount, SubscribedPosition
+from .rows import (
+    CostSampleRow,
+    EtaGpuRow,
+    JobJson,
+    QueueCounts,
+    QueuedJob,
+    StatusCount,
+    SubscribedPosition,
+)
 from .states import JobStatus
 
 
 async def eta_model(conn: db.Db) -> EtaModel:
-    row = await db.fetch_one(conn, "eta_context")
-    assert row is not None
-    return EtaModel.from_context(row)
+    """The cost fits and every model's live GPUs, as of now (two small reads)."""
+    samples = await db.fetch_all(conn, "cost_samples", {"window": SAMPLES})
+    gpus = await db.fetch_all(conn, "eta_gpus")
+    return EtaModel.from_rows(cast("list[CostSampleRow]", samples), cast("list[EtaGpuRow]", gpus))
 
 
-class EtaCache:
-    """The ETA model, re-read at most once per `ttl_s`: one eta_context query serves every
-    request of a busy second, and concurrent callers share the one refresh in flight."""
+class EtaCache(Cached[EtaModel]):
+    """The ETA model (cost fits and live GPUs), re-read at most once per `ttl_s`."""
 
     def __init__(self, ttl_s: float = 1.0) -> None:
-        self.ttl_s = ttl_s
-        self._model: EtaModel | None = None
-        self._read_at = 0.0
-        self._lock = asyncio.Lock()
-
-    async def get(self, conn: db.Db, *, max_age_s: float | None = None) -> EtaModel:
-        """The cached model while younger than `max_age_s` (default: the ttl), else a new one."""
-        max_age = self.ttl_s if max_age_s is None else max_age_s
-        if self._model is not None and time.monotonic() - self._read_at < max_age:
-            return self._model
-        async with self._lock:
-            if self._model is not None and time.monotonic() - self._read_at < max_age:
-                return self._model
-            started = time.monotonic()
-            model = await eta_model(conn)
-            self._model, self._read_at = model, started
-            return model
+        super().__init__(eta_model, ttl_s)
 
 
 def with_eta(job: JobJson, model: EtaModel) -> JobJson:
-    """Add eta_s to a job dict (null unless queued with a known model); a job waiting out a
-    retry's backoff starts no earlier than its run_after."""
-    if job.get("status") != JobStatus.QUEUED:
+    """Add eta_s to a job dict, in place of the work ahead it is computed from (null unless
+    queued with a known cost model and a live GPU); a job waiting out a retry's backoff starts
+    no earlier than its run_after."""
+    work_ahead = job.pop("work_ahead", 0.0)
+    if job["status"] != JobStatus.QUEUED:
         job["eta_s"] = None
         return job
-    position = job.get("queue_position") or 0
-    job["eta_s"] = model.eta_s(position, backoff_left_s(job.get("run_after")))
+    job["eta_s"] = model.eta_s(
+        job["model"], job["queue_position"], work_ahead, backoff_left_s(job["run_after"])
+    )
     return job
-
-
-async def job_position(conn: db.Db, job_id: UUID | str) -> int | None:
-    """One job's position (0 when not queued, None when no such job)."""
-    # prepare=False: a generic cached plan can scan the whole index even for the head.
-    row = await db.fetch_one(conn, "job_position", {"job_id": job_id}, prepare=False)
-    return None if row is None else int(row["queue_position"])
-
-
-async def positions_of(conn: db.Db, job_ids: Iterable[UUID | str]) -> dict[str, int]:
-    """Positions of those of the given jobs that are queued, keyed by job id as text."""
-    ids = [i if isinstance(i, UUID) else UUID(str(i)) for i in job_ids]
-    if not ids:
-        return {}
-    row = await db.fetch_one(conn, "positions_of_jobs", {"job_ids": ids}, prepare=False)
-    assert row is not None
-    return {str(i): p for i, p in zip(ids, row["positions"], strict=True) if p is not None}
 
 
 async def positions_in_subscriptions(
@@ -99,7 +77,7 @@ async def queue_overview(conn: db.Db) -> list[StatusCount]:
 
 
 async def queue_head(conn: db.Db, limit: int = 50) -> list[QueuedJob]:
-    """The first `limit` queued jobs in the order they will be taken, with their positions and
-    their owners' names."""
+    """The first `limit` queued jobs of each model in the order they will be taken, with their
+    positions and their owners' names."""
     rows = await db.fetch_all(conn, "queue_head_with_users", {"limit": limit}, prepare=False)
     return cast("list[QueuedJob]", rows)

@@ -31,18 +31,22 @@ class JobJson(TypedDict):
     job_id: str
     message_id: str
     conversation_id: str
+    model: str
     status: str
     queue_position: int
+    work_ahead: NotRequired[float]  # taken out by positions.with_eta
     prompt: str
     params: dict[str, Any]
     priority: int
     attempts: int
     max_attempts: int
     timeout_s: int
+    estimate_s: float
     cancel_requested: bool
     progress: dict[str, Any] | None
     error: str | None
     has_image: bool
+    host: str | None
     device: str | None
     run_after: str | None
     created_at: str
@@ -81,6 +85,7 @@ class EventJson(TypedDict):
     job_id: str
     message_id: str
     conversation_id: str
+    model: str
     status: str
     queue_position: int
     at: str
@@ -123,7 +128,7 @@ class WorkerRow(TypedDict):
     host: str
     device: str
     backend: str
-    model: str | None
+    model: str
     hostname: str
     pid: int
     started_at: datetime
@@ -160,9 +165,11 @@ class StatusCount(TypedDict):
 
 
 class QueuedJob(TypedDict):
-    """queue_head_with_users: a queued job in claim order, with its owner's name."""
+    """queue_head_with_users: a queued job in its model's claim order, with its owner's name."""
 
+    model: str
     queue_position: int
+    work_ahead: float
     job_id: UUID
     user_name: str
     priority: int
@@ -174,8 +181,44 @@ class QueuedJob(TypedDict):
 
 
 class SubscribedPosition(TypedDict):
-    """positions_in_subscriptions: a followed queued job's position as of event `at_seq`."""
+    """positions_in_subscriptions: a followed queued job's position in its model's queue and the
+    work ahead of it, as of event `at_seq`."""
 
     job_id: UUID
+    model: str
     queue_position: int
+    work_ahead: float
     at_seq: int
+
+
+class ModelRow(TypedDict):
+    """models_overview: a model a request may name (GET /api/models)."""
+
+    name: str
+    default: bool
+    workers: int
+    queued: int
+    processing: int
+
+
+class CostSampleRow(TypedDict):
+    """cost_samples: run time over work of one model's latest complete jobs on one host."""
+
+    model: str
+    host: str
+    samples: int
+    mean_run_s: float
+    mean_work: float
+    slope: float | None
+    intercept: float | None
+    var_work: float | None
+
+
+class EtaGpuRow(TypedDict):
+    """eta_gpus: a live worker's model and GPU, and the work and elapsed time of its job."""
+
+    model: str
+    host: str
+    device: str
+    work: float | None
+    elapsed_s: float | None

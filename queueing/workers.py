@@ -18,7 +18,7 @@ async def register(
     host: str,
     device: str,
     backend: str,
-    model: str | None,
+    model: str,
 ) -> str:
     """Record the worker under the session that runs this: that session is its liveness.
 

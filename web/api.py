@@ -21,7 +21,16 @@ from queueing.states import JobStatus
 from . import auth, validation
 from .errors import ApiError, not_found
 from .json_text import dumps
-from .keys import ACTOR, BROADCASTER, ETA_CACHE, IMAGE_LINKS, OPTIONS, POOL, SETTINGS
+from .keys import (
+    ACTOR,
+    BROADCASTER,
+    ETA_CACHE,
+    IMAGE_LINKS,
+    MODELS_CACHE,
+    OPTIONS,
+    POOL,
+    SETTINGS,
+)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -141,6 +150,7 @@ async def enqueue(request: web.Request) -> web.Response:
             job_request,
             actor=actor,
             max_queued=settings.max_queued_per_user,
+            default_model=settings.default_model,
             eta=await request.app[ETA_CACHE].get(pool),
         )
     except QueueFull:
@@ -222,7 +232,29 @@ async def cancel_job(request: web.Request) -> web.Response:
     return json_response(_signed(request, job))
 
 
+async def move_job(request: web.Request) -> web.Response:
+    """{"to": "front"}: the job takes its owner's earliest place among their queued jobs of its
+    model; no other user's job moves (409 when it is not queued)."""
+    job_id = validation.parse_uuid(request.match_info["id"], "job")
+    actor, pool = _actor(request), request.app[POOL]
+    body = await validation.read_json_object(request)
+    try:
+        validation.move_request(body)
+    except ApiError:
+        await jobs.get_job(pool, job_id, actor=actor)  # another user's job: 404, as any route
+        raise
+    job = await jobs.move_to_front(
+        pool, job_id, actor=actor, eta=await request.app[ETA_CACHE].get(pool)
+    )
+    return json_response(_signed(request, job))
+
+
 # -- the queue --------------------------------------------------------------------------------
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """The models a request may name, with their live workers and queued and processing jobs."""
+    return json_response({"models": await request.app[MODELS_CACHE].get(request.app[POOL])})
 
 
 async def queue(request: web.Request) -> web.Response:
@@ -267,6 +299,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/jobs/{id}", get_job)
     app.router.add_get("/api/jobs/{id}/image", job_image)
     app.router.add_post("/api/jobs/{id}/cancel", cancel_job)
+    app.router.add_post("/api/jobs/{id}/move", move_job)
+    app.router.add_get("/api/models", list_models)
     app.router.add_patch("/api/messages/{id}/metadata", merge_metadata)
     app.router.add_get("/api/queue", queue)
     if STATIC_DIR.is_dir():

@@ -16,6 +16,7 @@ from aiohttp import WSCloseCode, web
 
 from queueing import db, web_secrets
 from queueing.config import Settings
+from queueing.models import ModelsCache
 from queueing.positions import EtaCache
 
 from . import api, ws
@@ -27,6 +28,7 @@ from .keys import (
     DATABASE_URL,
     ETA_CACHE,
     IMAGE_LINKS,
+    MODELS_CACHE,
     OPTIONS,
     POOL,
     SETTINGS,
@@ -49,6 +51,7 @@ def create_app(settings: Settings, url: str, options: WebOptions | None = None) 
     app[DATABASE_URL] = url
     app[OPTIONS] = options or WebOptions()
     app[ETA_CACHE] = EtaCache(app[OPTIONS].eta_ttl_s)
+    app[MODELS_CACHE] = ModelsCache(settings.default_model, app[OPTIONS].eta_ttl_s)
     app[CLIENTS] = weakref.WeakSet()
     app.cleanup_ctx.append(_pool_ctx)
     app.cleanup_ctx.append(_image_links_ctx)

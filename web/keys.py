@@ -11,6 +11,7 @@ from aiohttp import web
 from queueing import db
 from queueing.actors import Actor
 from queueing.config import Settings
+from queueing.models import ModelsCache
 from queueing.positions import EtaCache
 
 from .image_links import ImageLinks
@@ -24,7 +25,7 @@ class WebOptions:
 
     cancel_wait_s: float = 3.0  # how long POST /cancel waits for a running job to stop
     outbox_size: int = 1000  # messages (or batches) queued per WebSocket before it is dropped
-    eta_ttl_s: float = 1.0  # how long one ETA model serves HTTP reads
+    eta_ttl_s: float = 1.0  # how long one ETA model (and one models list) serves HTTP reads
     token_check_s: float = 10.0  # how often open WebSockets' tokens are checked again
 
 
@@ -33,6 +34,7 @@ DATABASE_URL = web.AppKey("database_url", str)
 OPTIONS = web.AppKey("options", WebOptions)
 POOL: web.AppKey[db.Pool] = web.AppKey("pool")
 ETA_CACHE = web.AppKey("eta_cache", EtaCache)
+MODELS_CACHE = web.AppKey("models_cache", ModelsCache)
 BROADCASTER = web.AppKey("broadcaster", Broadcaster)
 CLIENTS: web.AppKey[weakref.WeakSet[Client]] = web.AppKey("clients")
 IMAGE_LINKS = web.AppKey("image_links", ImageLinks)

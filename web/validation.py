@@ -30,6 +30,7 @@ RESERVED_METADATA_KEYS = ("job_id", "status", "queue_position", "error")
 
 IMAGE_FIELDS = (
     "prompt",
+    "model",
     "negative_prompt",
     "width",
     "height",
@@ -191,18 +192,27 @@ def image_request(body: Mapping[str, Any], *, actor: Actor, settings: Settings) 
         ),
         "seed": _integer(body, "seed", 0, limits.SEED_MAX, secrets.randbelow(limits.SEED_MAX + 1)),
     }
+    model = _string(body, "model", max_chars=limits.MODEL_NAME_CHARS) or settings.default_model
     priority = _integer(body, "priority", *limits.PRIORITY, 0)
     if priority > 0 and not actor.is_admin:
         raise ApiError(403, "forbidden", "only an admin may raise a job's priority above 0")
     return JobRequest(
         prompt=prompt,
         params=params,
+        model=model,
         priority=priority,
         max_attempts=_integer(
             body, "max_attempts", *limits.MAX_ATTEMPTS, settings.default_max_attempts
         ),
         timeout_s=_integer(body, "timeout_s", *limits.TIMEOUT_S, settings.default_timeout_s),
     )
+
+
+def move_request(body: Mapping[str, Any]) -> None:
+    """POST /api/jobs/{id}/move: {"to": "front"}, the one move there is."""
+    refuse_unknown(body, ("to",))
+    if body.get("to") != "front":
+        raise invalid('to must be "front" (the one place a job can move to)')
 
 
 def conversation_title(body: Mapping[str, Any]) -> str:

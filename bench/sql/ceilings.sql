@@ -6,15 +6,21 @@
 -- name: position_one
 -- One job's position from its sort keys: two range counts over jobs_queued_idx (the faster form
 -- of count(*) over the partial index; the OR'd predicate is about twice as slow at 100,000).
+-- Counts only: the work ahead that the ETA also needs is what ours adds to the same passes.
 SELECT 1
-    + (SELECT count(*) FROM jobs WHERE status = 'queued' AND priority > %(priority)s)
     + (SELECT count(*) FROM jobs
-       WHERE status = 'queued' AND priority = %(priority)s AND queue_seq < %(queue_seq)s)
+       WHERE status = 'queued' AND model = %(model)s AND priority > %(priority)s)
+    + (SELECT count(*) FROM jobs
+       WHERE status = 'queued' AND model = %(model)s AND priority = %(priority)s
+         AND (start_tag, queue_seq) < (%(start_tag)s, %(queue_seq)s))
     AS queue_position
 
 -- name: position_all
--- Every queued job's position: row_number() over the partial index, every row fetched.
-SELECT id AS job_id, row_number() OVER (ORDER BY priority DESC, queue_seq) AS queue_position
+-- Every queued job's position within its model: row_number() over the partial index, every row
+-- fetched.
+SELECT id AS job_id,
+       row_number() OVER (PARTITION BY model ORDER BY priority DESC, start_tag, queue_seq)
+           AS queue_position
 FROM jobs WHERE status = 'queued'
 
 -- name: enqueue_one
@@ -25,15 +31,16 @@ WITH m AS (
     VALUES (%(conversation_id)s, 'assistant', '{}')
     RETURNING id
 ), j AS (
-    INSERT INTO jobs (message_id, conversation_id, user_id, prompt, params, status, priority,
-                      queue_seq, timeout_s, queued_at)
-    SELECT m.id, %(conversation_id)s, %(user_id)s, %(prompt)s, %(params)s, 'queued', 0,
-           nextval('job_queue_seq'), 300, now()
+    INSERT INTO jobs (message_id, conversation_id, user_id, model, prompt, params, work, status,
+                      priority, queue_seq, start_tag, finish_tag, estimate_s, timeout_s,
+                      queued_at)
+    SELECT m.id, %(conversation_id)s, %(user_id)s, 'tiny', %(prompt)s, %(params)s,
+           gq_job_work(%(params)s), 'queued', 0, nextval('job_queue_seq'), 0, 1, 1, 300, now()
     FROM m
-    RETURNING id, message_id, conversation_id
+    RETURNING id, message_id, conversation_id, model
 ), e AS (
-    INSERT INTO job_events (job_id, message_id, conversation_id, status, at)
-    SELECT id, message_id, conversation_id, 'queued', now() FROM j
+    INSERT INTO job_events (job_id, message_id, conversation_id, model, status, at)
+    SELECT id, message_id, conversation_id, model, 'queued', now() FROM j
 )
 SELECT j.id AS job_id FROM j
 
@@ -45,34 +52,36 @@ WITH m AS (
     VALUES (%(conversation_id)s, 'assistant', '{}')
     RETURNING id
 ), j AS (
-    INSERT INTO jobs (message_id, conversation_id, user_id, prompt, params, status, priority,
-                      queue_seq, timeout_s, queued_at)
-    SELECT m.id, %(conversation_id)s, %(user_id)s, %(prompt)s, %(params)s, 'queued', 0,
-           nextval('job_queue_seq'), 300, now()
+    INSERT INTO jobs (message_id, conversation_id, user_id, model, prompt, params, work, status,
+                      priority, queue_seq, start_tag, finish_tag, estimate_s, timeout_s,
+                      queued_at)
+    SELECT m.id, %(conversation_id)s, %(user_id)s, 'tiny', %(prompt)s, %(params)s,
+           gq_job_work(%(params)s), 'queued', 0, nextval('job_queue_seq'), 0, 1, 1, 300, now()
     FROM m
-    RETURNING id, message_id, conversation_id
+    RETURNING id, message_id, conversation_id, model
 ), e AS (
-    INSERT INTO job_events (job_id, message_id, conversation_id, status, at)
-    SELECT id, message_id, conversation_id, 'queued', now() FROM j
+    INSERT INTO job_events (job_id, message_id, conversation_id, model, status, at)
+    SELECT id, message_id, conversation_id, model, 'queued', now() FROM j
 )
 SELECT j.id AS job_id, pg_notify('gq_event', j.id::text) AS notified FROM j
 
 -- name: claim_one
--- The next job by priority then age, claimed with its event and NOTIFY in one statement.
+-- The next job of the model in claim order (priority, start tag, age), claimed with its event and
+-- NOTIFY in one statement (the model's virtual time is not advanced: no fair-share bookkeeping).
 WITH next AS (
     SELECT id FROM jobs
-    WHERE status = 'queued' AND run_after <= now()
-    ORDER BY priority DESC, queue_seq
+    WHERE status = 'queued' AND model = %(model)s AND run_after <= now()
+    ORDER BY priority DESC, start_tag, queue_seq
     LIMIT 1 FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE jobs AS j
     SET status = 'processing', attempts = j.attempts + 1, claim_id = nextval('job_claim_seq'),
         worker_id = %(worker_id)s, device = %(device)s, started_at = now(), progress = NULL
     FROM next WHERE j.id = next.id
-    RETURNING j.id, j.claim_id, j.message_id, j.conversation_id, j.prompt, j.params
+    RETURNING j.id, j.claim_id, j.message_id, j.conversation_id, j.model, j.prompt, j.params
 ), e AS (
-    INSERT INTO job_events (job_id, message_id, conversation_id, status, at)
-    SELECT id, message_id, conversation_id, 'processing', now() FROM claimed
+    INSERT INTO job_events (job_id, message_id, conversation_id, model, status, at)
+    SELECT id, message_id, conversation_id, model, 'processing', now() FROM claimed
 )
 SELECT c.id AS job_id, c.claim_id, c.prompt, c.params, pg_notify('gq_event', c.id::text)
 FROM claimed AS c
@@ -82,18 +91,19 @@ FROM claimed AS c
 WITH done AS (
     UPDATE jobs SET status = 'complete', finished_at = now(), error = NULL
     WHERE id = %(job_id)s AND claim_id = %(claim_id)s AND status = 'processing'
-    RETURNING id, message_id, conversation_id
+    RETURNING id, message_id, conversation_id, model
 ), image AS (
     INSERT INTO job_images (job_id, png) SELECT id, %(png)s FROM done
 ), e AS (
-    INSERT INTO job_events (job_id, message_id, conversation_id, status, at)
-    SELECT id, message_id, conversation_id, 'complete', now() FROM done
+    INSERT INTO job_events (job_id, message_id, conversation_id, model, status, at)
+    SELECT id, message_id, conversation_id, model, 'complete', now() FROM done
 )
 SELECT d.id AS job_id, pg_notify('gq_event', d.id::text) FROM done AS d
 
 -- name: gpu_lock
--- The raw loop takes the device's GPU lock once and holds it across jobs.
-SELECT pg_advisory_lock(26450, hashtext(%(device)s))
+-- The raw loop takes the GPU's lock once and holds it across jobs: the very lock a worker of
+-- that host and device claims under, so no worker there can take the raw loop's jobs.
+SELECT pg_advisory_lock(26450, hashtext(gq_gpu_lock_name(%(host)s, %(device)s)))
 
 -- name: gpu_unlock
-SELECT pg_advisory_unlock(26450, hashtext(%(device)s))
+SELECT pg_advisory_unlock(26450, hashtext(gq_gpu_lock_name(%(host)s, %(device)s)))

@@ -1,10 +1,14 @@
 -- Setup and bookkeeping for the benchmark: seeding, sampling, waiting. Nothing here is timed.
 
 -- name: seed_jobs
--- %(n)s jobs in one status, each with its assistant message (metadata as a transition writes it),
--- queued after every job already there. With %(seed_base)s, job i (1-based) gets params.seed =
--- seed_base + i, as users' jobs each have their own seed. A share of them (%(high_priority_share)s) gets priority
--- 1 so that both position counts do work. For big seeds the caller sets
+-- %(n)s jobs of %(model)s in one status, each with its assistant message (metadata as a
+-- transition writes it), queued after every job already there. With %(seed_base)s, job i
+-- (1-based) gets params.seed = seed_base + i, as users' jobs each have their own seed. A share of
+-- them (%(high_priority_share)s) gets priority 1 so that both position counts do work. The
+-- fair-share columns are filled as gq_enqueue would for eight users taking turns with one
+-- GPU-second jobs (start tag queue_seq / 8): the tag orders the queue, with queue_seq breaking
+-- ties. work is gq_job_work of the params; a finished job ran on %(host)s (NULL: none) for 1 s,
+-- so with a host it is one of the cost model's samples. For big seeds the caller sets
 -- session_replication_role = replica: the rows are consistent by construction, and skipping the
 -- foreign-key triggers makes 1,000,000 rows several times faster.
 WITH ids AS (
@@ -22,12 +26,15 @@ WITH ids AS (
                               'queue_position', 0, 'error', NULL)
     FROM ids
 )
-INSERT INTO jobs (id, message_id, conversation_id, user_id, prompt, params, status, priority,
-                  queue_seq, attempts, timeout_s, queued_at, started_at, finished_at, claim_id)
-SELECT job_id, message_id, %(conversation_id)s, %(user_id)s, %(prompt)s, params,
-       %(status)s::text, priority, queue_seq,
-       CASE WHEN %(status)s = 'queued' THEN 0 ELSE 1 END, 300, now(),
-       CASE WHEN %(status)s = 'queued' THEN NULL ELSE now() - interval '2 seconds' END,
+INSERT INTO jobs (id, message_id, conversation_id, user_id, model, prompt, params, work, status,
+                  priority, queue_seq, start_tag, finish_tag, estimate_s, attempts, timeout_s,
+                  host, queued_at, started_at, finished_at, claim_id)
+SELECT job_id, message_id, %(conversation_id)s, %(user_id)s, %(model)s, %(prompt)s, params,
+       gq_job_work(params), %(status)s::text, priority, queue_seq, floor(queue_seq / 8.0),
+       floor(queue_seq / 8.0) + 1, 1.0,
+       CASE WHEN %(status)s = 'queued' THEN 0 ELSE 1 END, 300,
+       CASE WHEN %(status)s = 'queued' THEN NULL ELSE %(host)s::text END, now(),
+       CASE WHEN %(status)s = 'queued' THEN NULL ELSE now() - interval '1 second' END,
        CASE WHEN %(status)s = ANY (gq_final_job_statuses()) THEN now() END,
        CASE WHEN %(status)s = 'queued' THEN NULL ELSE 0 END
 FROM ids
@@ -45,8 +52,8 @@ VACUUM (ANALYZE) jobs, messages, job_events
 
 -- name: queued_keys
 -- Every queued job with its sort keys, in claim order (the caller samples from it).
-SELECT id AS job_id, priority, queue_seq FROM jobs WHERE status = 'queued'
-ORDER BY priority DESC, queue_seq
+SELECT id AS job_id, model, priority, start_tag, queue_seq FROM jobs WHERE status = 'queued'
+ORDER BY model, priority DESC, start_tag, queue_seq
 
 -- name: queued_count
 SELECT count(*)::integer AS queued FROM jobs WHERE status = 'queued'
@@ -59,9 +66,6 @@ SELECT count(*) FILTER (WHERE status = 'complete')::integer AS complete,
        extract(epoch FROM max(updated_at) FILTER (WHERE status = 'complete')
                           - min(started_at))::float8 AS span_s
 FROM jobs WHERE prompt = %(prompt)s
-
--- name: live_worker_count
-SELECT count(*)::integer AS workers FROM live_workers WHERE device = %(device)s
 
 -- name: server_version
 SELECT current_setting('server_version') AS version,

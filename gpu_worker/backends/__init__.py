@@ -12,9 +12,10 @@ def make_backend(
     name: str,
     *,
     device: str,
-    model: str | None,
+    model: str,
     data_dir: Path,
     stub_delay_s: float = Settings.stub_delay_s,
+    stub_delay_per_work_s: float = Settings.stub_delay_per_work_s,
 ) -> Backend:
     """Build the named backend, importing only its own dependencies.
 
@@ -23,7 +24,7 @@ def make_backend(
     if name == "stub":
         from gpu_worker.backends.stub import StubBackend
 
-        return StubBackend(stub_delay_s)
+        return StubBackend(stub_delay_s, stub_delay_per_work_s)
     if name == "diffusers":
         from gpu_worker.backends.diffusers_backend import DiffusersBackend
 

@@ -22,6 +22,7 @@ class ImageRequest:
     steps: int
     guidance_scale: float
     seed: int
+    work: float  # the job's size in megapixel-steps, as the queue counts it (gq_job_work)
 
 
 class Backend(Protocol):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpu_worker.backends.base import ImageRequest, StepCallback
+from queueing.config import BUILTIN_MODEL
 
 if TYPE_CHECKING:
     import torch
@@ -53,14 +54,14 @@ class DiffusersBackend:
 
     name = "diffusers"
 
-    def __init__(self, *, device: str, model: str | None, data_dir: Path) -> None:
+    def __init__(self, *, device: str, model: str, data_dir: Path) -> None:
         self.device = device
         self.model = model
         self.data_dir = data_dir
         self._pipeline: Any = None  # diffusers' pipelines are untyped
 
     def load(self) -> None:
-        """Load the model, or the locally built tiny one when none was named."""
+        """Load the model, or the locally built tiny one for the built-in name."""
         _quiet_loading()
         import torch
         from diffusers import AutoPipelineForText2Image, DiffusionPipeline
@@ -68,7 +69,9 @@ class DiffusersBackend:
         from gpu_worker.tiny_model import ensure_tiny_model
 
         device = torch.device(self.device)
-        source = self.model or str(ensure_tiny_model(self.data_dir))
+        source = self.model
+        if source == BUILTIN_MODEL:
+            source = str(ensure_tiny_model(self.data_dir))
         options: dict[str, Any] = {"dtype": pick_dtype(device)}
         # Only for pipelines that have a checker: others would warn about an unknown argument.
         if "safety_checker" in DiffusionPipeline.load_config(source):

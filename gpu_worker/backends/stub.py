@@ -24,12 +24,18 @@ class StubFailure(RuntimeError):
 
 
 class StubBackend:
-    """Sleeps `delay` seconds per image (GPUQUEUE_STUB_DELAY), split evenly across the steps."""
+    """Sleeps `delay` seconds per image (GPUQUEUE_STUB_DELAY) plus `delay_per_work` per
+    megapixel-step of it (GPUQUEUE_STUB_DELAY_PER_WORK_S), split evenly across the steps."""
 
     name = "stub"
 
-    def __init__(self, delay: float = Settings.stub_delay_s) -> None:
+    def __init__(
+        self,
+        delay: float = Settings.stub_delay_s,
+        delay_per_work: float = Settings.stub_delay_per_work_s,
+    ) -> None:
         self.delay = delay
+        self.delay_per_work = delay_per_work
 
     def load(self) -> None:
         """Nothing to load; present to satisfy the Backend protocol."""
@@ -41,7 +47,7 @@ class StubBackend:
             _block_forever()
         if "[hang]" in request.prompt:
             _hang(steps, on_step)
-        pause = self.delay / max(steps, 1)
+        pause = (self.delay + self.delay_per_work * request.work) / max(steps, 1)
         for step in range(1, steps + 1):
             if pause:
                 time.sleep(pause)

@@ -2,26 +2,32 @@
 -- defined here only. Routes are the web layer's: has_image says a job has one, and the web turns
 -- it into a signed image_url (web/image_links.py).
 
--- The job as the HTTP API shows it (all but eta_s, which needs the ETA model).
-CREATE OR REPLACE FUNCTION gq_job_json(j jobs, p_position integer DEFAULT NULL) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
+-- The job as the HTTP API shows it (all but eta_s, which needs the cost model). work_ahead (the
+-- work of the jobs ahead of a queued one) is for the ETA: queueing/positions.py turns it into
+-- eta_s and takes it out. p_position and p_work_ahead: the place the caller already counted.
+CREATE OR REPLACE FUNCTION gq_job_json(
+    j jobs, p_position integer DEFAULT NULL, p_work_ahead double precision DEFAULT NULL
+) RETURNS jsonb LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
         'job_id', j.id,
         'message_id', j.message_id,
         'conversation_id', j.conversation_id,
+        'model', j.model,
         'status', j.status,
-        'queue_position', CASE WHEN j.status = 'queued'
-            THEN coalesce(p_position, gq_queue_position(j.priority, j.queue_seq)) ELSE 0 END,
+        'queue_position', coalesce(p_position, place.queue_position, 0),
+        'work_ahead', coalesce(p_work_ahead, place.work_ahead, 0),
         'prompt', j.prompt,
         'params', j.params,
         'priority', j.priority,
         'attempts', j.attempts,
         'max_attempts', j.max_attempts,
         'timeout_s', j.timeout_s,
+        'estimate_s', round(j.estimate_s::numeric, 3),
         'cancel_requested', j.cancel_requested,
         'progress', j.progress,
         'error', j.error,
         'has_image', j.status = 'complete',  -- a complete job always has one
+        'host', j.host,
         'device', j.device,
         'run_after', j.run_after,
         'created_at', j.created_at,
@@ -33,6 +39,10 @@ LANGUAGE sql STABLE AS $$
             SELECT coalesce(jsonb_agg(jsonb_build_object('status', e.status, 'at', e.at)
                                       ORDER BY e.seq), '[]'::jsonb)
             FROM job_events AS e WHERE e.job_id = j.id))
+    FROM (SELECT 1) AS one
+    LEFT JOIN LATERAL (
+        SELECT * FROM gq_queue_place(j.model, j.priority, j.start_tag, j.queue_seq)
+        WHERE j.status = 'queued' AND p_position IS NULL) AS place ON true
 $$;
 
 -- A message as the HTTP API shows it. A queued job's position is read live here, never stored
@@ -46,7 +56,7 @@ CREATE OR REPLACE FUNCTION gq_message_json(m messages) RETURNS jsonb LANGUAGE sq
         'content', m.content,
         'extra_metadata', CASE WHEN j.status = 'queued'
             THEN m.extra_metadata || jsonb_build_object(
-                'queue_position', gq_queue_position(j.priority, j.queue_seq))
+                'queue_position', gq_queue_position(j.model, j.priority, j.start_tag, j.queue_seq))
             ELSE m.extra_metadata END,
         'created_at', m.created_at,
         'updated_at', m.updated_at)
@@ -58,7 +68,7 @@ $$;
 CREATE OR REPLACE FUNCTION gq_event_json(e job_events) RETURNS jsonb LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
                'type', e.status, 'seq', e.seq, 'job_id', e.job_id, 'message_id', e.message_id,
-               'conversation_id', e.conversation_id, 'status', e.status,
+               'conversation_id', e.conversation_id, 'model', e.model, 'status', e.status,
                'queue_position', e.queue_position, 'at', e.at)
            || CASE WHEN e.detail ? 'error'
                    THEN jsonb_build_object('error', e.detail -> 'error') ELSE '{}' END

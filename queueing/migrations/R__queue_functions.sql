@@ -11,6 +11,7 @@
 --   (26449, 1)            the event lock: held from a transition's event insert to its commit
 --   (26450, hashtext(gq_gpu_lock_name(host, device)))   a GPU's lock, session level, held by
 --                         its worker while a job runs; p_release_device names it
+--   (26451, hashtext(user_id::text))   a user's moves to the front, one at a time (xact)
 --
 -- Errors raised here carry SQLSTATEs the Python side maps: GQ404 not found, GQ409 illegal
 -- transition, GQ413 metadata too large, GQ429 queue limit reached.
@@ -82,14 +83,35 @@ BEGIN
 END
 $$;
 
--- 1-based rank among queued jobs in claim order. Two range counts over jobs_queued_idx: cheaper
--- than one OR'd predicate, and bounded by the number of jobs ahead.
-CREATE OR REPLACE FUNCTION gq_queue_position(p_priority integer, p_queue_seq bigint) RETURNS integer
-LANGUAGE sql STABLE AS $$
-    SELECT 1
-        + (SELECT count(*) FROM jobs WHERE status = 'queued' AND priority > p_priority)::integer
-        + (SELECT count(*) FROM jobs
-           WHERE status = 'queued' AND priority = p_priority AND queue_seq < p_queue_seq)::integer
+-- A job's size for the cost model: megapixel-steps (steps x width x height / 1e6), stored in
+-- jobs.work at enqueue.
+CREATE OR REPLACE FUNCTION gq_job_work(p_params jsonb) RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce((p_params ->> 'steps')::double precision, 0)
+         * coalesce((p_params ->> 'width')::double precision, 0)
+         * coalesce((p_params ->> 'height')::double precision, 0) / 1e6
+$$;
+
+-- A queued job's place among the queued jobs of its model, in claim order: its 1-based position
+-- and the work (megapixel-steps) of the jobs ahead, which the ETA reads. Two range passes over
+-- jobs_queued_idx, index-only (work is included): cheaper than one OR'd predicate, and bounded
+-- by the number of jobs ahead.
+CREATE OR REPLACE FUNCTION gq_queue_place(
+    p_model text, p_priority integer, p_start_tag double precision, p_queue_seq bigint,
+    OUT queue_position integer, OUT work_ahead double precision
+) LANGUAGE sql STABLE AS $$
+    SELECT 1 + higher.n + level.n, higher.work + level.work
+    FROM (SELECT count(*)::integer AS n, coalesce(sum(work), 0) AS work FROM jobs
+          WHERE status = 'queued' AND model = p_model AND priority > p_priority) AS higher,
+         (SELECT count(*)::integer AS n, coalesce(sum(work), 0) AS work FROM jobs
+          WHERE status = 'queued' AND model = p_model AND priority = p_priority
+            AND (start_tag, queue_seq) < (p_start_tag, p_queue_seq)) AS level
+$$;
+
+CREATE OR REPLACE FUNCTION gq_queue_position(
+    p_model text, p_priority integer, p_start_tag double precision, p_queue_seq bigint
+) RETURNS integer LANGUAGE sql STABLE AS $$
+    SELECT queue_position FROM gq_queue_place(p_model, p_priority, p_start_tag, p_queue_seq)
 $$;
 
 -- The one definition of a GPU lock's name; its key is (26450, hashtext(name)).
@@ -122,16 +144,17 @@ BEGIN
     IF j.status = 'queued' THEN
         PERFORM 1 FROM messages WHERE id = j.message_id FOR UPDATE;
         PERFORM gq_event_lock();
-        v_position := gq_queue_position(j.priority, j.queue_seq);
+        v_position := gq_queue_position(j.model, j.priority, j.start_tag, j.queue_seq);
     END IF;
     UPDATE messages
     SET extra_metadata = gq_jsonb_deep_merge(extra_metadata, jsonb_build_object(
         'job_id', j.id, 'status', j.status, 'queue_position', v_position, 'error', j.error))
     WHERE id = j.message_id;
     PERFORM gq_event_lock();
-    INSERT INTO job_events (job_id, message_id, conversation_id, status, queue_position, at, detail)
-    VALUES (j.id, j.message_id, j.conversation_id, j.status, v_position, coalesce(p_at, now()),
-            p_detail)
+    INSERT INTO job_events (job_id, message_id, conversation_id, model, status, queue_position, at,
+                            detail)
+    VALUES (j.id, j.message_id, j.conversation_id, j.model, j.status, v_position,
+            coalesce(p_at, now()), p_detail)
     RETURNING seq INTO v_seq;
     PERFORM pg_notify('gq_event', j.id::text);
     RETURN v_seq;
@@ -139,27 +162,50 @@ END
 $$;
 
 -- pending -> queued, in one transaction. p_owner is the acting user (NULL for an admin, who may
--- enqueue into any conversation); the job belongs to the conversation's owner.
+-- enqueue into any conversation); the job belongs to the conversation's owner. p_model must be
+-- one a worker has registered, or p_default_model (the deployment's default, always accepted):
+-- else GQ422 naming the known ones. The job's estimate is the cost model's
+-- p_cost_intercept_s + p_cost_slope_s * work (queueing/cost_model.py fits them), and its fair-
+-- share tags are cut from it (see 007_models_and_fair_share.sql).
 -- The job is inserted pending and its pending event written from that row; then it is queued
 -- and its queued event written from the queued row. No other transaction ever sees it pending
 -- (both commit together), which is why the WebSocket never sends a pending event.
 CREATE OR REPLACE FUNCTION gq_enqueue(
-    p_conversation_id uuid, p_owner bigint, p_prompt text, p_params jsonb, p_priority integer,
-    p_max_attempts integer, p_timeout_s integer, p_max_queued integer
+    p_conversation_id uuid, p_owner bigint, p_model text, p_default_model text, p_prompt text,
+    p_params jsonb, p_priority integer, p_max_attempts integer, p_timeout_s integer,
+    p_max_queued integer, p_cost_intercept_s double precision, p_cost_slope_s double precision
 ) RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     v_user_id bigint;
+    v_weight double precision;
+    v_virtual_time double precision;
+    v_last_finish double precision;
+    v_work double precision;
+    v_estimate double precision;
+    v_start double precision;
     v_queued integer;
     v_job jobs;
     v_message_id uuid := gen_random_uuid();
     v_job_id uuid := gen_random_uuid();
     v_queue_seq bigint;
-    v_position integer;
+    v_place record;
 BEGIN
-    SELECT user_id INTO v_user_id FROM conversations
-    WHERE id = p_conversation_id AND (p_owner IS NULL OR user_id = p_owner);
+    SELECT c.user_id, u.weight INTO v_user_id, v_weight
+    FROM conversations AS c JOIN users AS u ON u.id = c.user_id
+    WHERE c.id = p_conversation_id AND (p_owner IS NULL OR c.user_id = p_owner);
     IF NOT FOUND THEN
         RAISE EXCEPTION 'conversation % not found', p_conversation_id USING ERRCODE = 'GQ404';
+    END IF;
+    SELECT virtual_time INTO v_virtual_time FROM models WHERE name = p_model;
+    IF NOT FOUND THEN
+        IF p_model IS DISTINCT FROM p_default_model THEN
+            RAISE EXCEPTION 'unknown model %; the known models are: %', quote_literal(p_model),
+                (SELECT string_agg(name, ', ' ORDER BY name)
+                 FROM (SELECT name FROM models UNION SELECT p_default_model) AS known)
+                USING ERRCODE = 'GQ422';
+        END IF;
+        INSERT INTO models (name) VALUES (p_model) ON CONFLICT (name) DO NOTHING;
+        v_virtual_time := 0;
     END IF;
     PERFORM gq_event_lock();
     SELECT count(*) INTO v_queued FROM jobs WHERE user_id = v_user_id AND status = 'queued';
@@ -168,29 +214,87 @@ BEGIN
             v_queued, p_max_queued
             USING ERRCODE = 'GQ429';
     END IF;
+    SELECT finish_tag INTO v_last_finish FROM jobs
+    WHERE user_id = v_user_id AND model = p_model AND status IN ('queued', 'processing')
+    ORDER BY finish_tag DESC LIMIT 1;
+    v_work := gq_job_work(p_params);
+    v_estimate := greatest(p_cost_intercept_s + p_cost_slope_s * v_work, 0.001);
+    v_start := greatest(v_virtual_time, coalesce(v_last_finish, 0));
     v_queue_seq := nextval('job_queue_seq');
-    v_position := gq_queue_position(p_priority, v_queue_seq);
+    v_place := gq_queue_place(p_model, p_priority, v_start, v_queue_seq);
     INSERT INTO messages (id, conversation_id, role, content, extra_metadata)
     VALUES (v_message_id, p_conversation_id, 'assistant', '', jsonb_build_object(
-        'job_id', v_job_id, 'status', 'queued', 'queue_position', v_position, 'error', NULL));
-    INSERT INTO jobs (id, message_id, conversation_id, user_id, prompt, params, status, priority,
-                      queue_seq, max_attempts, timeout_s)
-    VALUES (v_job_id, v_message_id, p_conversation_id, v_user_id, p_prompt, p_params, 'pending',
-            p_priority, v_queue_seq, p_max_attempts, p_timeout_s)
+        'job_id', v_job_id, 'status', 'queued', 'queue_position', v_place.queue_position,
+        'error', NULL));
+    INSERT INTO jobs (id, message_id, conversation_id, user_id, model, prompt, params, work,
+                      status, priority, queue_seq, start_tag, finish_tag, estimate_s,
+                      max_attempts, timeout_s)
+    VALUES (v_job_id, v_message_id, p_conversation_id, v_user_id, p_model, p_prompt, p_params,
+            v_work, 'pending', p_priority, v_queue_seq, v_start, v_start + v_estimate / v_weight,
+            v_estimate, p_max_attempts, p_timeout_s)
     RETURNING * INTO v_job;
-    INSERT INTO job_events (job_id, message_id, conversation_id, status, queue_position, at)
-    VALUES (v_job_id, v_message_id, p_conversation_id, v_job.status, 0, now());
+    INSERT INTO job_events (job_id, message_id, conversation_id, model, status, queue_position, at)
+    VALUES (v_job_id, v_message_id, p_conversation_id, p_model, v_job.status, 0, now());
     UPDATE jobs SET status = 'queued', queued_at = now() WHERE id = v_job_id
     RETURNING * INTO v_job;
-    INSERT INTO job_events (job_id, message_id, conversation_id, status, queue_position, at)
-    VALUES (v_job_id, v_message_id, p_conversation_id, v_job.status, v_position, now());
+    INSERT INTO job_events (job_id, message_id, conversation_id, model, status, queue_position, at)
+    VALUES (v_job_id, v_message_id, p_conversation_id, p_model, v_job.status,
+            v_place.queue_position, now());
     PERFORM pg_notify('gq_event', v_job_id::text);
-    RETURN gq_job_json(v_job, v_position);
+    RETURN gq_job_json(v_job, v_place.queue_position, v_place.work_ahead);
+END
+$$;
+
+-- A user's "move to the front": the queued job takes the earliest slot (tags and queue_seq)
+-- among its owner's queued jobs of its model and priority, and those jobs each take the next
+-- one's slot. The set of slots is unchanged, so no other user's job changes position. The move
+-- is recorded as a queued event of the moved job (its new position), which also tells the
+-- fan-out that the followed positions may have moved. Not queued: GQ409.
+CREATE OR REPLACE FUNCTION gq_move_to_front(p_job_id uuid, p_owner bigint) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_job jobs;
+    v_user_id bigint;
+BEGIN
+    SELECT user_id INTO v_user_id FROM jobs
+    WHERE id = p_job_id AND (p_owner IS NULL OR user_id = p_owner);
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'job % not found', p_job_id USING ERRCODE = 'GQ404';
+    END IF;
+    -- Each move locks a range of its owner's queued jobs, in scan order, after the moved one:
+    -- two moves of one user whose ranges overlap would deadlock, so they take turns.
+    PERFORM pg_advisory_xact_lock(26451, hashtext(v_user_id::text));
+    SELECT * INTO v_job FROM jobs WHERE id = p_job_id FOR UPDATE;
+    IF NOT FOUND THEN  -- deleted meanwhile, with its conversation
+        RAISE EXCEPTION 'job % not found', p_job_id USING ERRCODE = 'GQ404';
+    END IF;
+    IF v_job.status <> 'queued' THEN
+        RAISE EXCEPTION 'job % is %, not queued: only a queued job can move', p_job_id, v_job.status
+            USING ERRCODE = 'GQ409';
+    END IF;
+    WITH locked AS (
+        SELECT id, start_tag, finish_tag, queue_seq FROM jobs
+        WHERE user_id = v_job.user_id AND model = v_job.model AND priority = v_job.priority
+          AND status = 'queued' AND (start_tag, queue_seq) <= (v_job.start_tag, v_job.queue_seq)
+        FOR UPDATE),
+    mine AS (
+        SELECT locked.*, row_number() OVER (ORDER BY start_tag, queue_seq) AS slot FROM locked),
+    moved AS (
+        SELECT m.id, s.start_tag, s.finish_tag, s.queue_seq
+        FROM mine AS m
+        JOIN mine AS s ON s.slot = CASE WHEN m.id = p_job_id THEN 1 ELSE m.slot + 1 END)
+    UPDATE jobs AS j
+    SET start_tag = moved.start_tag, finish_tag = moved.finish_tag, queue_seq = moved.queue_seq
+    FROM moved WHERE j.id = moved.id AND j.status = 'queued';
+    SELECT * INTO v_job FROM jobs WHERE id = p_job_id;
+    PERFORM gq_record_transition(v_job, NULL, '{"reason": "moved to the front"}');
+    RETURN gq_job_json(v_job);
 END
 $$;
 
 -- Takes the GPU lock of the worker's (host, device) if it is free, then claims the next runnable
--- job: highest priority, then first come. Never waits: a worker that finds the GPU busy gets no
+-- job of the worker's model: highest priority, then the earliest start tag (fair share), then
+-- first come. Never waits: a worker that finds the GPU busy gets no
 -- row and waits outside any statement (so it holds no snapshot, and vacuum is never held back)
 -- for a wake-up: an event, the gq_gpu NOTIFY of a release, or its poll interval. With nothing to
 -- run the lock is released again, so the GPU lock is held exactly while a job is processing.
@@ -200,17 +304,19 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_host text;
     v_device text;
+    v_model text;
     v_key integer;
     v_job jobs;
     v_started timestamptz;
 BEGIN
-    SELECT host, device INTO v_host, v_device FROM workers WHERE id = p_worker_id;
+    SELECT host, device, model INTO v_host, v_device, v_model FROM workers WHERE id = p_worker_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'worker % is not registered', p_worker_id USING ERRCODE = 'GQ404';
     END IF;
     -- Nothing runnable: no lock taken at all, so an idle worker never holds its GPU's lock, not
     -- even for the moment of this statement (one probe of jobs_queued_idx).
-    IF NOT EXISTS (SELECT 1 FROM jobs WHERE status = 'queued' AND run_after <= clock_timestamp())
+    IF NOT EXISTS (SELECT 1 FROM jobs
+                   WHERE status = 'queued' AND model = v_model AND run_after <= clock_timestamp())
     THEN
         RETURN;
     END IF;
@@ -224,8 +330,8 @@ BEGIN
         worker_id = p_worker_id, host = v_host, device = v_device, started_at = v_started,
         progress = NULL
     FROM (SELECT id FROM jobs
-          WHERE status = 'queued' AND run_after <= v_started
-          ORDER BY priority DESC, queue_seq
+          WHERE status = 'queued' AND model = v_model AND run_after <= v_started
+          ORDER BY priority DESC, start_tag, queue_seq
           LIMIT 1 FOR UPDATE SKIP LOCKED) AS next
     WHERE j.id = next.id
     RETURNING j.* INTO v_job;
@@ -233,6 +339,10 @@ BEGIN
         PERFORM pg_advisory_unlock(26450, v_key);
         RETURN;
     END IF;
+    -- The model's virtual time follows the start tags of the jobs it runs (never back: a retried
+    -- job keeps its old, earlier tag).
+    UPDATE models SET virtual_time = v_job.start_tag
+    WHERE name = v_model AND virtual_time < v_job.start_tag;
     PERFORM gq_record_transition(v_job, 0, '{}', v_started);
     RETURN NEXT v_job;
 END

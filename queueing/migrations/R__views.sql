@@ -10,11 +10,15 @@ CREATE OR REPLACE VIEW live_workers AS
     JOIN pg_stat_activity AS a ON a.pid = w.session_pid AND a.backend_start = w.session_start
     WHERE w.stopped_at IS NULL;
 
+-- Positions are per model, in claim order (priority, then fair-share start tag, then arrival).
 CREATE OR REPLACE VIEW queue_positions AS
-    SELECT row_number() OVER (ORDER BY priority DESC, queue_seq) AS queue_position,
+    SELECT model, row_number() OVER place AS queue_position,
            id AS job_id, user_id, conversation_id, priority, attempts, max_attempts,
-           left(prompt, 60) AS prompt, queued_at, run_after, now() - queued_at AS waiting
-    FROM jobs WHERE status = 'queued';
+           left(prompt, 60) AS prompt, queued_at, run_after, now() - queued_at AS waiting,
+           start_tag, estimate_s, sum(work) OVER place - work AS work_ahead
+    FROM jobs WHERE status = 'queued'
+    WINDOW place AS (PARTITION BY model ORDER BY priority DESC, start_tag, queue_seq
+                     ROWS UNBOUNDED PRECEDING);
 
 CREATE OR REPLACE VIEW queue_overview AS
     SELECT s.status, count(j.id) AS jobs,

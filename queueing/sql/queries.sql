@@ -32,6 +32,9 @@ CREATE TABLE IF NOT EXISTS schema_repeatables (
 -- name: repeatables_applied
 SELECT name, checksum FROM schema_repeatables
 
+-- name: function_bodies_unchecked
+SET LOCAL check_function_bodies = off
+
 -- name: repeatables_forget
 DELETE FROM schema_repeatables
 
@@ -110,8 +113,12 @@ WHERE c.id = %(conversation_id)s AND (%(owner)s::bigint IS NULL OR c.user_id = %
 SELECT gq_merge_metadata(%(message_id)s, %(owner)s, %(patch)s, %(max_bytes)s) AS message
 
 -- name: job_enqueue
-SELECT gq_enqueue(%(conversation_id)s, %(owner)s, %(prompt)s, %(params)s, %(priority)s,
-                  %(max_attempts)s, %(timeout_s)s, %(max_queued)s) AS job
+SELECT gq_enqueue(%(conversation_id)s, %(owner)s, %(model)s, %(default_model)s, %(prompt)s,
+                  %(params)s, %(priority)s, %(max_attempts)s, %(timeout_s)s, %(max_queued)s,
+                  %(cost_intercept_s)s, %(cost_slope_s)s) AS job
+
+-- name: job_move_to_front
+SELECT gq_move_to_front(%(job_id)s, %(owner)s) AS job
 
 -- name: job_get
 SELECT gq_job_json(j) AS job FROM jobs AS j
@@ -126,8 +133,8 @@ SELECT gq_cancel(%(job_id)s, %(owner)s) AS job
 
 -- name: job_lock_and_claim
 -- No row when the worker's GPU is busy or nothing is runnable; gpu_lock names the lock taken.
-SELECT id, claim_id, message_id, conversation_id, prompt, params, timeout_s, attempts,
-       max_attempts, started_at, gq_gpu_lock_name(host, device) AS gpu_lock
+SELECT id, claim_id, message_id, conversation_id, model, prompt, params, work, timeout_s,
+       attempts, max_attempts, started_at, gq_gpu_lock_name(host, device) AS gpu_lock
 FROM gq_lock_and_claim(%(worker_id)s)
 
 -- name: job_complete
@@ -186,32 +193,29 @@ FROM jobs WHERE id = %(job_id)s
 -- name: gpu_release
 SELECT gq_release_gpu(%(gpu_lock)s) AS released
 
--- name: job_position
--- One job's position: two range counts over the partial index (0 once it is not queued).
-SELECT CASE WHEN status = 'queued' THEN gq_queue_position(priority, queue_seq) ELSE 0 END
-       AS queue_position
-FROM jobs WHERE id = %(job_id)s
+-- name: cost_samples
+-- The cost model's data: per model and host that workers registered, aggregates of the run time
+-- (seconds) over work (megapixel-steps) of its latest complete jobs queued since migration 007
+-- (estimate_s > 0; queueing/cost_model.py).
+SELECT k.model, k.host, s.samples, s.mean_run_s, s.mean_work, s.slope, s.intercept, s.var_work
+FROM (SELECT DISTINCT model, host FROM workers) AS k
+CROSS JOIN LATERAL (
+    SELECT count(*)::integer AS samples, avg(r.run_s) AS mean_run_s, avg(r.work) AS mean_work,
+           regr_slope(r.run_s, r.work) AS slope, regr_intercept(r.run_s, r.work) AS intercept,
+           var_pop(r.work) AS var_work
+    FROM (SELECT extract(epoch FROM j.finished_at - j.started_at)::float8 AS run_s, j.work
+          FROM jobs AS j
+          WHERE j.status = 'complete' AND j.estimate_s > 0 AND j.model = k.model
+            AND j.host = k.host
+          ORDER BY j.finished_at DESC LIMIT %(window)s) AS r) AS s
+WHERE s.samples > 0
 
--- name: positions_of_jobs
--- Positions of the given jobs in the order given (NULL where not queued), from one ranking of the
--- queue. Ids go in as one binary uuid[] and positions come back as one int[]: parsing 10,000
--- text uuids and decoding a row per job cost more than the ranking itself.
-SELECT array_agg(q.queue_position ORDER BY w.ord)::integer[] AS positions
-FROM unnest(%(job_ids)b::uuid[]) WITH ORDINALITY AS w(id, ord)
-LEFT JOIN (SELECT id, row_number() OVER (ORDER BY priority DESC, queue_seq) AS queue_position
-           FROM jobs WHERE status = 'queued') AS q ON q.id = w.id
-
--- name: eta_context
--- What the ETA model needs: the mean duration of recent jobs, the live GPUs (distinct host and
--- device), and how long each GPU's running job has been going.
-SELECT
-    (SELECT extract(epoch FROM avg(r.finished_at - r.started_at))::float8
-     FROM (SELECT finished_at, started_at FROM jobs WHERE status = 'complete'
-           ORDER BY finished_at DESC LIMIT 20) AS r) AS mean_duration_s,
-    (SELECT count(DISTINCT (host, device))::integer FROM live_workers) AS devices,
-    (SELECT coalesce(array_agg(extract(epoch FROM now() - j.started_at)::float8), '{}')
-     FROM jobs AS j JOIN live_workers AS w ON w.id = j.worker_id
-     WHERE j.status = 'processing') AS running_elapsed_s
+-- name: eta_gpus
+-- Every live worker's model and GPU, and the work and elapsed seconds of the job it runs.
+SELECT w.model, w.host, w.device, j.work,
+       extract(epoch FROM now() - j.started_at)::float8 AS elapsed_s
+FROM live_workers AS w
+LEFT JOIN jobs AS j ON j.worker_id = w.id AND j.status = 'processing'
 
 -- name: events_after
 -- Transition events after a seq, as the WebSocket sends them ('pending' is not sent).
@@ -233,7 +237,9 @@ WHERE id = ANY(%(job_ids)s) AND (%(owner)s::bigint IS NULL OR user_id = %(owner)
 
 -- name: worker_register
 -- A worker is known by the session that runs this statement: its liveness is that session's.
--- Returns the name of the GPU lock its claims take (gq_gpu_lock_name).
+-- Its model becomes one a request may name. Returns the name of the GPU lock its claims take
+-- (gq_gpu_lock_name).
+WITH model AS (INSERT INTO models (name) VALUES (%(model)s) ON CONFLICT (name) DO NOTHING)
 INSERT INTO workers (id, host, device, backend, model, hostname, pid, session_pid, session_start)
 SELECT %(worker_id)s, %(host)s, %(device)s, %(backend)s, %(model)s, %(hostname)s, %(pid)s,
        a.pid, a.backend_start
@@ -263,15 +269,18 @@ FROM queue_overview
 
 -- name: positions_in_subscriptions
 -- The queued jobs that WebSocket subscriptions follow (those of some conversations, and some
--- jobs by id) with their live positions, from one ranking of the queue; the ids are matched as
--- hashed sets, so thousands of them stay cheap. at_seq is the newest event this snapshot
--- reflects: one statement sees one snapshot, and seq order is commit order, so these positions
--- are exactly the state after every event up to at_seq.
-SELECT q.job_id, q.queue_position::integer AS queue_position,
+-- jobs by id) with their live positions within their model and the work ahead of them, from one
+-- ranking of the queue; the ids are matched as hashed sets, so thousands of them stay cheap.
+-- at_seq is the newest event this snapshot reflects: one statement sees one snapshot, and seq
+-- order is commit order, so these positions are exactly the state after every event up to it.
+SELECT q.job_id, q.model, q.queue_position::integer AS queue_position, q.work_ahead,
        (SELECT coalesce(max(seq), 0) FROM job_events) AS at_seq
-FROM (SELECT id AS job_id, conversation_id,
-             row_number() OVER (ORDER BY priority DESC, queue_seq) AS queue_position
-      FROM jobs WHERE status = 'queued') AS q
+FROM (SELECT id AS job_id, conversation_id, model,
+             row_number() OVER place AS queue_position,
+             sum(work) OVER place - work AS work_ahead
+      FROM jobs WHERE status = 'queued'
+      WINDOW place AS (PARTITION BY model ORDER BY priority DESC, start_tag, queue_seq
+                       ROWS UNBOUNDED PRECEDING)) AS q
 WHERE q.conversation_id IN (SELECT unnest(%(conversation_ids)s::uuid[]))
    OR q.job_id IN (SELECT unnest(%(job_ids)s::uuid[]))
 
@@ -282,14 +291,29 @@ SELECT id AS job_id, conversation_id, progress FROM jobs
 WHERE id = ANY(%(job_ids)s::uuid[]) AND status = 'processing' AND progress IS NOT NULL
 
 -- name: queue_head_with_users
--- The first jobs of the queue in the order they will be taken, with their owners' names
--- (`gpuqueue status`).
-SELECT p.queue_position::integer AS queue_position, p.job_id, u.name AS user_name, p.priority,
-       p.attempts, p.max_attempts, p.prompt, extract(epoch FROM p.waiting)::float8 AS waiting_s,
+-- The first jobs of each model's queue in the order they will be taken, with their owners'
+-- names (`gpuqueue status`).
+SELECT p.model, p.queue_position::integer AS queue_position, p.job_id, u.name AS user_name,
+       p.priority, p.attempts, p.max_attempts, p.prompt, p.work_ahead,
+       extract(epoch FROM p.waiting)::float8 AS waiting_s,
        greatest(extract(epoch FROM p.run_after - now()), 0)::float8 AS retry_in_s
 FROM queue_positions AS p JOIN users AS u ON u.id = p.user_id
-ORDER BY p.queue_position
-LIMIT %(limit)s
+WHERE p.queue_position <= %(limit)s
+ORDER BY p.model, p.queue_position
+
+-- name: models_overview
+-- Every model a request may name (those workers registered, and the default), with its live
+-- workers and its queued and processing jobs.
+SELECT m.name, m.name = %(default_model)s AS default,
+       (SELECT count(*) FROM live_workers AS w WHERE w.model = m.name)::integer AS workers,
+       (SELECT count(*) FROM jobs WHERE status = 'queued' AND model = m.name)::integer AS queued,
+       (SELECT count(*) FROM jobs WHERE status = 'processing' AND model = m.name)::integer
+           AS processing
+FROM (SELECT name FROM models UNION SELECT %(default_model)s) AS m
+ORDER BY m.name
+
+-- name: user_set_weight
+UPDATE users SET weight = %(weight)s WHERE name = %(name)s RETURNING name, weight
 
 -- name: web_secret_get_or_create
 -- The stored secret of this name, or the given one stored now; concurrent first starts all get

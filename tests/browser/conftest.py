@@ -7,11 +7,8 @@ while a test awaits the browser.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from harness.commands import WorkerChild
 from queueing import db, tokens
 from queueing.config import Settings
 
@@ -33,7 +31,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-REPO = Path(__file__).resolve().parents[2]
 VIEWPORT = {"width": 1280, "height": 900}
 
 
@@ -130,55 +127,34 @@ async def make_user(server: Server) -> AsyncIterator[Callable[[str], Awaitable[U
 @dataclass
 class Workers:
     database_url: str
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    folder: Path
+    started: list[WorkerChild] = field(default_factory=list)
 
-    def start(self, delay: float = 0.6, device: str = "cpu") -> subprocess.Popen[bytes]:
-        """A `gpuqueue worker --backend stub` process; `delay` is seconds per image."""
+    def start(
+        self, delay: float = 0.6, device: str = "cpu", model: str | None = None
+    ) -> WorkerChild:
+        """A `gpuqueue worker --backend stub` process; `delay` is seconds per image; `model`
+        the model it serves (else the default one, tiny)."""
         env = {
-            **os.environ,
             "GPUQUEUE_STUB_DELAY": str(delay),
             "GPUQUEUE_GRACE_S": "1",
             "GPUQUEUE_POLL_INTERVAL_S": "0.2",
             "GPUQUEUE_LOG_LEVEL": "WARNING",
         }
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gpuqueue.cli",
-                "--database-url",
-                self.database_url,
-                "worker",
-                "--backend",
-                "stub",
-                "--device",
-                device,
-            ],
-            cwd=REPO,
-            env=env,
-        )
-        self.processes.append(process)
-        return process
-
-    def stop_all(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        log_path = self.folder / f"worker-{len(self.started)}.log"
+        args = ("--model", model) if model else ()
+        worker = WorkerChild(self.database_url, log_path, device=device, args=args, env=env)
+        self.started.append(worker)
+        return worker
 
 
 @pytest.fixture
-def workers(server: Server) -> Iterator[Workers]:
-    handle = Workers(server.database_url)
+async def workers(server: Server, tmp_path: Path) -> AsyncIterator[Workers]:
+    handle = Workers(server.database_url, tmp_path)
     try:
         yield handle
     finally:
-        handle.stop_all()
+        await asyncio.gather(*(worker.stop() for worker in handle.started))
 
 
 # ---- the browser -----------------------------------------------------------------------

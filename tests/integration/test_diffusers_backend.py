@@ -26,6 +26,7 @@ FOX = ImageRequest(
     steps=3,
     guidance_scale=7.5,
     seed=1,
+    work=3 * 64 * 64 / 1e6,
 )
 
 
@@ -41,7 +42,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def backend(data_dir: Path) -> Backend:
     """Built and loaded once: with no model named, the backend builds the tiny one."""
-    loaded = make_backend("diffusers", device="cpu", model=None, data_dir=data_dir)
+    loaded = make_backend("diffusers", device="cpu", model="tiny", data_dir=data_dir)
     loaded.load()
     return loaded
 
@@ -136,7 +137,7 @@ def test_an_exception_from_the_callback_propagates_unchanged(backend: Backend) -
 
 
 def test_generate_before_load_is_refused(tmp_path: Path) -> None:
-    unloaded = DiffusersBackend(device="cpu", model=None, data_dir=tmp_path)
+    unloaded = DiffusersBackend(device="cpu", model="tiny", data_dir=tmp_path)
     with pytest.raises(RuntimeError, match="before load"):
         unloaded.generate(FOX, ignore)
 
@@ -151,7 +152,7 @@ def test_making_the_backend_imports_no_torch() -> None:
         "import sys\n"
         "from pathlib import Path\n"
         "from gpu_worker.backends import make_backend\n"
-        "make_backend('diffusers', device='cpu', model=None, data_dir=Path('.'))\n"
+        "make_backend('diffusers', device='cpu', model='tiny', data_dir=Path('.'))\n"
         "print('torch' in sys.modules)\n"
     )
     result = subprocess.run(

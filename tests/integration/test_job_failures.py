@@ -11,12 +11,12 @@ from collections.abc import Callable
 
 import pytest
 
+from harness.commands import WorkerChild
 from harness.waiting import eventually
 from queueing import db
 from queueing.actors import Actor
 from tests.integration.worker_support import (
     InProcessWorker,
-    WorkerProcess,
     gpu_locks,
     spawn_worker_fixture,  # noqa: F401  (the spawn_worker fixture)
     start_worker_fixture,  # noqa: F401  (the start_worker fixture)
@@ -24,7 +24,7 @@ from tests.integration.worker_support import (
     wait_status,
 )
 
-SpawnWorker = Callable[..., WorkerProcess]
+SpawnWorker = Callable[..., WorkerChild]
 StartWorker = Callable[..., InProcessWorker]
 
 # Test instrumentation in the test's own database: a trigger that refuses, with a CHECK
@@ -56,7 +56,7 @@ async def test_a_backend_output_that_is_not_a_png_fails_its_job_and_the_worker_g
     assert failed["error"].startswith("the backend's output is not a PNG image: "), failed["error"]
     assert failed["attempts"] == 1
     await wait_status(pool, good, "complete")
-    assert worker.proc.poll() is None, worker.log()
+    assert worker.alive(), worker.log()
     assert await gpu_locks(pool) == []
 
 
@@ -101,8 +101,7 @@ async def test_a_sweep_that_raises_is_logged_once_and_the_worker_goes_on(
         f" WHEN (OLD.id = '{lost}' AND NEW.status = 'queued') EXECUTE FUNCTION test_refuse()",
     )
     sweeper = start_worker("cuda:1")
-    doomed.proc.kill()
-    doomed.proc.wait(10)
+    await doomed.kill()
 
     def sweep_errors() -> list[logging.LogRecord]:
         """ERROR records that tell of the refusal, in their message or their exception."""

@@ -11,7 +11,7 @@ from queueing.actors import Actor
 from queueing.conversations import create_conversation, get_conversation
 from queueing.errors import IllegalTransition
 from tests import queries
-from tests.helpers import queue_snapshot, worker_session
+from tests.helpers import assert_permutation_in_claim_order, queue_snapshot, worker_session
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"0" * 16
 
@@ -24,14 +24,6 @@ async def enqueue(pool: db.Pool, actor: Actor, conversation_id: str, priority: i
     return await jobs.enqueue(
         pool, conversation_id, request(priority), actor=actor, max_queued=10_000
     )
-
-
-def assert_permutation_in_claim_order(snapshot: list[dict]) -> None:
-    positions = [row["queue_position"] for row in snapshot]
-    assert positions == list(range(1, len(snapshot) + 1)), positions
-    assert positions == [row["queue_rank"] for row in snapshot]
-    keys = [(-row["priority"], row["queue_seq"]) for row in snapshot]
-    assert keys == sorted(keys)
 
 
 async def test_every_job_gets_its_own_position(

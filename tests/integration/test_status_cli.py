@@ -100,6 +100,7 @@ def test_a_lock_held_too_long_is_flagged() -> None:
             ("pending", "queued", "processing", "complete", "error", "canceled"), 0
         ),
         "oldest_queued_s": None,
+        "models": [],
         "queue": [],
         "workers": [
             {
@@ -107,7 +108,7 @@ def test_a_lock_held_too_long_is_flagged() -> None:
                 "host": "box",
                 "device": "cuda:0",
                 "backend": "stub",
-                "model": None,
+                "model": "tiny",
                 "hostname": "box",
                 "pid": 7,
                 "job_id": "0123456789",

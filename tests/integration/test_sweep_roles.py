@@ -19,11 +19,11 @@ from psycopg import sql
 
 from gpu_worker.backends.stub import StubBackend
 from gpu_worker.worker import Worker
+from harness.commands import WorkerChild
 from harness.waiting import eventually
 from queueing import db
 from queueing.actors import Actor
 from tests.integration.worker_support import (
-    WorkerProcess,
     fast_config,
     job,
     live_workers,
@@ -32,7 +32,7 @@ from tests.integration.worker_support import (
     wait_status,
 )
 
-SpawnWorker = Callable[..., WorkerProcess]
+SpawnWorker = Callable[..., WorkerChild]
 
 
 @pytest.fixture

@@ -9,18 +9,18 @@ from typing import Any
 
 import pytest
 
+from harness.commands import WorkerChild
 from queueing import db
 from queueing.actors import Actor
 from tests.integration.test_worker_memory import assert_rss_flat
 from tests.integration.worker_support import (
-    WorkerProcess,
     rows,
     spawn_worker_fixture,  # noqa: F401  (the spawn_worker fixture)
     submit,
     wait_all_final,
 )
 
-SpawnWorker = Callable[..., WorkerProcess]
+SpawnWorker = Callable[..., WorkerChild]
 pytestmark = pytest.mark.slow
 
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from harness.commands import WorkerChild
 from queueing import db
 from queueing.actors import Actor
 from tests.integration.worker_support import (
-    WorkerProcess,
     spawn_worker_fixture,  # noqa: F401  (the spawn_worker fixture)
     submit,
     wait_all_final,
 )
 
-SpawnWorker = Callable[..., WorkerProcess]
+SpawnWorker = Callable[..., WorkerChild]
 
 
 async def run_batch(
@@ -27,7 +27,7 @@ async def run_batch(
 
 
 async def assert_rss_flat(
-    worker: WorkerProcess,
+    worker: WorkerChild,
     pool: db.Pool,
     conversation_id: str,
     alice: Actor,

@@ -8,12 +8,12 @@ import socket
 import time
 from collections.abc import Callable
 
+from harness.commands import WorkerChild
 from harness.waiting import eventually
 from queueing import db, jobs
 from queueing.actors import Actor
 from queueing.jobs import Claim
 from tests.integration.worker_support import (
-    WorkerProcess,
     gpu_locks,
     job,
     live_workers,
@@ -26,7 +26,7 @@ from tests.integration.worker_support import (
     wait_status,
 )
 
-SpawnWorker = Callable[..., WorkerProcess]
+SpawnWorker = Callable[..., WorkerChild]
 
 
 async def _intervals(pool: db.Pool, device: str | None = None) -> list[db.Row]:

@@ -36,6 +36,7 @@ EVENT_KEYS = {
     "job_id",
     "message_id",
     "conversation_id",
+    "model",
     "status",
     "queue_position",
     "at",

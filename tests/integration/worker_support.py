@@ -1,20 +1,16 @@
 """What the worker tests share: enqueueing, reading jobs back, and running workers.
 
 Workers run either in this process (a Worker task on the test's event loop, for behaviour that
-is about the queue) or as `gpuqueue worker` subprocesses (for behaviour that is about processes:
-signals, kill -9, exit codes, memory). This module holds no tests.
+is about the queue) or as `gpuqueue worker` subprocesses (harness/commands.py's WorkerChild, for
+behaviour that is about processes: signals, kill -9, exit codes, memory). This module holds no
+tests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +18,7 @@ import pytest
 
 from gpu_worker.backends.stub import StubBackend
 from gpu_worker.worker import Worker, WorkerConfig
-from harness.processes import REPO, rss_kib
+from harness.commands import WorkerChild
 from harness.waiting import eventually
 from queueing import db, jobs
 from queueing.actors import Actor
@@ -173,90 +169,14 @@ async def start_worker_fixture(
             await asyncio.wait_for(handle.task, 10)
 
 
-class WorkerProcess:
-    """`gpuqueue worker` as a subprocess, its log in a file the test can read."""
-
-    def __init__(
-        self,
-        url: str,
-        log_path: Path,
-        device: str,
-        backend: str,
-        env: dict[str, str],
-        *,
-        args: Sequence[str] = (),
-        prefix: Sequence[str] = (),
-    ) -> None:
-        """`args` go after `worker`; `prefix` runs the command (e.g. unshare), which must end
-        by exec-ing it, so that pid is the worker's."""
-        self.log_path = log_path
-        self.device = device
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
-        with log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    *prefix,
-                    sys.executable,
-                    "-m",
-                    "gpuqueue.cli",
-                    "--database-url",
-                    url,
-                    "worker",
-                    "--backend",
-                    backend,
-                    "--device",
-                    device,
-                    *args,
-                ],
-                cwd=REPO,
-                env=full_env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, sig: signal.Signals) -> None:
-        self.proc.send_signal(sig)
-
-    async def wait(self, within: float = 15.0) -> int:
-        deadline = time.monotonic() + within
-        while self.proc.poll() is None:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"worker {self.pid} still running; log:\n{self.log()}")
-            await asyncio.sleep(0.02)
-        return self.proc.returncode
-
-    def rss_kib(self) -> int:
-        """Resident set size from /proc/<pid>/status (VmRSS), in KiB."""
-        return rss_kib(self.pid)
-
-    async def registered(self, pool: db.Pool, within: float = 60.0) -> dict[str, Any]:
-        """Wait until this process has a live registration; return it."""
-
-        async def probe() -> dict[str, Any] | None:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.log()}")
-            found = [w for w in await live_workers(pool) if w["pid"] == self.pid]
-            return found[-1] if found else None
-
-        found = await eventually(probe, within=within, interval=0.05)
-        assert found is not None
-        return found
-
-
 @pytest.fixture(name="spawn_worker")
-def spawn_worker_fixture(
+async def spawn_worker_fixture(
     database_url: str, tmp_path: Path
-) -> Iterator[Callable[..., WorkerProcess]]:
+) -> AsyncIterator[Callable[..., WorkerChild]]:
     """spawn_worker(device=..., backend="stub", args=(), prefix=(), **env) -> a `gpuqueue
-    worker` subprocess; device lock files in the test's own folder unless env names others."""
-    spawned: list[WorkerProcess] = []
+    worker` subprocess (harness/commands.py), killed at the end; device lock files in the test's
+    own folder unless env names others."""
+    spawned: list[WorkerChild] = []
 
     def spawn(
         device: str = "cuda:0",
@@ -265,21 +185,24 @@ def spawn_worker_fixture(
         args: Sequence[str] = (),
         prefix: Sequence[str] = (),
         **env: str,
-    ) -> WorkerProcess:
+    ) -> WorkerChild:
         base = {
             "GPUQUEUE_POLL_INTERVAL_S": "0.2",
             "GPUQUEUE_SWEEP_INTERVAL_S": "0.2",
             "GPUQUEUE_GPU_LOCK_DIR": str(tmp_path / "gpu-locks"),
         }
-        log_path = tmp_path / f"worker-{len(spawned)}.log"
-        proc = WorkerProcess(
-            database_url, log_path, device, backend, {**base, **env}, args=args, prefix=prefix
+        worker = WorkerChild(
+            database_url,
+            tmp_path / f"worker-{len(spawned)}.log",
+            device=device,
+            backend=backend,
+            args=args,
+            env={**base, **env},
+            prefix=prefix,
         )
-        spawned.append(proc)
-        return proc
+        spawned.append(worker)
+        return worker
 
     yield spawn
-    for proc in spawned:
-        if proc.proc.poll() is None:
-            proc.proc.kill()
-            proc.proc.wait(10)
+    for worker in spawned:
+        await worker.kill()

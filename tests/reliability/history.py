@@ -2,8 +2,9 @@
 
 job_events rows are written under the event lock, so seq order is commit order: every snapshot
 any statement ever took is "all events up to some seq s" (a *state*). Every change of a job's
-status writes an event in the same transaction, and priority and queue_seq never change, so the
-set of queued jobs and each one's rank are a function of s. Replaying the log gives, for each job,
+status writes an event in the same transaction, and a job's model, priority, fair-share start tag
+and queue_seq never change (no move to the front here), so the set of queued jobs and each one's
+rank in its model's queue are a function of s. Replaying the log gives, for each job,
 its status and rank at every state; a position anyone was shown can then be checked against the
 ranks the job really had.
 """
@@ -54,16 +55,29 @@ class Event:
         )  # fmt: skip
 
 
+Order = tuple[int, float, int, str]
+
+
 @dataclass(frozen=True)
 class JobKey:
-    """What orders the queue: higher priority first, then queue_seq (first come)."""
+    """What orders a model's queue: higher priority first, then the fair-share start tag, then
+    queue_seq (first come)."""
 
+    model: str
     priority: int
+    start_tag: float
     queue_seq: int
     conversation_id: UUID
 
-    def order(self, job_id: UUID) -> tuple[int, int, str]:
-        return (-self.priority, self.queue_seq, str(job_id))
+    @classmethod
+    def from_row(cls, job: Mapping[str, Any]) -> JobKey:
+        return cls(
+            job["model"], job["priority"], job["start_tag"], job["queue_seq"],
+            job["conversation_id"],
+        )  # fmt: skip
+
+    def order(self, job_id: UUID) -> Order:
+        return (-self.priority, self.start_tag, self.queue_seq, str(job_id))
 
 
 Intervals = list[tuple[int, int]]  # half-open [a, b) ranges of states
@@ -90,8 +104,9 @@ class History:
         return history
 
     def _replay(self) -> None:
-        queue: list[tuple[int, int, str]] = []  # sorted claim-order keys of queued jobs
-        job_of: dict[tuple[int, int, str], UUID] = {}
+        # per model, the sorted claim-order keys of its queued jobs
+        queues: dict[str, list[Order]] = defaultdict(list)
+        job_of: dict[Order, UUID] = {}
         rank: dict[UUID, int] = {}
         # Jobs between leaving the queue (or being created) and their next queued event: the
         # insertion ranks they would have had at each state, which a queued event's stored
@@ -102,6 +117,7 @@ class History:
             job = event.job_id
             self.by_job[job].append(event)
             key = self.keys[job].order(job)
+            queue = queues[self.keys[job].model]
             changed_from: int | None = None
             if event.status == "queued":
                 allowed = windows.pop(job, set())
@@ -129,7 +145,10 @@ class History:
             elif event.status in FINAL:
                 windows.pop(job, None)
             for waiting, seen in windows.items():
-                seen.add(bisect.bisect_left(queue, self.keys[waiting].order(waiting)) + 1)
+                waiting_key = self.keys[waiting]
+                seen.add(
+                    bisect.bisect_left(queues[waiting_key.model], waiting_key.order(waiting)) + 1
+                )
 
     # -- reading it back ----------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from harness.commands import WebChild, WorkerChild
 from harness.ports import free_port
 from harness.waiting import eventually
 from queueing import conversations, db, tokens
@@ -54,7 +55,6 @@ from tests.reliability.history import (
 )
 from tests.reliability.netcut import dropped_tcp, nft_unavailable, tcp_ports_to
 from tests.reliability.pgserver import PrivateServer
-from tests.reliability.processes import WebProcess, WorkerProcess
 from tests.reliability.wsclient import FollowingClient
 
 pytestmark = pytest.mark.slow
@@ -215,8 +215,8 @@ class Scenario:
         self.rng = rng
         self.server = PrivateServer(tcp_port=free_port())
         self.url = self.server.url("gpuqueue")
-        self.webs: list[WebProcess] = []
-        self.workers: list[WorkerProcess] = []
+        self.webs: list[WebChild] = []
+        self.workers: list[WorkerChild] = []
         self.killed: set[int] = set()
         self.specs: dict[int, WorkerSpec] = {}  # worker pid -> what it was started as
         self.fills: list[asyncio.Task[None]] = []
@@ -258,7 +258,7 @@ class Scenario:
             ]  # fmt: skip
             self.users.append((token, ids))
         folder = self.run.folder
-        self.webs = [WebProcess(self.url, folder / f"web-{i}.log", WEB_ENV) for i in range(2)]
+        self.webs = [WebChild(self.url, folder / f"web-{i}.log", env=WEB_ENV) for i in range(2)]
         for spec in WORKERS:
             self.spawn_worker(spec)
         await asyncio.gather(*(web.ready() for web in self.webs))
@@ -267,7 +267,7 @@ class Scenario:
         self.note(f"up: webs {[w.pid for w in self.webs]}, workers "
                   f"{[(w.pid, self.specs[w.pid].gpu) for w in self.workers]}")  # fmt: skip
 
-    def spawn_worker(self, spec: WorkerSpec) -> WorkerProcess:
+    def spawn_worker(self, spec: WorkerSpec) -> WorkerChild:
         index = len(self.workers)
         env = {**WORKER_ENV, "GPUQUEUE_STUB_DELAY": spec.delay,
                "GPUQUEUE_GPU_LOCK_DIR": str(self.run.folder / "gpu-locks")}  # fmt: skip
@@ -276,8 +276,8 @@ class Scenario:
             url = self.server.tcp_url("gpuqueue")
         if spec.plain_role:
             url = psycopg.conninfo.make_conninfo(url, user=PLAIN_ROLE)
-        worker = WorkerProcess(url, self.run.folder / f"worker-{index}.log", spec.device, "stub",
-                               env, args=("--host-id", spec.host))  # fmt: skip
+        worker = WorkerChild(url, self.run.folder / f"worker-{index}.log", device=spec.device,
+                             env=env, args=("--host-id", spec.host))  # fmt: skip
         self.specs[worker.pid] = spec
         self.workers.append(worker)
         return worker
@@ -441,13 +441,13 @@ class Scenario:
         self.note(f"could not terminate {apps}: the server did not answer")
 
     async def kill_worker(self) -> None:
-        alive = [w for w in self.workers if w.proc.poll() is None and w.pid not in self.killed
+        alive = [w for w in self.workers if w.alive() and w.pid not in self.killed
                  and not self.specs[w.pid].over_tcp]  # fmt: skip
         victim = self.rng.choice(alive)
-        victim.proc.kill()
+        victim.signal(signal.SIGKILL)
         # SIGKILL is delivered as kill() returns: no instruction of the worker runs after this.
         self.run.deaths[victim.pid] = _utc(time.time())
-        await asyncio.to_thread(victim.proc.wait)
+        await victim.wait()
         self.killed.add(victim.pid)
         spec = self.specs[victim.pid]
         replacement = self.spawn_worker(spec)
@@ -480,7 +480,7 @@ class Scenario:
                 break
             ports = tcp_ports_to(victim.pid, self.server.tcp_port)
             with dropped_tcp(ports, self.server.tcp_port):
-                victim.proc.send_signal(signal.SIGSTOP)
+                victim.signal(signal.SIGSTOP)
                 frozen = time.time()
 
                 async def frozen_now() -> bool:
@@ -491,7 +491,7 @@ class Scenario:
                 # that one meanwhile. Then it runs on (its packets were dropped for a moment).
                 still = await self.rows(held, {"pid": victim.pid})
                 if not still:
-                    victim.proc.send_signal(signal.SIGCONT)
+                    victim.signal(signal.SIGCONT)
                     continue
                 job_id = still[0]["id"]
                 self.run.deaths[victim.pid] = _utc(frozen)  # it runs nothing after this
@@ -512,8 +512,7 @@ class Scenario:
                                      interval=0.05)  # fmt: skip
                 self.run.host_loss_s = time.time() - frozen
                 self.run.host_loss_job = job_id
-                victim.proc.kill()
-                await asyncio.to_thread(victim.proc.wait)
+                await victim.kill()
             self.killed.add(victim.pid)
             self.note(f"host loss: job {job_id} taken on after {self.run.host_loss_s:.1f} s; "
                       f"worker {victim.pid} killed")  # fmt: skip
@@ -571,7 +570,7 @@ class Scenario:
     async def check_survivors(self, session: aiohttp.ClientSession) -> None:
         for web in self.webs:
 
-            async def answers(web: WebProcess = web) -> bool:
+            async def answers(web: WebChild = web) -> bool:
                 return await web.healthz(session) == 200
 
             try:
@@ -596,7 +595,7 @@ class Scenario:
         events = [Event.from_row(r) for r in await self.rows("SELECT * FROM job_events")]
         jobs = await self.rows("SELECT * FROM jobs")
         self.run.jobs = {j["id"]: j for j in jobs}
-        keys = {j["id"]: JobKey(j["priority"], j["queue_seq"], j["conversation_id"]) for j in jobs}
+        keys = {j["id"]: JobKey.from_row(j) for j in jobs}
         self.run.history = History.build(events, keys)
         self.run.audit = await self.rows("SELECT * FROM reliability_audit ORDER BY id")
         self.run.workers = {w["id"]: w for w in await self.rows("SELECT * FROM workers")}
@@ -657,11 +656,9 @@ class Scenario:
 
     async def close(self) -> None:
         for worker in self.workers:
-            if worker.proc.poll() is None:
-                worker.proc.kill()
-                worker.proc.wait(10)
+            await worker.kill()
         for web in self.webs:
-            web.stop()
+            await web.stop()
         if self.pool is not None:
             await self.pool.close()
         with contextlib.suppress(OSError):

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.commands import WorkerChild
 from harness.waiting import eventually
 from queueing import db, jobs
 from queueing.actors import Actor
 from tests.integration.worker_support import (
     InProcessWorker,
-    WorkerProcess,
     gpu_locks,
     live_workers,
     rows,
@@ -31,7 +31,7 @@ from tests.integration.worker_support import (
     wait_status,
 )
 
-SpawnWorker = Callable[..., WorkerProcess]
+SpawnWorker = Callable[..., WorkerChild]
 StartWorker = Callable[..., InProcessWorker]
 ADMIN = Actor(0, "admin", is_admin=True)
 
@@ -247,7 +247,7 @@ async def test_a_claim_that_raises_frees_the_gpu_lock_and_the_worker_goes_on(
         return worker.log().count("failed (injected claim failure)") >= 2
 
     await eventually(claim_failed_twice, within=10)
-    assert worker.proc.poll() is None, worker.log()
+    assert worker.alive(), worker.log()
     await jobs.cancel(pool, bomb, actor=ADMIN)
     fine = await submit(pool, conversation_id, alice, "fine")
     row = await wait_status(pool, fine, "complete")

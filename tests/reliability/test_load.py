@@ -27,7 +27,6 @@ import asyncio
 import json
 import os
 import random
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -37,10 +36,11 @@ import aiohttp
 import psutil
 import pytest
 
-from harness.processes import REPO, raise_open_files_limit
+from harness.children import Child
+from harness.processes import raise_open_files_limit
 from harness.waiting import eventually
 from queueing import conversations, db, tokens
-from tests.reliability.processes import WebProcess
+from tests.reliability.web_under_test import InspectableWeb
 
 pytestmark = pytest.mark.slow
 
@@ -65,43 +65,33 @@ class ClientProcess:
         self.result = folder / f"{name}-result.json"
         self.log = folder / f"{name}.log"
         self.plan.write_text(json.dumps({"base": base, "clients": clients}))
-        self.proc: asyncio.subprocess.Process | None = None
+        self.child: Child | None = None
 
     async def start(self, within: float = 60) -> float:
-        with self.log.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tests.reliability.load_clients", str(self.plan),
-                str(self.result), cwd=REPO, stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, stderr=log,
-            )  # fmt: skip
+        self.child = Child(["-m", "tests.reliability.load_clients", str(self.plan),
+                            str(self.result)], self.log, pipes=True)  # fmt: skip
         line = await self._line(within)
         assert line.startswith("ready "), line
         return float(line.split()[1])
 
     async def _line(self, within: float) -> str:
-        assert self.proc is not None and self.proc.stdout is not None
-        try:
-            raw = await asyncio.wait_for(self.proc.stdout.readline(), within)
-        except TimeoutError:
-            raise AssertionError(f"the clients said nothing in {within} s:\n"
-                                 f"{self.log.read_text()[-3000:]}") from None  # fmt: skip
-        if not raw:
-            raise AssertionError(f"the clients exited:\n{self.log.read_text()[-3000:]}")
-        return raw.decode().strip()
+        assert self.child is not None
+        line = await self.child.read_line(within)
+        if line is None:
+            raise AssertionError(f"the clients exited:\n{self.child.log_tail()}")
+        return line
 
     async def drain(self, last_seqs: dict[str, int], within: float = 120) -> list[dict[str, Any]]:
-        assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(f"drain {json.dumps(last_seqs)}\n".encode())
-        await self.proc.stdin.drain()
+        assert self.child is not None
+        self.child.write_line(f"drain {json.dumps(last_seqs)}")
         assert await self._line(within) == "done"
-        await asyncio.wait_for(self.proc.wait(), 30)
+        await self.child.wait(30)
         results: list[dict[str, Any]] = json.loads(self.result.read_text())
         return results
 
     async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
+        if self.child is not None:
+            await self.child.kill()
 
 
 def percentiles(values: list[float]) -> str:
@@ -116,7 +106,7 @@ def percentiles(values: list[float]) -> str:
             f"max {ordered[-1] * 1000:.1f} ms (n={len(ordered)})")  # fmt: skip
 
 
-def client_sockets(web: WebProcess) -> int:
+def client_sockets(web: InspectableWeb) -> int:
     """Established connections the web process holds on its port, but for the test's own
     HTTP connections (its keep-alive pool): the WebSocket clients' sockets, once they left."""
     ours = {
@@ -132,7 +122,7 @@ def client_sockets(web: WebProcess) -> int:
 
 async def enqueue_many(
     session: aiohttp.ClientSession,
-    web: WebProcess,
+    web: InspectableWeb,
     targets: list[tuple[str, str]],
     count: int,
     accepted: list[str],
@@ -168,7 +158,7 @@ async def enqueue_many(
 
 async def sample_positions(
     session: aiohttp.ClientSession,
-    web: WebProcess,
+    web: InspectableWeb,
     token_of: dict[str, str],
     accepted: list[str],
     stop: asyncio.Event,
@@ -211,7 +201,7 @@ async def test_ten_thousand_jobs_under_a_thousand_subscribers(
             for i in range(CLIENTS)]  # fmt: skip
     env = {"GPUQUEUE_MAX_QUEUED_PER_USER": "1000000", "GPUQUEUE_LOG_LEVEL": "WARNING",
            "PYTHONMALLOC": "malloc"}  # fmt: skip
-    web = WebProcess(database_url, tmp_path / "web.log", env, inspectable=True)
+    web = InspectableWeb(database_url, tmp_path / "web.log", env=env)
     clients: list[ClientProcess] = []
     report: list[str] = []
     try:
@@ -295,7 +285,7 @@ async def test_ten_thousand_jobs_under_a_thousand_subscribers(
         print("\nload:\n  " + "\n  ".join(report))
         for process in clients:
             await process.kill()
-        web.stop()
+        await web.stop()
 
 
 def grown(idle: dict[str, Any], now: dict[str, Any]) -> list[tuple[str, int]]:
@@ -304,7 +294,7 @@ def grown(idle: dict[str, Any], now: dict[str, Any]) -> list[tuple[str, int]]:
     return sorted(((k, n) for k, n in more.items() if n > 0), key=lambda kn: -kn[1])
 
 
-async def quiet_state(web: WebProcess, idle: dict[str, Any] | None = None) -> dict[str, Any]:
+async def quiet_state(web: InspectableWeb, idle: dict[str, Any] | None = None) -> dict[str, Any]:
     """The server's state once no client socket is left: it knows no client any more, and (given
     the idle state) runs no more tasks than it did idle. Raises when that never happens."""
     await eventually(lambda: _async(client_sockets(web) == 0), within=20)

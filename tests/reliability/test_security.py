@@ -24,6 +24,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 from psycopg import sql
 
+from harness.commands import WebChild
 from harness.processes import REPO
 from harness.waiting import eventually
 from queueing import db
@@ -39,7 +40,6 @@ from tests.integration.web_support import (
     web_settings,
 )
 from tests.reliability.hostile import fingerprint, id_kind, id_routes, judge
-from tests.reliability.processes import WebProcess
 from web.keys import WebOptions
 
 Client = TestClient[web.Request, web.Application]
@@ -520,15 +520,15 @@ async def test_security_headers_on_every_response(site: Site) -> None:
 @pytest.fixture(scope="module")
 async def logged_web(
     module_database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[WebProcess]:
+) -> AsyncIterator[WebChild]:
     """A real `gpuqueue web` process logging at DEBUG into a file the tests read."""
-    process = WebProcess(module_database_url, tmp_path_factory.mktemp("logged") / "web.log",
-                         {"GPUQUEUE_LOG_LEVEL": "DEBUG"})  # fmt: skip
+    process = WebChild(module_database_url, tmp_path_factory.mktemp("logged") / "web.log",
+                       env={"GPUQUEUE_LOG_LEVEL": "DEBUG"})  # fmt: skip
     try:
         await process.ready()
         yield process
     finally:
-        process.stop()
+        await process.stop()
 
 
 def _secret_parts(token: str) -> list[str]:
@@ -536,7 +536,7 @@ def _secret_parts(token: str) -> list[str]:
 
 
 async def test_the_token_from_the_first_url_never_reaches_the_log(
-    logged_web: WebProcess, module_pool: db.Pool
+    logged_web: WebChild, module_pool: db.Pool
 ) -> None:
     """`gpuqueue web` at DEBUG: the page, the WebSocket, the image and an error, each with
     ?token= in the URL, and a bad token in a header; the log has none of them."""
@@ -557,7 +557,7 @@ async def test_the_token_from_the_first_url_never_reaches_the_log(
 
 
 async def test_a_token_in_a_request_too_long_to_parse_never_reaches_the_log(
-    logged_web: WebProcess, module_pool: db.Pool
+    logged_web: WebChild, module_pool: db.Pool
 ) -> None:
     """The token in a URL (the page link) or a header that is too long to parse: the request is
     refused (4xx), and neither the log nor anything else keeps the token."""

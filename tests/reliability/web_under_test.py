@@ -7,6 +7,7 @@ GET /_reliability/state runs a full garbage collection and glibc's malloc_trim(0
 the test then reads from /proc is the memory the process really holds rather than the
 allocator's free lists, and answers the live asyncio tasks (by name) and how many WebSocket
 clients the app still knows (a leaked subscription keeps its client alive). Bound to 127.0.0.1.
+InspectableWeb starts it as a child of the test.
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ import gc
 import logging
 import sys
 from collections import Counter
+from collections.abc import Sequence
+from typing import Any
 
+import aiohttp
 from aiohttp import web
 
+from harness.commands import WebChild
 from queueing.config import Settings
 from web.app import create_app
 from web.keys import CLIENTS
@@ -62,6 +67,22 @@ def main(url: str, port: int) -> None:
         app, host="127.0.0.1", port=port, access_log_class=AccessLogger,
         access_log=logging.getLogger("gpuqueue.access"), shutdown_timeout=5.0, print=None,
     )  # fmt: skip
+
+
+class InspectableWeb(WebChild):
+    """This module as a child of the test: a WebChild with the state route (and no flags: `args`
+    are not taken)."""
+
+    def command(self, database_url: str, port: int, args: Sequence[str]) -> list[str]:
+        assert not args, "web_under_test takes no flags"
+        return ["-m", "tests.reliability.web_under_test", database_url, str(port)]
+
+    async def state(self, session: aiohttp.ClientSession) -> dict[str, Any]:
+        """The live tasks and clients, after a GC and malloc_trim."""
+        async with session.get(f"{self.base_url}/_reliability/state") as response:
+            assert response.status == 200, await response.text()
+            found: dict[str, Any] = await response.json()
+            return found
 
 
 if __name__ == "__main__":

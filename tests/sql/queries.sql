@@ -1,12 +1,14 @@
 -- Statements only tests run, by name (tests/queries.py loads them with queueing's loader).
 
 -- name: queue_position_audit
--- Each queued job's own position count beside its rank, in one snapshot: the two must agree.
-SELECT id AS job_id, priority, queue_seq,
-       gq_queue_position(priority, queue_seq) AS queue_position,
-       row_number() OVER (ORDER BY priority DESC, queue_seq)::integer AS queue_rank
+-- Each queued job's own position count beside its rank in its model's queue, in one snapshot:
+-- the two must agree.
+SELECT id AS job_id, model, user_id, priority, start_tag, queue_seq,
+       gq_queue_position(model, priority, start_tag, queue_seq) AS queue_position,
+       row_number() OVER (PARTITION BY model ORDER BY priority DESC, start_tag, queue_seq)::integer
+           AS queue_rank
 FROM jobs WHERE status = 'queued'
-ORDER BY queue_rank
+ORDER BY model, queue_rank
 
 -- name: job_events_of
 -- One job's events with their details, oldest first.
@@ -49,10 +51,11 @@ WITH m AS (
     SELECT %(conversation_id)s, 'assistant', '{}' FROM generate_series(1, %(n)s)
     RETURNING id
 )
-INSERT INTO jobs (message_id, conversation_id, user_id, prompt, params, status, priority, queue_seq,
-                  attempts, timeout_s, queued_at, started_at, finished_at, claim_id)
-SELECT m.id, %(conversation_id)s, %(user_id)s, 'seeded', '{}', %(status)s::text, 0,
-       nextval('job_queue_seq'),
+INSERT INTO jobs (message_id, conversation_id, user_id, model, prompt, params, status, priority,
+                  queue_seq, start_tag, finish_tag, work, estimate_s, attempts, timeout_s,
+                  queued_at, started_at, finished_at, claim_id)
+SELECT m.id, %(conversation_id)s, %(user_id)s, 'tiny', 'seeded', '{}', %(status)s::text, 0,
+       nextval('job_queue_seq'), 0, 0, 0, 1,
        CASE WHEN %(status)s = 'queued' THEN 0 ELSE 1 END, 60, now(),
        CASE WHEN %(status)s = 'queued' THEN NULL ELSE now() - interval '2 seconds' END,
        CASE WHEN %(status)s = ANY (gq_final_job_statuses()) THEN now() END,
@@ -74,3 +77,10 @@ WHERE oid IN ('jobs'::regclass, 'job_events'::regclass) ORDER BY relname
 
 -- name: job_status_counts
 SELECT status::text AS status, count(*)::integer AS n FROM jobs GROUP BY 1 ORDER BY 1
+
+-- name: job_set_run_time
+-- A complete job made to have run for %(run_s)s seconds (its start moved back): cost-model data
+-- of known run times.
+UPDATE jobs SET started_at = finished_at - make_interval(secs => %(run_s)s)
+WHERE id = %(job_id)s AND status = 'complete'
+RETURNING id

@@ -36,7 +36,11 @@ def test_from_env_reads_each_variable_and_remembers_which_were_given() -> None:
     )
     assert settings.database_url == "postgresql://db/q"
     assert (settings.stub_delay_s, settings.default_timeout_s) == (0.0, 60)
-    assert (settings.data_dir, settings.model, settings.run_user) == (Path("/srv/gq"), None, "ada")
+    assert (settings.data_dir, settings.model, settings.run_user) == (
+        Path("/srv/gq"),
+        "tiny",
+        "ada",
+    )
     assert settings.given == {
         "database_url",
         "stub_delay_s",

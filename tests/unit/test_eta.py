@@ -1,37 +1,73 @@
-"""The ETA model: round-robin over device free times, null without history."""
+"""The ETA model: per model, round-robin over its GPUs' free times, the jobs ahead costed by
+the cost model at their mean work; null without a fit or without a live GPU."""
 
-from queueing.eta import EtaModel
+from __future__ import annotations
+
+from queueing.cost_model import CostFit
+from queueing.eta import EtaModel, ModelEta
+from queueing.rows import CostSampleRow, EtaGpuRow
+
+FIT = CostFit(0.0, 1.0, 10)  # one second per megapixel-step
+
+
+def gpu(model: str, device: str, work: float | None = None, elapsed: float = 0.0) -> EtaGpuRow:
+    return {"model": model, "host": "h", "device": device, "work": work, "elapsed_s": elapsed}
+
+
+def samples(model: str, mean_run_s: float, mean_work: float) -> CostSampleRow:
+    return {
+        "model": model,
+        "host": "h",
+        "samples": 5,
+        "mean_run_s": mean_run_s,
+        "mean_work": mean_work,
+        "slope": None,
+        "intercept": None,
+        "var_work": 0.0,
+    }
 
 
 def test_eta_is_unknown_without_history() -> None:
-    model = EtaModel.from_context({"mean_duration_s": None, "devices": 1, "running_elapsed_s": []})
-    assert model.eta_s(1) is None
+    model = EtaModel.from_rows([], [gpu("a", "cuda:0")])
+    assert model.eta_s("a", 1, 0.0) is None
 
 
-def test_eta_is_unknown_without_live_workers() -> None:
-    model = EtaModel.from_context({"mean_duration_s": 10.0, "devices": 0, "running_elapsed_s": []})
-    assert model.eta_s(3) is None
+def test_eta_is_unknown_without_live_workers_of_the_model() -> None:
+    model = EtaModel.from_rows([samples("a", 10.0, 10.0)], [gpu("b", "cuda:0")])
+    assert model.eta_s("a", 3, 20.0) is None
 
 
 def test_eta_counts_the_running_jobs_remaining_time() -> None:
-    model = EtaModel.from_context(
-        {"mean_duration_s": 10.0, "devices": 1, "running_elapsed_s": [4.0]}
-    )
-    assert model.eta_s(1) == 6.0
-    assert model.eta_s(2) == 16.0
-    assert model.eta_s(3) == 26.0
+    model = EtaModel.from_rows([samples("a", 10.0, 10.0)], [gpu("a", "cuda:0", 10.0, 4.0)])
+    assert model.eta_s("a", 1, 0.0) == 6.0
+    assert model.eta_s("a", 2, 10.0) == 16.0
+    assert model.eta_s("a", 3, 20.0) == 26.0
 
 
-def test_eta_spreads_the_queue_over_devices() -> None:
-    model = EtaModel.from_context(
-        {"mean_duration_s": 10.0, "devices": 2, "running_elapsed_s": [8.0]}
-    )
-    # One idle device (free now), one free in 2 s.
-    assert [model.eta_s(p) for p in (1, 2, 3, 4)] == [0.0, 2.0, 10.0, 12.0]
+def test_the_jobs_ahead_are_costed_by_their_work() -> None:
+    eta = ModelEta(FIT, (0.0,))
+    assert eta.eta_s(3, 2.0) == 2.0  # two small jobs ahead
+    assert eta.eta_s(3, 40.0) == 40.0  # two big ones
+
+
+def test_eta_spreads_the_queue_over_gpus() -> None:
+    eta = ModelEta(CostFit(10.0, 0.0, 1), (0.0, 2.0))  # one idle GPU, one free in 2 s
+    # 2nd: the second GPU frees first; then the work ahead spread over both (exact: 10, 12).
+    assert [eta.eta_s(p, 0.0) for p in (1, 2, 3, 4)] == [0.0, 2.0, 11.0, 16.0]
+
+
+def test_a_small_job_ahead_on_an_idle_gpu_is_waited_for_not_the_busy_one() -> None:
+    eta = ModelEta(CostFit(0.0, 1.0, 1), (0.0, 14.1))
+    assert [eta.eta_s(p, 0.3 * (p - 1)) for p in (1, 2, 3)] == [0.0, 0.3, 0.6]
 
 
 def test_eta_of_an_overrunning_job_is_not_negative() -> None:
-    model = EtaModel.from_context(
-        {"mean_duration_s": 5.0, "devices": 1, "running_elapsed_s": [9.0]}
+    model = EtaModel.from_rows([samples("a", 5.0, 5.0)], [gpu("a", "cuda:0", 5.0, 9.0)])
+    assert model.eta_s("a", 1, 0.0) == 0.0
+
+
+def test_two_workers_on_one_gpu_count_it_once() -> None:
+    model = EtaModel.from_rows(
+        [samples("a", 10.0, 10.0)], [gpu("a", "cuda:0"), gpu("a", "cuda:0", 10.0, 2.0)]
     )
-    assert model.eta_s(1) == 0.0
+    assert model.models["a"].free_in_s == (8.0,)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from queueing.eta import EtaModel, backoff_left_s
+from queueing.cost_model import CostFit
+from queueing.eta import UNKNOWN, ModelEta, backoff_left_s
 
 
 def test_the_eta_is_never_earlier_than_the_backoff() -> None:
-    model = EtaModel(10.0, (0.0,))
-    assert model.eta_s(1) == 0.0
-    assert model.eta_s(1, not_before_s=42.04) == 42.0
-    assert model.eta_s(3, not_before_s=5.0) == 20.0  # the slots say later: they win
-    assert EtaModel(None, ()).eta_s(1, not_before_s=5.0) is None
+    model = ModelEta(CostFit(10.0, 0.0, 1), (0.0,))
+    assert model.eta_s(1, 0.0) == 0.0
+    assert model.eta_s(1, 0.0, not_before_s=42.04) == 42.0
+    assert model.eta_s(3, 2.0, not_before_s=5.0) == 20.0  # the slots say later: they win
+    assert UNKNOWN.eta_s(1, 0.0, not_before_s=5.0) is None
 
 
 def test_backoff_left_reads_the_jobs_run_after() -> None:

@@ -17,6 +17,6 @@ def test_a_real_png_passes_and_anything_else_is_named() -> None:
 
 
 def test_a_badpng_prompt_makes_the_stub_return_something_that_is_no_png() -> None:
-    request = ImageRequest("[badpng] a fox", None, 8, 8, 2, 1.0, 0)
+    request = ImageRequest("[badpng] a fox", None, 8, 8, 2, 1.0, 0, 0.0)
     output = StubBackend(delay=0).generate(request, lambda step, steps: None)
     assert png.problem(output) is not None

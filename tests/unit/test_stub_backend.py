@@ -29,6 +29,7 @@ def request(
         steps=steps,
         guidance_scale=7.5,
         seed=seed,
+        work=steps * width * height / 1e6,
     )
 
 
@@ -104,7 +105,11 @@ def test_the_delay_comes_from_the_environment() -> None:
     def delay(env: dict[str, str]) -> float:
         settings = Settings.from_env(env)
         backend = make_backend(
-            "stub", device="cpu", model=None, data_dir=Path("."), stub_delay_s=settings.stub_delay_s
+            "stub",
+            device="cpu",
+            model="tiny",
+            data_dir=Path("."),
+            stub_delay_s=settings.stub_delay_s,
         )
         assert isinstance(backend, StubBackend)
         return backend.delay
@@ -151,7 +156,7 @@ def test_a_stuck_prompt_blocks_without_calling_back() -> None:
         "from gpu_worker.backends import ImageRequest\n"
         "from gpu_worker.backends.stub import StubBackend\n"
         "print('started', flush=True)\n"
-        "StubBackend(delay=0).generate(ImageRequest('[stuck]', None, 8, 8, 2, 1.0, 0),"
+        "StubBackend(delay=0).generate(ImageRequest('[stuck]', None, 8, 8, 2, 1.0, 0, 0.0),"
         " lambda s, n: print('step', flush=True))\n"
         "print('returned', flush=True)\n"
     )
@@ -184,9 +189,9 @@ def test_the_stub_needs_neither_torch_nor_pillow() -> None:
         "import sys\n"
         "from pathlib import Path\n"
         "from gpu_worker.backends import ImageRequest, make_backend\n"
-        "backend = make_backend('stub', device='cpu', model=None, data_dir=Path('.'))\n"
+        "backend = make_backend('stub', device='cpu', model='tiny', data_dir=Path('.'))\n"
         "backend.load()\n"
-        "backend.generate(ImageRequest('x', None, 8, 8, 2, 1.0, 0), lambda s, n: None)\n"
+        "backend.generate(ImageRequest('x', None, 8, 8, 2, 1.0, 0, 0.0), lambda s, n: None)\n"
         "print(sorted({'torch', 'diffusers', 'transformers', 'PIL'} & set(sys.modules)))\n"
     )
     result = subprocess.run(
@@ -202,4 +207,4 @@ def test_the_stub_needs_neither_torch_nor_pillow() -> None:
 
 def test_make_backend_refuses_an_unknown_name(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown backend"):
-        make_backend("tensorflow", device="cpu", model=None, data_dir=tmp_path)
+        make_backend("tensorflow", device="cpu", model="tiny", data_dir=tmp_path)

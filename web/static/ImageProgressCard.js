@@ -8,11 +8,14 @@ import { durationText, etaText, ordinal, positionText } from "./format.js";
 /** @typedef {import("./jobStatus.js").JobStatus} JobStatus */
 
 /**
- * What the card's buttons ask for; onImageError: the image did not load, a fresh image_url
- * is wanted.
+ * What the card's buttons ask for, and what it asks the page. onImageError: the image did not
+ * load, a fresh image_url is wanted; workersFor: how many live workers serve a model (null:
+ * not known).
  * @typedef {{ onCancel: (job: StoredJob) => Promise<void>,
  *   onRetry: (job: StoredJob) => Promise<void>,
- *   onImageError: (job: StoredJob) => void }} CardActions
+ *   onMove: (job: StoredJob) => Promise<void>,
+ *   onImageError: (job: StoredJob) => void,
+ *   workersFor: (model: string) => number | null }} CardActions
  */
 
 /**
@@ -58,6 +61,15 @@ function statusDetail(job) {
     default:
       return "";
   }
+}
+
+/**
+ * A queued job of a model no live worker serves: it waits for one, however near the front.
+ * @param {StoredJob} job
+ * @param {CardActions} actions
+ */
+function waitingForGpu(job, actions) {
+  return job.status === "queued" && Boolean(job.model) && actions.workersFor(job.model || "") === 0;
 }
 
 /** @param {StoredJob} job */
@@ -107,7 +119,7 @@ export class ImageProgressCard {
       " ",
       this.statusEl,
     );
-    this.etaEl = h("p", { class: "card-eta" });
+    this.etaEl = h("p", { class: "card-eta", id: `${id}-eta` });
     this.progressBar = h("progress", {
       class: "card-progress", max: "1", "aria-labelledby": `${id}-step`,
     });
@@ -116,11 +128,19 @@ export class ImageProgressCard {
     this.errorEl = h("p", { class: "card-error" });
     this.promptEl = h("p", { class: "card-prompt", id: `${id}-prompt` });
     this.negativeEl = h("p", { class: "card-negative" });
-    this.metaEl = h("p", { class: "card-meta" });
+    this.modelEl = h("span", { class: "card-model" });
+    this.paramsEl = h("span", { class: "card-params" });
+    this.metaEl = h("p", { class: "card-meta" }, this.modelEl, this.paramsEl);
 
     this.cancelButton = h("button", {
       type: "button", class: "button button-quiet cancel", "aria-describedby": `${id}-prompt`,
       text: "Cancel", onclick: () => this._cancel(),
+    });
+    // Its name stays "Move to front"; the prompt describes which job.
+    this.moveButton = h("button", {
+      type: "button", class: "button button-quiet move", "aria-describedby": `${id}-prompt`,
+      title: "Run this one before your other waiting jobs of this model",
+      text: "Move to front", onclick: () => this._move(),
     });
     this.retryButton = h("button", {
       type: "button", class: "button button-secondary retry", "aria-describedby": `${id}-prompt`,
@@ -128,13 +148,14 @@ export class ImageProgressCard {
     });
     this.downloadLink = h("a", { class: "button button-quiet download", text: "Download" });
     this.actionsEl = h(
-      "div", { class: "card-actions" }, this.cancelButton, this.retryButton, this.downloadLink,
+      "div", { class: "card-actions" },
+      this.moveButton, this.cancelButton, this.retryButton, this.downloadLink,
     );
 
     this.element = h(
       "article",
       { class: "card", tabindex: "-1", "aria-labelledby": `${id}-prompt`,
-        "aria-describedby": `${id}-status` },
+        "aria-describedby": `${id}-status ${id}-eta` },
       this.media,
       h(
         "div",
@@ -160,6 +181,7 @@ export class ImageProgressCard {
     el.dataset.jobId = job.job_id;
     el.dataset.status = status;
     el.dataset.position = String(job.queue_position || 0);
+    el.dataset.model = job.model || "";
     el.classList.toggle("is-partial", Boolean(job._partial));
 
     setText(this.badge, BADGES[status]);
@@ -188,7 +210,8 @@ export class ImageProgressCard {
     const negative = job.params && job.params.negative_prompt;
     setText(this.negativeEl, negative ? `Without: ${negative}` : "");
     show(this.negativeEl, Boolean(negative));
-    setText(this.metaEl, paramsText(job));
+    setText(this.modelEl, job.model ? `model ${job.model}` : "");
+    setText(this.paramsEl, paramsText(job));
 
     const width = (job.params && job.params.width) || 1;
     const height = (job.params && job.params.height) || 1;
@@ -200,6 +223,8 @@ export class ImageProgressCard {
 
     show(this.cancelButton,
       status === "queued" || (status === "processing" && !job.cancel_requested));
+    // 1st in line is ahead of every job of its model, the owner's included.
+    show(this.moveButton, status === "queued" && job.queue_position !== 1);
     show(this.retryButton, status === "error" || status === "canceled");
     this.retryButton.disabled = Boolean(job._partial);
 
@@ -221,6 +246,7 @@ export class ImageProgressCard {
   // What changes with time alone, refreshed every second by the page: the server's ETA less
   // the time since it was computed (so "starts in about 20 s" does not stand still), and a
   // retry's countdown to its run_after (a job waiting out its backoff is not next in line).
+  // When no live worker serves the job's model there is no ETA: the card says what it waits for.
   refreshEta() {
     const job = this.job;
     const retryIn = retryInSeconds(job);
@@ -229,13 +255,16 @@ export class ImageProgressCard {
     setText(this.ordinalEl, inLine ? ordinal(job.queue_position) : "");
     show(this.ordinalCaption, inLine);
     let eta = "";
+    const noGpu = retryIn === 0 && waitingForGpu(job, this.actions);
     if (retryIn > 0) eta = `retrying in ${retryIn} s`;
+    else if (noGpu) eta = `Waiting for a GPU that runs ${job.model}`;
     else if (job.status === "queued" && job.eta_s !== null && job.eta_s !== undefined) {
       const aged = job._etaAt ? (Date.now() - job._etaAt) / 1000 : 0;
       eta = etaText(Math.max(0, job.eta_s - aged));
     }
     setText(this.etaEl, eta);
     show(this.etaEl, Boolean(eta));
+    this.etaEl.classList.toggle("is-waiting-for-gpu", noGpu);
   }
 
   // A plain <img>: image_url is a signed link that needs no header (contract: Images). Once
@@ -254,7 +283,7 @@ export class ImageProgressCard {
       this.img.removeAttribute("src");
       this._imageFailedAt = Date.now();
       this._imageFailedUrl = url;
-      setText(this.metaEl, `${paramsText(job)} · the image could not be loaded`);
+      setText(this.paramsEl, `${paramsText(job)} · the image could not be loaded`);
       this.actions.onImageError(job); // the link may have expired: read the job again
     } finally {
       this._imageLoading = false;
@@ -270,6 +299,16 @@ export class ImageProgressCard {
     } finally {
       this.cancelButton.disabled = false;
       if (this.cancelButton.hidden) this.element.focus({ preventScroll: true });
+    }
+  }
+
+  async _move() {
+    this.moveButton.disabled = true;
+    try {
+      await this.actions.onMove(this.job);
+    } finally {
+      this.moveButton.disabled = false;
+      if (this.moveButton.hidden) this.element.focus({ preventScroll: true });
     }
   }
 

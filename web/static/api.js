@@ -15,9 +15,9 @@
  */
 
 /**
- * The body of POST /api/conversations/{id}/images.
- * @typedef {{ prompt: string, priority?: number, max_attempts?: number, timeout_s?: number }
- *   & JobParams} ImageRequest
+ * The body of POST /api/conversations/{id}/images (model: the default one when left out).
+ * @typedef {{ prompt: string, model?: string, priority?: number, max_attempts?: number,
+ *   timeout_s?: number } & JobParams} ImageRequest
  */
 
 /** @typedef {{ step: number, steps: number }} Progress */
@@ -29,8 +29,10 @@
  * @property {string} message_id
  * @property {string} conversation_id
  * @property {JobStatus} status
- * @property {number} queue_position 0 unless queued
- * @property {number | null} eta_s seconds until it should start, when queued
+ * @property {string} [model] the model it is for (a worker of that model runs it)
+ * @property {number} queue_position 0 unless queued, else its place among its model's jobs
+ * @property {number | null} eta_s seconds until it should start, when queued (null: no estimate,
+ *   e.g. no live worker serves its model)
  * @property {string} prompt
  * @property {JobParams} params
  * @property {number} [priority]
@@ -56,6 +58,12 @@
 /** @typedef {{ id: string, title: string, created_at: string }} Conversation */
 
 /** @typedef {{ user: string, user_id: number, is_admin: boolean }} Me */
+
+/**
+ * A model a request may name (GET /api/models): workers is how many live workers serve it.
+ * @typedef {{ name: string, default: boolean, workers: number, queued: number,
+ *   processing: number }} Model
+ */
 
 const TOKEN_KEY = "gpuqueue.token";
 
@@ -154,4 +162,8 @@ export const api = {
     request("POST", `/api/conversations/${enc(conversationId)}/images`, body),
   /** @param {string} jobId @returns {Promise<Job>} */
   cancelJob: (jobId) => request("POST", `/api/jobs/${enc(jobId)}/cancel`),
+  /** @param {string} jobId @returns {Promise<Job>} the job in its owner's earliest place */
+  moveToFront: (jobId) => request("POST", `/api/jobs/${enc(jobId)}/move`, { to: "front" }),
+  /** @returns {Promise<Model[]>} by name */
+  listModels: async () => (await request("GET", "/api/models")).models,
 };

@@ -1,8 +1,8 @@
 // The page: builds its parts and wires them together. Each part has one job: the catch-up
 // protocol (catchUp.js), the store (imageJobsStore.js), the cards (cards.js) and what their
-// buttons do (jobActions.js), the address (router.js), signing in (signIn.js), the sidebar
-// (sidebar.js, conversationList.js) and the prompt (promptForm.js). Which conversation is open
-// is the store's conversationId, nothing else.
+// buttons do (jobActions.js), the models and their workers (models.js), the address (router.js),
+// signing in (signIn.js), the sidebar (sidebar.js, conversationList.js) and the prompt
+// (promptForm.js). Which conversation is open is the store's conversationId, nothing else.
 
 import { adoptTokenFromUrl, api, ApiError, getToken } from "./api.js";
 import { CardList } from "./cards.js";
@@ -12,6 +12,7 @@ import { setText, show } from "./dom.js";
 import { whenText } from "./format.js";
 import { createImageJobsStore } from "./imageJobsStore.js";
 import { errorText, JobActions } from "./jobActions.js";
+import { Models } from "./models.js";
 import { PromptForm } from "./promptForm.js";
 import { conversationFromUrl, onNavigate, showInUrl } from "./router.js";
 import { Sidebar } from "./sidebar.js";
@@ -55,8 +56,20 @@ function showNotice(message) {
 }
 
 const store = createImageJobsStore();
+const models = new Models();
 const jobActions = new JobActions(store, showNotice);
-const cards = new CardList($("cards", HTMLElement), $("empty", HTMLElement), store, jobActions);
+const cards = new CardList(
+  $("cards", HTMLElement), $("empty", HTMLElement), store, jobActions, models,
+);
+
+// Whether a model has a live worker changes what a queued card says: read the models while a
+// job waits, and at once when a job has an ETA for a model the page thinks no worker serves.
+models.pollWhile(() => store.some((job) => job.status === "queued"));
+store.subscribe(() => {
+  const stale = store.some((job) => job.status === "queued" && job.eta_s !== null &&
+    job.eta_s !== undefined && models.workers(job.model) === 0);
+  if (stale) models.refresh({ unlessWithinMs: 1000 });
+});
 
 const catchUp = new CatchUp(store, {
   url: () => {
@@ -69,6 +82,8 @@ const catchUp = new CatchUp(store, {
     ui.connection.dataset.state = state;
     setText(ui.connectionText, CONNECTION_WORDS[state]);
     if (state === "reconnecting") signIn.recheck(detail);
+    // Workers may have come or gone while the page was away.
+    if (state === "live") models.refresh({ unlessWithinMs: 1000 });
   },
 });
 
@@ -93,7 +108,17 @@ const conversationList = new ConversationList($("conversation-list", HTMLUListEl
   },
 });
 
-new PromptForm($("prompt-form", HTMLFormElement), { onSubmit: (body) => jobActions.submit(body) });
+const promptForm = new PromptForm($("prompt-form", HTMLFormElement), {
+  onSubmit: async (body) => {
+    try {
+      return await jobActions.submit(body);
+    } catch (err) {
+      if (err instanceof ApiError && err.code === "unknown_model") models.refresh();
+      throw err;
+    }
+  },
+});
+models.subscribe(() => promptForm.setModels(models.list));
 
 $("new-conversation", HTMLButtonElement).addEventListener("click", () => {
   sidebar.close();
@@ -105,7 +130,9 @@ onNavigate((id) => {
 });
 
 // Exposed for the browser tests and for poking at from the console.
-Object.assign(window, { gpuqueue: { store, socket: catchUp.socket, cards: cards.cards } });
+Object.assign(window, {
+  gpuqueue: { store, models, socket: catchUp.socket, cards: cards.cards },
+});
 
 /**
  * @param {string} id
@@ -196,6 +223,7 @@ async function boot() {
   const { me, refused } = await signIn.check();
   if (refused) return;
   signIn.signedIn(me);
+  models.refresh();
   const id = await pickConversation();
   if (!id) return;
   const notice = ui.notice.hidden ? "" : ui.notice.textContent;

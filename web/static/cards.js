@@ -6,6 +6,7 @@ import { ImageProgressCard } from "./ImageProgressCard.js";
 
 /** @typedef {import("./imageJobsStore.js").ImageJobsStore} ImageJobsStore */
 /** @typedef {import("./jobActions.js").JobActions} JobActions */
+/** @typedef {import("./models.js").Models} Models */
 
 export class CardList {
   /**
@@ -13,8 +14,9 @@ export class CardList {
    * @param {HTMLElement} empty shown when the open conversation has no job
    * @param {ImageJobsStore} store
    * @param {JobActions} actions what the cards' buttons do
+   * @param {Models} models which models have a live worker (a card says when its has none)
    */
-  constructor(container, empty, store, actions) {
+  constructor(container, empty, store, actions, models) {
     this.container = container;
     this.empty = empty;
     this.store = store;
@@ -23,6 +25,9 @@ export class CardList {
     this.actions = {
       onCancel: actions.onCancel.bind(actions),
       onImageError: actions.onImageError.bind(actions),
+      onMove: actions.onMove.bind(actions),
+      /** @param {string} model */
+      workersFor: (model) => models.workers(model),
       /** @param {import("./api.js").Job} job */
       onRetry: async (job) => {
         const created = await actions.onRetry(job);
@@ -40,6 +45,10 @@ export class CardList {
         this._renderQueued = false;
         this.render();
       });
+    });
+    // A model's workers came or went: what its queued cards wait for changed.
+    models.subscribe(() => {
+      for (const card of this.cards.values()) if (card.job.status === "queued") card.refreshEta();
     });
     // What changes with time alone: ETAs counting down, a retry's countdown.
     setInterval(() => {

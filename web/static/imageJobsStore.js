@@ -31,6 +31,7 @@ import { FINAL_STATUSES, isJobStatus } from "./jobStatus.js";
  * @property {string} job_id
  * @property {string} message_id
  * @property {string} conversation_id
+ * @property {string} [model]
  * @property {JobStatus} status
  * @property {number} queue_position
  * @property {string} at
@@ -50,8 +51,8 @@ import { FINAL_STATUSES, isJobStatus } from "./jobStatus.js";
 
 /** @type {(keyof Job)[]} */
 const DETAIL_FIELDS = [
-  "message_id", "prompt", "params", "priority", "max_attempts", "timeout_s", "created_at",
-  "queued_at",
+  "message_id", "model", "prompt", "params", "priority", "max_attempts", "timeout_s",
+  "created_at", "queued_at",
 ];
 
 /**
@@ -141,6 +142,15 @@ export class ImageJobsStore {
       if ((ca === null) !== (cb === null)) return ca === null ? 1 : -1;
       return a._order - b._order;
     });
+  }
+
+  /**
+   * Whether some job matches, in no particular order (cheap enough to ask on every change).
+   * @param {(job: StoredJob) => boolean} predicate
+   */
+  some(predicate) {
+    for (const job of this._jobs.values()) if (predicate(job)) return true;
+    return false;
   }
 
   /** Jobs known only from an event, whose prompt and params still have to be fetched. */
@@ -243,7 +253,7 @@ export class ImageJobsStore {
       // A job submitted elsewhere (another tab): show it now, fetch its details later.
       job = {
         job_id: id, message_id: event.message_id, conversation_id: event.conversation_id,
-        status: event.status, queue_position: 0, eta_s: null, prompt: "", params: {},
+        model: event.model, status: event.status, queue_position: 0, eta_s: null, prompt: "", params: {},
         progress: null, error: null, image_url: null, attempts: 0,
         _seq: 0, _etaAt: Date.now(), _partial: true, _order: this._nextOrder++,
       };
@@ -253,6 +263,7 @@ export class ImageJobsStore {
     const status = event.status;
     /** @type {StoredJob} */
     const next = { ...job, status, _seq: event.seq };
+    if (event.model !== undefined) next.model = event.model; // it never changes: fills a gap
     next.queue_position = status === "queued" ? (event.queue_position ?? job.queue_position) : 0;
     if (status !== "queued") next.eta_s = null;
     else if (job.status !== "queued") next.eta_s = null; // unknown until a position message
@@ -313,8 +324,8 @@ export class ImageJobsStore {
  */
 function sameJob(a, b) {
   /** @type {(keyof Job)[]} */
-  const keys = ["status", "queue_position", "eta_s", "error", "image_url", "cancel_requested",
-    "attempts", "prompt", "run_after"];
+  const keys = ["status", "model", "queue_position", "eta_s", "error", "image_url",
+    "cancel_requested", "attempts", "prompt", "run_after"];
   for (const key of keys) if (a[key] !== b[key]) return false;
   const pa = a.progress;
   const pb = b.progress;

@@ -1,6 +1,6 @@
-// What the cards ask for: cancel, retry, and a fresh read of a job (its details, a retry's
-// run_after, a new signed image link). Each answer goes into the store with the seq the page
-// had seen when it asked, which it is at least as fresh as.
+// What the cards ask for: cancel, retry, move to the front, and a fresh read of a job (its
+// details, a retry's run_after, a new signed image link). Each answer goes into the store with
+// the seq the page had seen when it asked, which it is at least as fresh as.
 
 import { ApiError, api } from "./api.js";
 
@@ -10,8 +10,8 @@ import { ApiError, api } from "./api.js";
 // The fields of a job that a retry sends again (web/validation.py image_request).
 /** @type {(keyof import("./api.js").JobParams)[]} */
 const REQUEST_FIELDS = ["negative_prompt", "width", "height", "steps", "guidance_scale", "seed"];
-/** @type {("priority" | "max_attempts" | "timeout_s")[]} */
-const JOB_FIELDS = ["priority", "max_attempts", "timeout_s"];
+/** @type {("model" | "priority" | "max_attempts" | "timeout_s")[]} */
+const JOB_FIELDS = ["model", "priority", "max_attempts", "timeout_s"];
 
 export class JobActions {
   /**
@@ -69,6 +69,21 @@ export class JobActions {
       } else {
         this.notify(`Could not cancel: ${errorText(err)}`);
       }
+    }
+  }
+
+  /**
+   * Put a queued job first among its owner's queued jobs of its model. The others of the owner
+   * move back one place each; their cards hear of it as position frames, as of any move.
+   * @param {Job} job
+   */
+  async onMove(job) {
+    try {
+      await this._read(() => api.moveToFront(job.job_id));
+    } catch (err) {
+      this.notify(`Could not move to the front: ${errorText(err)}`);
+      // 409: it left the line meanwhile (started, canceled); the card shows where it is now.
+      if (err instanceof ApiError && err.status === 409) await this.fetchDetails(job.job_id);
     }
   }
 

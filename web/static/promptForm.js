@@ -1,9 +1,11 @@
-// The prompt form: a textarea and a small "advanced" section. It turns the fields into the
-// body of POST /api/conversations/{id}/images, sending only what the person set.
+// The prompt form: a textarea, a model picker (shown when there is more than one model) and a
+// small "advanced" section. It turns the fields into the body of
+// POST /api/conversations/{id}/images, sending only what the person set.
 
-import { setText, show } from "./dom.js";
+import { h, setText, show } from "./dom.js";
 
 /** @typedef {import("./api.js").ImageRequest} ImageRequest */
+/** @typedef {import("./api.js").Model} Model */
 
 /**
  * A field of the form, by name.
@@ -33,6 +35,14 @@ export class PromptForm {
     this.size = field(form, "size", HTMLSelectElement);
     this.steps = field(form, "steps", HTMLInputElement);
     this.seed = field(form, "seed", HTMLInputElement);
+    this.model = field(form, "model", HTMLSelectElement);
+    const picker = this.model.closest(".model-picker");
+    if (!(picker instanceof HTMLElement)) throw new Error("the model field has no .model-picker");
+    this.picker = picker;
+    this._modelChosen = false; // the person picked one: keep it while it is offered
+    this.model.addEventListener("change", () => {
+      this._modelChosen = true;
+    });
     const button = form.querySelector("button[type=submit]");
     const errorEl = form.querySelector(".form-error");
     if (!(button instanceof HTMLButtonElement) || !(errorEl instanceof HTMLElement)) {
@@ -53,10 +63,30 @@ export class PromptForm {
     this.prompt.addEventListener("input", () => this.showError(""));
   }
 
+  /**
+   * Offer these models, the default one picked unless the person picked another that is still
+   * offered; with one model (or none known yet) the picker is hidden and requests name none.
+   * @param {Model[]} models
+   */
+  setModels(models) {
+    const names = models.map((m) => m.name);
+    const current = this.model.value;
+    const options = [...this.model.options].map((o) => o.value);
+    if (options.length !== names.length || options.some((name, i) => name !== names[i])) {
+      this.model.replaceChildren(...names.map((name) => h("option", { value: name, text: name })));
+    }
+    const fallback = models.find((m) => m.default) || models[0];
+    const keep = this._modelChosen && names.includes(current);
+    if (!keep) this._modelChosen = false;
+    if (fallback) this.model.value = keep ? current : fallback.name;
+    show(this.picker, models.length > 1);
+  }
+
   /** @returns {ImageRequest} */
   body() {
     /** @type {ImageRequest} */
     const body = { prompt: this.prompt.value.trim() };
+    if (!this.picker.hidden && this.model.value) body.model = this.model.value;
     const negative = this.negative.value.trim();
     if (negative) body.negative_prompt = negative;
     const [width, height] = this.size.value.split("x").map(Number);
