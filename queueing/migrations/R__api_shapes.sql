@@ -5,17 +5,27 @@
 -- The job as the HTTP API shows it (all but eta_s, which needs the cost model). work_ahead (the
 -- work of the jobs ahead of a queued one) is for the ETA: queueing/positions.py turns it into
 -- eta_s and takes it out. p_position and p_work_ahead: the place the caller already counted.
+-- plpgsql, so each session plans its statements once (a SQL function with a FROM is planned
+-- again at every call).
 CREATE OR REPLACE FUNCTION gq_job_json(
     j jobs, p_position integer DEFAULT NULL, p_work_ahead double precision DEFAULT NULL
-) RETURNS jsonb LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object(
+) RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_position integer := coalesce(p_position, 0);
+    v_work_ahead double precision := coalesce(p_work_ahead, 0);
+BEGIN
+    IF j.status = 'queued' AND p_position IS NULL THEN
+        SELECT place.queue_position, place.work_ahead INTO v_position, v_work_ahead
+        FROM gq_queue_place(j.model, j.priority, j.start_tag, j.queue_seq) AS place;
+    END IF;
+    RETURN jsonb_build_object(
         'job_id', j.id,
         'message_id', j.message_id,
         'conversation_id', j.conversation_id,
         'model', j.model,
         'status', j.status,
-        'queue_position', coalesce(p_position, place.queue_position, 0),
-        'work_ahead', coalesce(p_work_ahead, place.work_ahead, 0),
+        'queue_position', v_position,
+        'work_ahead', v_work_ahead,
         'prompt', j.prompt,
         'params', j.params,
         'priority', j.priority,
@@ -38,11 +48,8 @@ CREATE OR REPLACE FUNCTION gq_job_json(
         'transitions', (
             SELECT coalesce(jsonb_agg(jsonb_build_object('status', e.status, 'at', e.at)
                                       ORDER BY e.seq), '[]'::jsonb)
-            FROM job_events AS e WHERE e.job_id = j.id))
-    FROM (SELECT 1) AS one
-    LEFT JOIN LATERAL (
-        SELECT * FROM gq_queue_place(j.model, j.priority, j.start_tag, j.queue_seq)
-        WHERE j.status = 'queued' AND p_position IS NULL) AS place ON true
+            FROM job_events AS e WHERE e.job_id = j.id));
+END
 $$;
 
 -- A message as the HTTP API shows it. A queued job's position is read live here, never stored

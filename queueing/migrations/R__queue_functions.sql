@@ -95,11 +95,12 @@ $$;
 -- A queued job's place among the queued jobs of its model, in claim order: its 1-based position
 -- and the work (megapixel-steps) of the jobs ahead, which the ETA reads. Two range passes over
 -- jobs_queued_idx, index-only (work is included): cheaper than one OR'd predicate, and bounded
--- by the number of jobs ahead.
+-- by the number of jobs ahead. A one-row table function (not OUT parameters), so PostgreSQL
+-- inlines it into its caller's query instead of planning it again at every call.
 CREATE OR REPLACE FUNCTION gq_queue_place(
-    p_model text, p_priority integer, p_start_tag double precision, p_queue_seq bigint,
-    OUT queue_position integer, OUT work_ahead double precision
-) LANGUAGE sql STABLE AS $$
+    p_model text, p_priority integer, p_start_tag double precision, p_queue_seq bigint
+) RETURNS TABLE (queue_position integer, work_ahead double precision)
+LANGUAGE sql STABLE ROWS 1 AS $$
     SELECT 1 + higher.n + level.n, higher.work + level.work
     FROM (SELECT count(*)::integer AS n, coalesce(sum(work), 0) AS work FROM jobs
           WHERE status = 'queued' AND model = p_model AND priority > p_priority) AS higher,
@@ -221,7 +222,7 @@ BEGIN
     v_estimate := greatest(p_cost_intercept_s + p_cost_slope_s * v_work, 0.001);
     v_start := greatest(v_virtual_time, coalesce(v_last_finish, 0));
     v_queue_seq := nextval('job_queue_seq');
-    v_place := gq_queue_place(p_model, p_priority, v_start, v_queue_seq);
+    SELECT * INTO v_place FROM gq_queue_place(p_model, p_priority, v_start, v_queue_seq);
     INSERT INTO messages (id, conversation_id, role, content, extra_metadata)
     VALUES (v_message_id, p_conversation_id, 'assistant', '', jsonb_build_object(
         'job_id', v_job_id, 'status', 'queued', 'queue_position', v_place.queue_position,
