@@ -47,7 +47,9 @@ async def collect(
                 "max_attempts": row["max_attempts"],
                 "waiting_s": row["waiting_s"],
                 "retry_in_s": row["retry_in_s"] or None,
-                "eta_s": model.eta_s(row["model"], row["queue_position"], row["work_ahead"]),
+                "eta_s": model.eta_s(
+                    row["model"], row["queue_position"], row["work_ahead"], row["start_tag"]
+                ),
                 "prompt": row["prompt"],
             }
             for row in head

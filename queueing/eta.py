@@ -5,7 +5,14 @@ one's current job, less what it has run; 0 when idle). The k jobs ahead of a job
 of GPU time in all (the cost model's line summed over them: k * a + b * their total work, which
 the position's index pass sums). Spread over the GPUs as they free up, that work is done at the
 water level t where sum(max(0, t - r_i)) = T; and with k < W jobs ahead the job starts by r_(k+1)
-at the latest, when a (k+1)-th GPU is free. The ETA is the smaller of the two. Both grow with
+at the latest, when a (k+1)-th GPU is free. The ETA is the smaller of the two.
+
+Fair share lets a job queued later start earlier (contract: Fair share), so the work ahead now
+is only a floor of the work that will run first. Start-time fair queuing bounds the rest: the
+queue is taken in start-tag order, and while the tags taken move by one, every user with jobs in
+the model gets that much GPU time times its weight. With the users served now staying busy,
+(S - H) * their total weight of GPU-seconds run before a job of tag S, H the tag at the head of
+the queue; the ETA spreads the larger of the two. Both grow with
 the position (k and T only grow), so the ETA never falls as the position rises. With one GPU it
 is exactly r_1 + T. Gradio's rank_eta multiplies the rank by a mean of past run times; this
 knows the size of every job ahead, the work already done on the running ones, and how many GPUs
@@ -20,31 +27,50 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from .cost_model import PRIOR, CostFit, pooled
-from .rows import CostSampleRow, EtaGpuRow
+from .rows import CostSampleRow, EtaGpuRow, EtaShareRow
+
+
+@dataclass(frozen=True)
+class Share:
+    """A model's fair-share clock: the start tag at the head of its queue and the weight of the
+    users it serves now."""
+
+    head_tag: float
+    active_weight: float
 
 
 @dataclass(frozen=True)
 class ModelEta:
-    """One model's ETA inputs: its cost fit (None until one of its jobs completed) and when each
-    of its live GPUs is free, soonest first."""
+    """One model's ETA inputs: its cost fit (None until one of its jobs completed), when each
+    of its live GPUs is free, soonest first, and its fair-share clock."""
 
     fit: CostFit | None
     free_in_s: tuple[float, ...]
+    share: Share | None = None
 
     def eta_s(
-        self, queue_position: int, work_ahead: float, not_before_s: float = 0.0
+        self,
+        queue_position: int,
+        work_ahead: float,
+        start_tag: float | None = None,
+        not_before_s: float = 0.0,
     ) -> float | None:
         """Seconds until the job at this 1-based position starts; None when unknown (no fit, or
         no live GPU serves the model).
 
-        `work_ahead`: the total work of the jobs ahead. `not_before_s`: how long the job still
+        `work_ahead`: the total work of the jobs ahead; `start_tag`: the job's fair-share tag
+        (None: the work ahead alone). `not_before_s`: how long the job still
         waits out a retry's backoff (its run_after): it keeps its place, but no worker takes it
         before then, whatever the slots say.
         """
         if self.fit is None or not self.free_in_s or queue_position < 1:
             return None
         ahead = queue_position - 1
-        start = water_level(self.free_in_s, self.fit.total_s(ahead, work_ahead))
+        work_s = self.fit.total_s(ahead, work_ahead)
+        if start_tag is not None and self.share is not None:
+            behind_s = max(0.0, start_tag - self.share.head_tag)
+            work_s = max(work_s, behind_s * self.share.active_weight)
+        start = water_level(self.free_in_s, work_s)
         if ahead < len(self.free_in_s):
             start = min(start, self.free_in_s[ahead])
         return round(max(start, not_before_s), 1)
@@ -73,8 +99,13 @@ class EtaModel:
     models: Mapping[str, ModelEta] = field(default_factory=dict)
 
     @classmethod
-    def from_rows(cls, samples: Iterable[CostSampleRow], gpus: Iterable[EtaGpuRow]) -> EtaModel:
-        """Build from the cost_samples and eta_gpus queries' rows."""
+    def from_rows(
+        cls,
+        samples: Iterable[CostSampleRow],
+        gpus: Iterable[EtaGpuRow],
+        shares: Iterable[EtaShareRow] = (),
+    ) -> EtaModel:
+        """Build from the cost_samples, eta_gpus and eta_shares queries' rows."""
         fits = {(r["model"], r["host"]): CostFit.from_row(r) for r in samples}
         hosts: dict[str, set[str]] = defaultdict(set)
         free: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
@@ -93,16 +124,24 @@ class EtaModel:
                 fit = fits.get((model, row["host"])) or model_fits[model] or PRIOR
                 left = max(0.0, fit.run_s(row["work"]) - (row["elapsed_s"] or 0.0))
             free[model][gpu] = max(left, free[model].get(gpu, 0.0))  # one GPU, two workers
+        clocks = {r["model"]: Share(r["head_tag"], r["active_weight"]) for r in shares}
         models = {
-            model: ModelEta(model_fits[model], tuple(sorted(slots.values())))
+            model: ModelEta(model_fits[model], tuple(sorted(slots.values())), clocks.get(model))
             for model, slots in free.items()
         }
         return cls(fits, models)
 
     def eta_s(
-        self, model: str, queue_position: int, work_ahead: float, not_before_s: float = 0.0
+        self,
+        model: str,
+        queue_position: int,
+        work_ahead: float,
+        start_tag: float | None = None,
+        not_before_s: float = 0.0,
     ) -> float | None:
-        return self.models.get(model, UNKNOWN).eta_s(queue_position, work_ahead, not_before_s)
+        return self.models.get(model, UNKNOWN).eta_s(
+            queue_position, work_ahead, start_tag, not_before_s
+        )
 
     def cost(self, model: str) -> CostFit:
         """What a new job of the model is expected to cost: its hosts' fits, else the prior."""

@@ -13,6 +13,7 @@ from .eta import EtaModel, backoff_left_s
 from .rows import (
     CostSampleRow,
     EtaGpuRow,
+    EtaShareRow,
     JobJson,
     QueueCounts,
     QueuedJob,
@@ -23,10 +24,15 @@ from .states import JobStatus
 
 
 async def eta_model(conn: db.Db) -> EtaModel:
-    """The cost fits and every model's live GPUs, as of now (two small reads)."""
+    """The cost fits, every model's live GPUs and fair-share clock, as of now (small reads)."""
     samples = await db.fetch_all(conn, "cost_samples", {"window": SAMPLES})
     gpus = await db.fetch_all(conn, "eta_gpus")
-    return EtaModel.from_rows(cast("list[CostSampleRow]", samples), cast("list[EtaGpuRow]", gpus))
+    shares = await db.fetch_all(conn, "eta_shares")
+    return EtaModel.from_rows(
+        cast("list[CostSampleRow]", samples),
+        cast("list[EtaGpuRow]", gpus),
+        cast("list[EtaShareRow]", shares),
+    )
 
 
 class EtaCache(Cached[EtaModel]):
@@ -41,11 +47,16 @@ def with_eta(job: JobJson, model: EtaModel) -> JobJson:
     queued with a known cost model and a live GPU); a job waiting out a retry's backoff starts
     no earlier than its run_after."""
     work_ahead = job.pop("work_ahead", 0.0)
+    start_tag = job.pop("start_tag", None)
     if job["status"] != JobStatus.QUEUED:
         job["eta_s"] = None
         return job
     job["eta_s"] = model.eta_s(
-        job["model"], job["queue_position"], work_ahead, backoff_left_s(job["run_after"])
+        job["model"],
+        job["queue_position"],
+        work_ahead,
+        start_tag,
+        not_before_s=backoff_left_s(job["run_after"]),
     )
     return job
 

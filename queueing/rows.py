@@ -34,7 +34,8 @@ class JobJson(TypedDict):
     model: str
     status: str
     queue_position: int
-    work_ahead: NotRequired[float]  # taken out by positions.with_eta
+    work_ahead: NotRequired[float]  # these two are taken out by positions.with_eta
+    start_tag: NotRequired[float]
     prompt: str
     params: dict[str, Any]
     priority: int
@@ -170,6 +171,7 @@ class QueuedJob(TypedDict):
     model: str
     queue_position: int
     work_ahead: float
+    start_tag: float
     job_id: UUID
     user_name: str
     priority: int
@@ -188,6 +190,7 @@ class SubscribedPosition(TypedDict):
     model: str
     queue_position: int
     work_ahead: float
+    start_tag: float
     at_seq: int
 
 
@@ -212,6 +215,15 @@ class CostSampleRow(TypedDict):
     slope: float | None
     intercept: float | None
     var_work: float | None
+
+
+class EtaShareRow(TypedDict):
+    """eta_shares: the start tag at the head of a model's queue and the weight of the users it
+    serves."""
+
+    model: str
+    head_tag: float
+    active_weight: float
 
 
 class EtaGpuRow(TypedDict):

@@ -3,8 +3,8 @@
 -- it into a signed image_url (web/image_links.py).
 
 -- The job as the HTTP API shows it (all but eta_s, which needs the cost model). work_ahead (the
--- work of the jobs ahead of a queued one) is for the ETA: queueing/positions.py turns it into
--- eta_s and takes it out. p_position and p_work_ahead: the place the caller already counted.
+-- work of the jobs ahead of a queued one) and start_tag are for the ETA: queueing/positions.py
+-- turns them into eta_s and takes them out. p_position and p_work_ahead: the place the caller already counted.
 -- plpgsql, so each session plans its statements once (a SQL function with a FROM is planned
 -- again at every call).
 CREATE OR REPLACE FUNCTION gq_job_json(
@@ -26,6 +26,7 @@ BEGIN
         'status', j.status,
         'queue_position', v_position,
         'work_ahead', v_work_ahead,
+        'start_tag', j.start_tag,
         'prompt', j.prompt,
         'params', j.params,
         'priority', j.priority,

@@ -217,6 +217,21 @@ SELECT w.model, w.host, w.device, j.work,
 FROM live_workers AS w
 LEFT JOIN jobs AS j ON j.worker_id = w.id AND j.status = 'processing'
 
+-- name: eta_shares
+-- Per model with queued jobs, the fair-share start tag at the head of its queue and the total
+-- weight of the users it serves now (with a job queued or running): the tags move by one for
+-- every that many GPU-seconds run.
+SELECT m.name AS model, h.head_tag,
+       (SELECT coalesce(sum(u.weight), 0) FROM users AS u
+        WHERE u.id IN (SELECT j.user_id FROM jobs AS j
+                       WHERE j.status IN ('queued', 'processing') AND j.model = m.name))
+           AS active_weight
+FROM models AS m
+CROSS JOIN LATERAL (
+    SELECT j.start_tag AS head_tag FROM jobs AS j
+    WHERE j.status = 'queued' AND j.model = m.name
+    ORDER BY j.priority DESC, j.start_tag, j.queue_seq LIMIT 1) AS h
+
 -- name: events_after
 -- Transition events after a seq, as the WebSocket sends them ('pending' is not sent).
 SELECT e.seq, e.job_id, e.conversation_id, gq_event_json(e) AS event
@@ -273,9 +288,9 @@ FROM queue_overview
 -- ranking of the queue; the ids are matched as hashed sets, so thousands of them stay cheap.
 -- at_seq is the newest event this snapshot reflects: one statement sees one snapshot, and seq
 -- order is commit order, so these positions are exactly the state after every event up to it.
-SELECT q.job_id, q.model, q.queue_position::integer AS queue_position, q.work_ahead,
+SELECT q.job_id, q.model, q.queue_position::integer AS queue_position, q.work_ahead, q.start_tag,
        (SELECT coalesce(max(seq), 0) FROM job_events) AS at_seq
-FROM (SELECT id AS job_id, conversation_id, model,
+FROM (SELECT id AS job_id, conversation_id, model, start_tag,
              row_number() OVER place AS queue_position,
              sum(work) OVER place - work AS work_ahead
       FROM jobs WHERE status = 'queued'
@@ -294,7 +309,7 @@ WHERE id = ANY(%(job_ids)s::uuid[]) AND status = 'processing' AND progress IS NO
 -- The first jobs of each model's queue in the order they will be taken, with their owners'
 -- names (`gpuqueue status`).
 SELECT p.model, p.queue_position::integer AS queue_position, p.job_id, u.name AS user_name,
-       p.priority, p.attempts, p.max_attempts, p.prompt, p.work_ahead,
+       p.priority, p.attempts, p.max_attempts, p.prompt, p.work_ahead, p.start_tag,
        extract(epoch FROM p.waiting)::float8 AS waiting_s,
        greatest(extract(epoch FROM p.run_after - now()), 0)::float8 AS retry_in_s
 FROM queue_positions AS p JOIN users AS u ON u.id = p.user_id

@@ -4,7 +4,7 @@ the cost model at their mean work; null without a fit or without a live GPU."""
 from __future__ import annotations
 
 from queueing.cost_model import CostFit
-from queueing.eta import EtaModel, ModelEta
+from queueing.eta import EtaModel, ModelEta, Share
 from queueing.rows import CostSampleRow, EtaGpuRow
 
 FIT = CostFit(0.0, 1.0, 10)  # one second per megapixel-step
@@ -71,3 +71,13 @@ def test_two_workers_on_one_gpu_count_it_once() -> None:
         [samples("a", 10.0, 10.0)], [gpu("a", "cuda:0"), gpu("a", "cuda:0", 10.0, 2.0)]
     )
     assert model.models["a"].free_in_s == (8.0,)
+
+
+def test_the_fair_share_clock_counts_the_jobs_that_will_come_first() -> None:
+    """Three users served, each of weight 1; a job 4 s of tags behind the queue's head starts
+    after about 12 GPU-seconds even when the queue ahead of it holds less (a newcomer's later
+    jobs will be placed ahead of it), and never before the work already ahead."""
+    eta = ModelEta(FIT, (0.0,), Share(head_tag=10.0, active_weight=3.0))
+    assert eta.eta_s(2, 1.0, start_tag=14.0) == 12.0
+    assert eta.eta_s(2, 20.0, start_tag=14.0) == 20.0
+    assert eta.eta_s(2, 1.0) == 1.0  # no tag: the work ahead alone

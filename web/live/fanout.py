@@ -253,7 +253,9 @@ class Fanout:
         # Each job's state is computed once; sockets only compare it with what they last got.
         current: dict[UUID, tuple[tuple[int, int | None], float | None]] = {}
         for row in rows:
-            eta = model.eta_s(row["model"], row["queue_position"], row["work_ahead"])
+            eta = model.eta_s(
+                row["model"], row["queue_position"], row["work_ahead"], row["start_tag"]
+            )
             current[row["job_id"]] = ((row["queue_position"], eta_bucket(eta)), eta)
         texts: dict[UUID, str] = {}
         for sub in subs:

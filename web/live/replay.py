@@ -129,7 +129,7 @@ class Replayer:
                 continue  # a newer event for it was already delivered
             assert model is not None
             queue_position = row["queue_position"]
-            eta = model.eta_s(row["model"], queue_position, row["work_ahead"])
+            eta = model.eta_s(row["model"], queue_position, row["work_ahead"], row["start_tag"])
             sub.tracked[job_id] = (queue_position, eta_bucket(eta))
             batch.append(position_message(job_id, queue_position, eta))
         return batch
