@@ -24,7 +24,7 @@ from typing import Any
 
 from bench import env
 from bench.env import Context
-from bench.report import MISS, NOT_RUN, Figure, markdown, not_run, write_results
+from bench.report import MISS, NOT_RUN, SKIPPED, Figure, markdown, not_run, write_results
 from harness import databases
 from harness.processes import REPO, raise_open_files_limit
 
@@ -40,6 +40,8 @@ FAMILIES: dict[str, str] = {
     "http": "bench.http",
     "websocket": "bench.websocket",
     "diffusers": "bench.diffusers",
+    "batch": "bench.batch",
+    "gpu": "bench.gpu",
 }
 REQUIREMENTS = Path(__file__).with_name("requirements.txt")
 RESULTS = Path(__file__).with_name("results")
@@ -173,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     env.log(f"written: {json_path} and {md_path}")
     missed = sum(1 for f in figures if f.verdict == MISS)
     broken = sum(1 for f in figures if f.verdict == NOT_RUN)
-    env.log(f"{missed} MISS, {broken} NOT RUN, wall time {wall:.0f} s")
+    skipped = sum(1 for f in figures if f.verdict == SKIPPED)
+    env.log(f"{missed} MISS, {broken} NOT RUN, {skipped} SKIPPED, wall time {wall:.0f} s")
     return 1 if broken else 0
 
 

@@ -23,6 +23,8 @@ from bench.report import Figure, at_most, ratio_at_most
 FAMILY = "diffusers"
 DEVICE = "cpu"
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# The direct process calls the pipeline once per image: the queue does too (batching: `batch`).
+ONE_PER_CALL = {**THREADS, "GPUQUEUE_MAX_BATCH": "1"}
 LIMIT_S = 600.0  # for each answer of the direct pipeline process
 
 
@@ -49,7 +51,7 @@ async def run(ctx: Context) -> list[Figure]:
             await env.ask(direct, None, LIMIT_S)  # ready: the model is built and loaded
             await env.ask(direct, {"cmd": "run", "n": warm, "seed": 10_000}, LIMIT_S)
             worker = await env.start_worker(
-                ctx, bdb, device=DEVICE, backend="diffusers", env=THREADS, limit_s=300
+                ctx, bdb, device=DEVICE, backend="diffusers", env=ONE_PER_CALL, limit_s=300
             )
             async with worker:
                 await _batch(bdb, "warm", warm, 10_000)

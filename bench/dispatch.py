@@ -144,11 +144,11 @@ async def worker_loop(bdb: BenchDb, n: int, device: str) -> Loop:
             session = await super()._connect()
             if session is not None:
                 complete: Callable[..., Any] = session.complete
-                claim: Callable[..., Any] = session.claim
+                claim: Callable[..., Any] = session.claim_batch
 
-                async def timed_claim() -> Any:
-                    got = await claim()
-                    if got is not None:
+                async def timed_claim(max_batch: int) -> Any:
+                    got = await claim(max_batch)
+                    if got:
                         now = time.perf_counter()
                         stamps.setdefault("first", now)
                         if "complete" in stamps:
@@ -164,7 +164,7 @@ async def worker_loop(bdb: BenchDb, n: int, device: str) -> Loop:
                     return result
 
                 session.complete = timed_complete  # type: ignore[method-assign]
-                session.claim = timed_claim  # type: ignore[method-assign]
+                session.claim_batch = timed_claim  # type: ignore[method-assign]
             return session
 
     worker = TimedWorker(

@@ -13,6 +13,7 @@ PASS = "PASS"
 MISS = "MISS"
 INFO = "—"
 NOT_RUN = "NOT RUN"
+SKIPPED = "SKIPPED"  # nothing to measure it on here (no CUDA device): not a failure of the run
 
 Kind = Literal["max", "min", "ratio_max", "ratio_min"]
 
@@ -75,6 +76,7 @@ class Figure:
     note: str = ""
     error: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    skipped: bool = False
 
     @property
     def ratio(self) -> float | None:
@@ -84,6 +86,8 @@ class Figure:
 
     @property
     def verdict(self) -> str:
+        if self.skipped:
+            return SKIPPED
         if self.error or self.ours is None:
             return NOT_RUN
         if not self.targets:
@@ -116,11 +120,18 @@ def not_run(family: str, name: str, reason: str) -> Figure:
     return Figure(family, name, "", "", None, error=reason)
 
 
+def skipped(family: str, name: str, reason: str) -> Figure:
+    """A row that this machine cannot measure (the gpu family without CUDA), and why."""
+    return Figure(family, name, "", "", None, error=reason, skipped=True)
+
+
 def fmt(value: float | None, unit: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if unit == "jobs/s":
         return f"{value:,.0f} jobs/s"
+    if unit == "images/s":
+        return f"{value:,.2f} images/s"
     if unit == "%":
         return f"{value:+.1f} %"
     if unit == "MiB":
@@ -172,7 +183,7 @@ def write_results(
     md_path = directory / "latest.md"
     payload = {**meta, "notes": list(notes), "figures": [f.to_json() for f in figures]}
     json_path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    counts = {v: sum(1 for f in figures if f.verdict == v) for v in (PASS, MISS, NOT_RUN)}
+    counts = {v: sum(1 for f in figures if f.verdict == v) for v in (PASS, MISS, NOT_RUN, SKIPPED)}
     head = [
         "# gpuqueue benchmark: latest run",
         "",
@@ -180,7 +191,8 @@ def write_results(
         f"{' (quick mode: smaller sizes)' if meta.get('quick') else ''}",
         f"- PostgreSQL {meta.get('postgres')}, {meta.get('cpus')} CPUs, "
         f"commit {meta.get('commit')}",
-        f"- {counts[PASS]} PASS, {counts[MISS]} MISS, {counts[NOT_RUN]} NOT RUN",
+        f"- {counts[PASS]} PASS, {counts[MISS]} MISS, {counts[NOT_RUN]} NOT RUN, "
+        f"{counts[SKIPPED]} SKIPPED",
         "",
         "Ratios are ours/baseline, both measured in this run on the same database; absolute "
         "numbers drift ±20 % between runs on a shared machine. See bench/README.md.",

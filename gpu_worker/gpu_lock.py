@@ -22,6 +22,7 @@ import psycopg
 
 from queueing import db, jobs, workers
 from queueing.jobs import Backoff, Claim
+from queueing.models import ModelCapabilities
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,21 @@ class GpuSession:
         backend: str,
         model: str,
         deadline_s: float,
+        capabilities: ModelCapabilities | None = None,
     ) -> GpuSession:
-        """Connect and register a new worker id under this connection."""
+        """Connect and register a new worker id under this connection (with what its backend
+        reports of the model, when it does)."""
         conn = await db.connect(url, APP_NAME)
         worker_id = uuid.uuid4()
         try:
             gpu_lock = await workers.register(
-                conn, worker_id, host=host, device=device, backend=backend, model=model
+                conn,
+                worker_id,
+                host=host,
+                device=device,
+                backend=backend,
+                model=model,
+                capabilities=capabilities,
             )
         except BaseException:
             await conn.close()
@@ -80,6 +89,13 @@ class GpuSession:
         """
         return await _within(self._deadline_s, jobs.lock_and_claim(self.conn, self.worker_id))
 
+    async def claim_batch(self, max_batch: int) -> list[Claim]:
+        """Like claim, with up to max_batch - 1 compatible jobs after the head (contract:
+        Batching); empty when busy or nothing to run."""
+        return await _within(
+            self._deadline_s, jobs.lock_and_claim_batch(self.conn, self.worker_id, max_batch)
+        )
+
     async def release_gpu(self) -> None:
         """Free the GPU lock after a claim raised: a session lock survives the rollback."""
         await _within(self._deadline_s, jobs.release_gpu(self.conn, self.gpu_lock))
@@ -89,11 +105,14 @@ class GpuSession:
         TimeoutError past deadline_s (a network that drops packets never answers nor fails)."""
         return await _within(self._deadline_s, jobs.claim_state(self.conn, claim))
 
-    async def complete(self, claim: Claim, png: bytes) -> bool:
-        return await jobs.complete(self.conn, claim, png, release_device=claim.gpu_lock)
+    # Each end releases the GPU lock in the same round trip, unless `release` is False: a member
+    # of a batch that ends while the others still run the call.
+
+    async def complete(self, claim: Claim, png: bytes, *, release: bool = True) -> bool:
+        return await jobs.complete(self.conn, claim, png, release_device=_lock(claim, release))
 
     async def fail(
-        self, claim: Claim, error: str, *, retryable: bool, backoff: Backoff
+        self, claim: Claim, error: str, *, retryable: bool, backoff: Backoff, release: bool = True
     ) -> str | None:
         return await jobs.fail(
             self.conn,
@@ -101,15 +120,15 @@ class GpuSession:
             error,
             retryable=retryable,
             backoff=backoff,
-            release_device=claim.gpu_lock,
+            release_device=_lock(claim, release),
         )
 
-    async def finish_canceled(self, claim: Claim) -> bool:
-        return await jobs.finish_canceled(self.conn, claim, release_device=claim.gpu_lock)
+    async def finish_canceled(self, claim: Claim, *, release: bool = True) -> bool:
+        return await jobs.finish_canceled(self.conn, claim, release_device=_lock(claim, release))
 
-    async def requeue(self, claim: Claim) -> str | None:
+    async def requeue(self, claim: Claim, *, release: bool = True) -> str | None:
         """Hand the job back (not counted as an attempt); a stale claim only frees the lock."""
-        return await jobs.requeue(self.conn, claim, release_device=claim.gpu_lock)
+        return await jobs.requeue(self.conn, claim, release_device=_lock(claim, release))
 
     async def close(self) -> None:
         """Mark the worker stopped and close; the session's end frees any lock it still has."""
@@ -122,6 +141,10 @@ class GpuSession:
     async def abandon(self) -> None:
         """Drop a session that failed; its worker row stays, dead, and its job gets swept."""
         await self.conn.close()
+
+
+def _lock(claim: Claim, release: bool) -> str | None:
+    return claim.gpu_lock if release else None
 
 
 async def _within(deadline_s: float, call: Coroutine[Any, Any, T]) -> T:

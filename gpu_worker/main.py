@@ -8,12 +8,14 @@ Exit codes: 0 stopped (SIGTERM/SIGINT, after the running job finished or was han
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
 import threading
 
-from gpu_worker.backends import make_backend
+from gpu_worker.backends import default_max_batch, make_backend
+from gpu_worker.backends.pipeline_options import PipelineOptions
 from gpu_worker.worker import EXIT_FAILED, Worker, WorkerConfig
 from queueing.config import Settings
 
@@ -41,10 +43,21 @@ def run_worker(
             data_dir=settings.data_dir,
             stub_delay_s=settings.stub_delay_s,
             stub_delay_per_work_s=settings.stub_delay_per_work_s,
+            options=PipelineOptions(
+                dtype=settings.dtype,
+                offload=settings.offload,
+                attention=settings.attention,
+                vae_tiling=settings.vae_tiling,
+                variant=settings.variant,
+                compile=settings.compile,
+            ),
         ),
         backend_name=backend,
         model=model,
-        config=WorkerConfig.from_settings(settings),
+        config=dataclasses.replace(
+            WorkerConfig.from_settings(settings),
+            max_batch=settings.max_batch or default_max_batch(backend, device),
+        ),
     )
     try:
         return asyncio.run(_serve(worker))

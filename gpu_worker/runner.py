@@ -13,9 +13,10 @@ import concurrent.futures
 import enum
 import functools
 import logging
+import threading
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from gpu_worker import png
@@ -25,6 +26,11 @@ from queueing.config import Settings
 from queueing.jobs import Claim
 
 log = logging.getLogger(__name__)
+
+# What a pipeline call raises for arguments it can never accept (a family that wants another
+# argument, a value it refuses, a None it dereferences): the same request fails the same way on
+# every attempt, so the job fails at once instead of being retried.
+NOT_RETRYABLE = (TypeError, ValueError, AttributeError)
 
 Clock = Callable[[], float]
 Probe = Callable[[Claim], Awaitable[tuple[bool, bool]]]
@@ -129,6 +135,10 @@ class ProgressReporter:
 
     def on_step(self, step: int, steps: int) -> None:
         self._gate.check()
+        self.report(step, steps)
+
+    def report(self, step: int, steps: int) -> None:
+        """Report the step without checking the gate (a batch checks its members itself)."""
         now = self._clock()
         if now - self._last < self._interval_s:
             return
@@ -161,6 +171,42 @@ class RunResult:
     retryable: bool = True
     wedged: bool = False
     exception: BaseException | None = None
+
+
+Ends = list[tuple[Claim, RunResult]]
+"""Members' ends still to be written, in order; the last one written releases the GPU lock."""
+EndAlone = Callable[[Claim, RunResult], Awaitable[None]]
+"""Writes one member's end while the batch's GPU lock stays held (never the last end)."""
+
+# What stops a batch's whole call: the session is gone, or the worker is stopping. A member's
+# own reasons (stale, cancel, timeout) end that member alone.
+WHOLE_CALL = (Reason.LOST, Reason.STOP)
+
+
+@dataclass
+class Member:
+    """One job of a batch as its run follows it. `stopped` is set once, by the pipeline thread
+    or the loop (whichever sees the member's reason first); `ended`: its end was written."""
+
+    claim: Claim
+    gate: StepGate
+    reporter: ProgressReporter
+    stopped: Interrupted | None = None
+    stopped_at: float = 0.0
+    ended: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def stop(self, reason: Reason) -> bool:
+        with self._lock:
+            if self.stopped is not None:
+                return False
+            self.stopped = Interrupted(reason, self.gate.elapsed())
+            self.stopped_at = time.monotonic()
+            return True
+
+    @property
+    def live(self) -> bool:
+        return self.stopped is None
 
 
 def image_request(claim: Claim) -> ImageRequest:
@@ -278,18 +324,191 @@ class JobRunner:
             reason = gate.reason()
             if reason in (Reason.LOST, Reason.STALE, Reason.CANCEL):
                 return RunResult(reason, elapsed)
-            return RunResult(None, elapsed, error=error_message(exc), exception=exc)
+            return RunResult(
+                None,
+                elapsed,
+                error=error_message(exc),
+                retryable=not isinstance(exc, NOT_RETRYABLE),
+                exception=exc,
+            )
         # The image exists: a deadline or a stop that came due after the last step does not
         # waste it. Losing the claim does, and a cancel is the user's explicit wish.
         reason = gate.reason()
         if reason in (Reason.LOST, Reason.STALE, Reason.CANCEL):
             return RunResult(reason, elapsed)
-        problem = png.problem(image)
-        if problem is not None:  # the same request would give the same output: no retry
-            return RunResult(
-                None,
-                elapsed,
-                error=f"the backend's output is not a PNG image: {problem}",
-                retryable=False,
+        return _image_result(image, elapsed)
+
+    # -- batches (contract: Batching) -------------------------------------------------------
+
+    async def run_batch(
+        self, claims: Sequence[Claim], gates: Sequence[StepGate], probe: Probe, end_alone: EndAlone
+    ) -> Ends:
+        """Run compatible claims as one pipeline call; each member keeps its own gate.
+
+        A member whose claim goes stale, or that is canceled or times out, leaves the call: its
+        end is written at once through `end_alone` (its image, if the call finishes, is
+        discarded) while the others go on; when none is left the call is interrupted. A lost
+        session or a stop past the grace period interrupts the whole call. A call that raises is
+        run again with each remaining member alone, so one bad job fails alone. Returns the ends
+        still to write, in order (the last releases the GPU lock); a LOST or wedged end means
+        the others are left to the session's end and the sweep.
+        """
+        loop = asyncio.get_running_loop()
+        members: list[Member] = []
+        invalid: Ends = []
+        for claim, gate in zip(claims, gates, strict=True):
+            try:
+                image_request(claim)
+            except Exception as exc:
+                error = f"invalid job parameters: {exc}"
+                invalid.append((claim, RunResult(None, 0.0, error=error, retryable=False)))
+                continue
+            reporter = ProgressReporter(
+                loop, self._pool, claim, gate, interval_s=self._progress_interval_s
             )
-        return RunResult(None, elapsed, png=image)
+            members.append(Member(claim, gate, reporter))
+        if not members:
+            return invalid
+        for claim, result in invalid:
+            await end_alone(claim, result)
+        wake = asyncio.Event()
+
+        def on_step(step: int, steps: int) -> None:  # in the pipeline thread
+            for member in members:
+                due = member.gate.due() if member.live else None
+                if due is None:
+                    continue
+                if due[0] in WHOLE_CALL:
+                    raise Interrupted(due[0], member.gate.elapsed())
+                if member.stop(due[0]):
+                    loop.call_soon_threadsafe(wake.set)
+            live = [m for m in members if m.live]
+            if not live:
+                first = members[0].stopped
+                assert first is not None
+                raise Interrupted(first.reason, first.elapsed_s)
+            for member in live:
+                member.reporter.report(step, steps)
+
+        requests = [image_request(m.claim) for m in members]
+        future = loop.run_in_executor(
+            self._executor, functools.partial(self._backend.generate_batch, requests, on_step)
+        )
+        while True:
+            woken: asyncio.Future[Any] = asyncio.ensure_future(wake.wait())
+            waits: set[asyncio.Future[Any]] = {future, woken}
+            try:
+                await asyncio.wait(
+                    waits,
+                    timeout=self._probe_interval_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                woken.cancel()
+            if future.done():
+                break
+            wake.clear()
+            wedged = self._batch_wedged(members)
+            if wedged is not None:
+                return [
+                    (m.claim, RunResult(wedged, m.gate.elapsed(), wedged=True))
+                    for m in members
+                    if not m.ended
+                ]
+            for member in members:
+                if member.live and not member.gate.flagged(Reason.LOST):
+                    await self._probe(member.claim, member.gate, probe)
+                due = member.gate.reason() if member.live else None
+                if due is not None and due not in WHOLE_CALL:
+                    member.stop(due)
+            await self._end_stopped(members, end_alone)
+        return await self._batch_result(future, members, probe, end_alone)
+
+    def _batch_wedged(self, members: Sequence[Member]) -> Reason | None:
+        """The reason the whole call should have stopped stuck_grace_s ago, if it has not."""
+        now = time.monotonic()
+        for member in members:
+            due = member.gate.due(now)
+            if due is not None and due[0] in WHOLE_CALL and now - due[1] > self._stuck_grace_s:
+                return due[0]
+        if any(m.live for m in members):
+            return None
+        last = max(m.stopped_at for m in members)
+        first = members[0].stopped
+        assert first is not None
+        return first.reason if now - last > self._stuck_grace_s else None
+
+    async def _end_stopped(self, members: Sequence[Member], end_alone: EndAlone) -> None:
+        """Write the end of each stopped member while another one still runs the call (so the
+        GPU lock stays held until the pipeline has stopped)."""
+        if not any(m.live for m in members):
+            return
+        for member in members:
+            stopped = member.stopped
+            if stopped is not None and not member.ended:
+                member.ended = True
+                await end_alone(member.claim, RunResult(stopped.reason, stopped.elapsed_s))
+
+    async def _batch_result(
+        self,
+        future: asyncio.Future[list[bytes]],
+        members: Sequence[Member],
+        probe: Probe,
+        end_alone: EndAlone,
+    ) -> Ends:
+        ends: Ends = []
+        retry: list[Member] = []
+        try:
+            images: list[bytes] | None = future.result()
+            failure: BaseException | None = None
+        except Exception as exc:
+            images, failure = None, exc
+        interrupted = None if failure is None else _interrupt_in_chain(failure)
+        for index, member in enumerate(members):
+            if member.ended:
+                continue
+            elapsed = member.gate.elapsed()
+            reason = member.stopped.reason if member.stopped is not None else member.gate.reason()
+            if interrupted is not None:
+                ends.append((member.claim, RunResult(reason or interrupted.reason, elapsed)))
+            elif reason in (Reason.LOST, Reason.STALE, Reason.CANCEL) or (
+                member.stopped is not None
+            ):
+                ends.append((member.claim, RunResult(reason, elapsed)))
+            elif images is None:
+                retry.append(member)
+            else:
+                image = images[index] if index < len(images) else b""
+                ends.append((member.claim, _image_result(image, elapsed)))
+        if any(result.reason is Reason.LOST for _, result in ends):
+            return [(c, r) for c, r in ends if r.reason is Reason.LOST][:1]
+        if not retry:
+            return ends
+        log.warning(
+            "a batch of %d job(s) failed (%s); running each of its %d remaining job(s) alone",
+            len(members),
+            error_message(failure) if failure is not None else "?",
+            len(retry),
+        )
+        for claim, result in ends:
+            await end_alone(claim, result)
+        for index, member in enumerate(retry):
+            result = await self.run(member.claim, member.gate, probe)
+            if result.reason is Reason.LOST or result.wedged or index == len(retry) - 1:
+                return [(member.claim, result)]
+            await end_alone(member.claim, result)
+        return []
+
+
+def _image_result(image: bytes, elapsed: float) -> RunResult:
+    """A returned image, checked: an output that is not a PNG fails without a retry (the same
+    request would give the same output)."""
+    problem = png.problem(image)
+    if problem is not None:
+        return RunResult(
+            None,
+            elapsed,
+            error=f"the backend's output is not a PNG image: {problem}",
+            retryable=False,
+        )
+    return RunResult(None, elapsed, png=image)

@@ -30,11 +30,18 @@ def ensure_tiny_model(data_dir: Path) -> Path:
     target = data_dir / "models" / "tiny-sd"
     if target.exists():
         return target
+    return save_atomically(_build_pipeline(), target)
+
+
+def save_atomically(pipeline: Any, target: Path) -> Path:
+    """save_pretrained into a scratch folder beside target, renamed into place when done, so a
+    half-written model is never taken for a saved one; a loser of the rename keeps the winner's.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".tiny-sd-", dir=target.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     scratch.chmod(0o755)  # mkdtemp makes it private; the model is for every local user
     try:
-        _build_pipeline().save_pretrained(scratch)
+        pipeline.save_pretrained(scratch)
         os.rename(scratch, target)
     except OSError:
         if not target.exists():

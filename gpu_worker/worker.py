@@ -70,6 +70,7 @@ class WorkerConfig:
     # this means the session (or its host's network) is gone.
     session_deadline_s: float = 5.0
     gpu_lock_dir: Path = field(default_factory=default_gpu_lock_dir)
+    max_batch: int = 1  # run_worker sets the backend's default (backends.default_max_batch)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerConfig:
@@ -81,6 +82,7 @@ class WorkerConfig:
             backoff=Backoff(settings.retry_base_s, settings.retry_cap_s),
             stuck_grace_s=settings.stuck_grace_s,
             gpu_lock_dir=settings.gpu_lock_dir,
+            max_batch=settings.max_batch or 1,
         )
 
 
@@ -100,8 +102,9 @@ class _Ending:
 
 @dataclass
 class _Running:
-    claim: Claim
-    gate: StepGate
+    """The running job, or each job of the running batch, by job id."""
+
+    gates: dict[str, StepGate]
 
 
 def _hard_exit(code: int) -> NoReturn:
@@ -165,7 +168,8 @@ class Worker:
         self._stopping.set()
         self._wake.set()  # a wait for the device lock ends too
         if self._running is not None:
-            self._running.gate.stop_by(self._stop_at)
+            for gate in self._running.gates.values():
+                gate.stop_by(self._stop_at)
 
     # -- the whole life -------------------------------------------------------------------
 
@@ -228,7 +232,7 @@ class Worker:
                     break
                 self._wake.clear()
                 try:
-                    claim = await session.claim()
+                    claims = await session.claim_batch(self.config.max_batch)
                 except SESSION_LOST as exc:
                     device_lock.release()
                     await self._lost(session, pool, f"while claiming ({error_message(exc)})")
@@ -237,11 +241,14 @@ class Worker:
                     device_lock.release()
                     await self._claim_failed(session, pool, exc)
                     continue
-                if claim is None:  # the GPU is busy, or nothing is runnable
+                if not claims:  # the GPU is busy, or nothing is runnable
                     device_lock.release()
                     await self._idle()
                     continue
-                await self._process(session, claim, device_lock, runner, pool)
+                if len(claims) == 1:
+                    await self._process(session, claims[0], device_lock, runner, pool)
+                else:
+                    await self._process_batch(session, claims, device_lock, runner, pool)
         finally:
             if self._session is not None:
                 await self._session.close()
@@ -283,6 +290,8 @@ class Worker:
                     backend=self.backend_name,
                     model=self.model,
                     deadline_s=self.config.session_deadline_s,
+                    # The diffusers backend describes its loaded model; the stub does not.
+                    capabilities=getattr(self.backend, "capabilities", None),
                 )
             except psycopg.OperationalError as exc:
                 log.warning("cannot open the worker session (%s); retrying in %.2f s", exc, backoff)
@@ -377,7 +386,7 @@ class Worker:
         gate = StepGate(timeout_s=claim.timeout_s)
         if self._stop_at is not None:
             gate.stop_by(self._stop_at)
-        self._running = _Running(claim, gate)
+        self._running = _Running({str(claim.job_id): gate})
         self._watchdog.held(claim)
         log.debug(
             "job %s: processing on GPU %s (attempt %d of %d, timeout %d s)",
@@ -396,7 +405,7 @@ class Worker:
                 raise
             if result.wedged:
                 device_lock.release_when_idle()  # never, unless the step returns after all
-                await self._give_up(session, claim, result)
+                await self._give_up(session, [(claim, result)])
             if result.reason is Reason.LOST:
                 await self._lost(session, pool, f"while job {claim.job_id} ran")
                 return
@@ -409,7 +418,9 @@ class Worker:
             self._running = None
             device_lock.release()  # the pipeline has stopped (or the release waits for it)
 
-    async def _record(self, session: GpuSession, claim: Claim, result: RunResult) -> None:
+    async def _record(
+        self, session: GpuSession, claim: Claim, result: RunResult, *, release: bool = True
+    ) -> None:
         """Write the job's end and release the GPU lock, in one round trip.
 
         What the database refuses for this one job (an image it will not store, any other error
@@ -418,7 +429,7 @@ class Worker:
         frees the GPU lock and the sweep takes the job back.
         """
         try:
-            await self._write_end(session, claim, result)
+            await self._write_end(session, claim, result, release=release)
         except psycopg.OperationalError:
             raise
         except Exception as exc:
@@ -436,6 +447,7 @@ class Worker:
                     f"{what}: {error_message(exc)}",
                     retryable=False,
                     backoff=self.config.backoff,
+                    release=release,
                 )
             except psycopg.OperationalError:
                 raise
@@ -445,15 +457,19 @@ class Worker:
                 ) from again
             self.jobs_done += 1
 
-    async def _write_end(self, session: GpuSession, claim: Claim, result: RunResult) -> None:
-        ending = self._ending(session, claim, result)
+    async def _write_end(
+        self, session: GpuSession, claim: Claim, result: RunResult, *, release: bool = True
+    ) -> None:
+        ending = self._ending(session, claim, result, release=release)
         assert ending.write is not None  # a lost session was dealt with before
         answer = await ending.write()
         if ending.done:
             self.jobs_done += 1
         ending.log(answer)
 
-    def _ending(self, session: GpuSession, claim: Claim, result: RunResult) -> _Ending:
+    def _ending(
+        self, session: GpuSession, claim: Claim, result: RunResult, *, release: bool = True
+    ) -> _Ending:
         """Each outcome's transition and log line, the one place that maps one to the other.
 
         Used by the normal end and by the last resort alike; a wedged run's timeout says that
@@ -463,7 +479,7 @@ class Worker:
         if reason is None and result.png is not None:
             image = result.png
             return _Ending(
-                lambda: session.complete(claim, image),
+                lambda: session.complete(claim, image, release=release),
                 True,
                 lambda stored: log.info(
                     "job %s: complete in %.2f s%s",
@@ -475,7 +491,9 @@ class Worker:
         if reason is None:
             error = result.error or "the pipeline failed"
             return _Ending(
-                lambda: session.fail(claim, error, retryable=result.retryable, backoff=backoff),
+                lambda: session.fail(
+                    claim, error, retryable=result.retryable, backoff=backoff, release=release
+                ),
                 True,
                 lambda status: log.warning(
                     "job %s: the pipeline failed after %.2f s (attempt %d of %d); now %s: %s",
@@ -496,19 +514,21 @@ class Worker:
                 else message
             )
             return _Ending(
-                lambda: session.fail(claim, stored, retryable=False, backoff=backoff),
+                lambda: session.fail(
+                    claim, stored, retryable=False, backoff=backoff, release=release
+                ),
                 True,
                 lambda _: log.warning("job %s: %s", job, message),
             )
         if reason is Reason.CANCEL:
             return _Ending(
-                lambda: session.finish_canceled(claim),
+                lambda: session.finish_canceled(claim, release=release),
                 True,
                 lambda _: log.info("job %s: canceled after %.2f s", job, result.elapsed_s),
             )
         if reason is Reason.STOP:
             return _Ending(
-                lambda: session.requeue(claim),
+                lambda: session.requeue(claim, release=release),
                 False,
                 lambda status: log.info(
                     "job %s: handed back to the queue (%s) because the worker is stopping",
@@ -518,7 +538,7 @@ class Worker:
             )
         if reason is Reason.STALE:  # the job is no longer ours; this only releases the GPU lock
             return _Ending(
-                lambda: session.requeue(claim),
+                lambda: session.requeue(claim, release=release),
                 False,
                 lambda _: log.warning(
                     "job %s: the claim went stale while it ran; result discarded", job
@@ -526,13 +546,14 @@ class Worker:
             )
         return _Ending(None, False, lambda _: None)  # LOST: the session is gone, write nothing
 
-    async def _give_up(self, session: GpuSession, claim: Claim, result: RunResult) -> NoReturn:
-        """Last resort: a step never returned after the job was interrupted.
+    async def _give_up(self, session: GpuSession, ends: list[tuple[Claim, RunResult]]) -> NoReturn:
+        """Last resort: a step never returned after the job (or batch) was interrupted.
 
-        The thread cannot be killed, and the GPU may be wedged with it, so the job's end is
+        The thread cannot be killed, and the GPU may be wedged with it, so the jobs' ends are
         written and the process exits: its session closes, the GPU lock is freed, and the
         supervisor starts a fresh worker.
         """
+        claim, result = ends[0]
         reason = result.reason
         log.error(
             "job %s: a pipeline step has not returned %.0f s after the job was interrupted (%s); "
@@ -542,24 +563,94 @@ class Worker:
             reason.value if reason else "?",
             EXIT_WEDGED,
         )
-        ending = self._ending(session, claim, result)
         try:
             async with asyncio.timeout(5.0):
-                if ending.write is not None:
-                    await ending.write()
+                for claim, result in ends:
+                    ending = self._ending(session, claim, result)
+                    if ending.write is not None:
+                        await ending.write()
+                if any(self._ending(session, c, r).write is not None for c, r in ends):
                     await workers.mark_stopped(session.conn, session.worker_id)
         except Exception as exc:
             log.error("job %s: could not record its end (%s); the sweep will", claim.job_id, exc)
         self._hard_exit(EXIT_WEDGED)
+
+    # -- a batch (contract: Batching) -----------------------------------------------------
+
+    async def _process_batch(
+        self,
+        session: GpuSession,
+        claims: list[Claim],
+        device_lock: DeviceLock,
+        runner: JobRunner,
+        pool: db.Pool,
+    ) -> None:
+        """Run claims as one pipeline call; each member ends in its own transition, and the
+        GPU lock is released with the last end, once the pipeline has stopped."""
+        gates = [StepGate(timeout_s=claim.timeout_s) for claim in claims]
+        if self._stop_at is not None:
+            for gate in gates:
+                gate.stop_by(self._stop_at)
+        self._running = _Running({str(c.job_id): g for c, g in zip(claims, gates, strict=True)})
+        self._watchdog.held(claims[0])
+        lost: list[str] = []
+        log.debug(
+            "batch of %d job(s) processing on GPU %s: %s",
+            len(claims),
+            claims[0].gpu_lock,
+            ", ".join(str(c.job_id) for c in claims),
+        )
+
+        async def end_alone(claim: Claim, result: RunResult) -> None:
+            if lost:
+                return
+            try:
+                await self._record(session, claim, result, release=False)
+            except psycopg.OperationalError as exc:
+                lost.append(f"while ending job {claim.job_id} ({exc})")
+                for gate in gates:
+                    gate.flag(Reason.LOST)  # the pipeline stops; nothing more is written
+
+        try:
+            try:
+                ends = await runner.run_batch(claims, gates, session.probe, end_alone)
+            except BaseException:
+                for gate in gates:
+                    gate.flag(Reason.LOST)
+                device_lock.release_when_idle()
+                raise
+            if any(result.wedged for _, result in ends):
+                device_lock.release_when_idle()
+                await self._give_up(session, ends)
+            if lost or any(result.reason is Reason.LOST for _, result in ends):
+                await self._lost(session, pool, lost[0] if lost else "while a batch ran")
+                return
+            if not ends:  # every end was written alone: none of them released the GPU lock
+                try:
+                    await session.release_gpu()
+                except SESSION_LOST as exc:
+                    await self._lost(session, pool, f"while releasing the GPU lock ({exc})")
+                return
+            for index, (claim, result) in enumerate(ends):
+                try:
+                    await self._record(session, claim, result, release=index == len(ends) - 1)
+                except psycopg.OperationalError as exc:
+                    await self._lost(session, pool, f"while ending job {claim.job_id} ({exc})")
+                    return
+        finally:
+            self._watchdog.released()
+            self._running = None
+            device_lock.release()
 
     # -- side tasks -----------------------------------------------------------------------
 
     def _on_notify(self, channel: str, payload: str) -> None:
         if channel == CHANNEL_CANCEL:
             running = self._running
-            if running is not None and str(running.claim.job_id) == payload:
+            gate = None if running is None else running.gates.get(payload)
+            if gate is not None:
                 log.info("job %s: cancel requested", payload)
-                running.gate.flag(Reason.CANCEL)
+                gate.flag(Reason.CANCEL)
         elif channel != CHANNEL_GPU or (
             self._device_lock is not None and payload == self._device_lock.gpu
         ):

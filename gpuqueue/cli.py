@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from gpu_worker.backends.pipeline_options import ATTENTIONS, DTYPES, OFFLOADS
 from gpuqueue import prune_cli, users_cli
 from queueing import db, locate
 from queueing.config import Settings, check_host_id
@@ -52,7 +53,16 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         print(f"gpuqueue worker: GPUQUEUE_HOST_ID: {exc}", file=sys.stderr)
         return 2
     return run_worker(
-        settings,
+        dataclasses.replace(
+            settings,
+            max_batch=args.max_batch,
+            dtype=args.dtype,
+            offload=args.offload,
+            attention=args.attention,
+            vae_tiling=args.vae_tiling,
+            variant=args.variant,
+            compile=args.compile,
+        ),
         database_url(args, settings),
         host=host,
         device=args.device,
@@ -78,6 +88,16 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
             default_model=settings.default_model,
         )
     )
+
+
+def _max_batch(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 64:
+        raise argparse.ArgumentTypeError(f"a batch holds 1 to 64 jobs, got {value!r}")
+    return n
 
 
 def _host_id(value: str) -> str:
@@ -114,6 +134,26 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
             default=settings.model,
             help="the model this worker serves and jobs name: for diffusers a local path or "
             "a model id; for stub any name (default: the built-in tiny model, 'tiny')",
+        )
+        p.add_argument(
+            "--max-batch",
+            type=_max_batch,
+            default=settings.max_batch,
+            metavar="N",
+            help="start up to N compatible queued jobs as one pipeline call, 1 to 64 "
+            "(default: $GPUQUEUE_MAX_BATCH, else the backend's measured default for the "
+            "device: diffusers on a CPU 4, else 1)",
+        )
+        gpu = p.add_argument_group("GPU options (diffusers; README: GPU options)")
+        gpu.add_argument("--dtype", choices=DTYPES, default=settings.dtype)
+        gpu.add_argument("--offload", choices=OFFLOADS, default=settings.offload)
+        gpu.add_argument("--attention", choices=ATTENTIONS, default=settings.attention)
+        gpu.add_argument(
+            "--vae-tiling", action=argparse.BooleanOptionalAction, default=settings.vae_tiling
+        )
+        gpu.add_argument("--variant", default=settings.variant, help="weights variant, e.g. fp16")
+        gpu.add_argument(
+            "--compile", action=argparse.BooleanOptionalAction, default=settings.compile
         )
         p.add_argument(
             "--host-id",

@@ -106,6 +106,13 @@ def worker_command(args: argparse.Namespace) -> list[str]:
         command += ["--log-level", str(args.log_level)]
     command += ["worker", "--device", args.device, "--backend", args.backend]
     command += ["--model", args.model]
+    if args.max_batch is not None:
+        command += ["--max-batch", str(args.max_batch)]
+    command += ["--dtype", args.dtype, "--offload", args.offload, "--attention", args.attention]
+    command += ["--vae-tiling" if args.vae_tiling else "--no-vae-tiling"]
+    command += ["--compile" if args.compile else "--no-compile"]
+    if args.variant:
+        command += ["--variant", args.variant]
     if args.host_id:
         command += ["--host-id", args.host_id]
     return command

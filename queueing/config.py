@@ -62,6 +62,16 @@ class Settings:
     grace_s: float = 30.0
     # How long after an interrupt a pipeline step may still run before the worker exits 75.
     stuck_grace_s: float = 10.0
+    # How many compatible queued jobs a worker may start as one pipeline call (contract:
+    # Batching). None: its backend's default on its device, measured (README: Batching).
+    max_batch: int | None = None
+    # The diffusers backend's GPU options (gpu_worker/backends/pipeline_options.py).
+    dtype: str = "auto"
+    offload: str = "none"
+    attention: str = "sdpa"
+    vae_tiling: bool = False
+    variant: str | None = None
+    compile: bool = False
     # A worker's GPU is (host_id, device); its OS-level device lock files live in gpu_lock_dir.
     host_id: str = field(default_factory=socket.gethostname)
     gpu_lock_dir: Path = field(default_factory=default_gpu_lock_dir)
@@ -124,9 +134,19 @@ def _seconds(name: str, raw: str) -> float:
     return value
 
 
+def _flag(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be one of 1, true, yes, on, 0, false, no, off; got {raw!r}")
+
+
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "str": lambda _, raw: raw,
     "int": _int,
     "float": _seconds,
     "Path": lambda _, raw: Path(raw),
+    "bool": _flag,
 }

@@ -60,6 +60,7 @@ class Claim:
     max_attempts: int
     started_at: datetime
     gpu_lock: str  # the GPU lock the claim took (host/device); the job's end releases it
+    batch_size: int = 1  # how many jobs the claim started in one pipeline call (contract)
 
     @classmethod
     def from_row(cls, row: db.Row) -> Claim:
@@ -77,6 +78,7 @@ class Claim:
             max_attempts=row["max_attempts"],
             started_at=row["started_at"],
             gpu_lock=row["gpu_lock"],
+            batch_size=row.get("batch_size", 1),
         )
 
     def fence(self) -> ClaimFence:
@@ -196,6 +198,16 @@ async def lock_and_claim(conn: db.Connection, worker_id: UUID) -> Claim | None:
     """
     row = await db.fetch_one(conn, "job_lock_and_claim", {"worker_id": worker_id})
     return None if row is None else Claim.from_row(row)
+
+
+async def lock_and_claim_batch(conn: db.Connection, worker_id: UUID, max_batch: int) -> list[Claim]:
+    """Take the worker's GPU lock if it is free, then claim the head job of its queue and up to
+    max_batch - 1 compatible ones, head first (contract: Batching). Empty when the GPU is busy
+    or nothing is runnable; the lock is then not held."""
+    found = await db.fetch_all(
+        conn, "job_lock_and_claim_batch", {"worker_id": worker_id, "max_batch": max_batch}
+    )
+    return [Claim.from_row(row) for row in found]
 
 
 async def release_gpu(conn: db.Connection, gpu_lock: str) -> bool:

@@ -24,6 +24,13 @@ class Transition(TypedDict):
     at: str
 
 
+class Batch(TypedDict):
+    """gq_job_json's batch: the one pipeline call a job was started in with others."""
+
+    id: str
+    size: int
+
+
 class JobJson(TypedDict):
     """gq_job_json: the job as the HTTP API shows it (eta_s added by positions.with_eta; the web
     turns has_image into a signed image_url)."""
@@ -49,6 +56,7 @@ class JobJson(TypedDict):
     has_image: bool
     host: str | None
     device: str | None
+    batch: Batch | None  # the pipeline call it was started in, when that held two or more jobs
     run_after: str | None
     created_at: str
     queued_at: str | None
@@ -199,6 +207,10 @@ class ModelRow(TypedDict):
 
     name: str
     default: bool
+    size_multiple: int | None  # sizes must be multiples of it; None: the queue's rule (8)
+    default_steps: int | None  # what a request that leaves it out gets; None: the queue's
+    default_guidance: float | None
+    default_size: int | None
     workers: int
     queued: int
     processing: int

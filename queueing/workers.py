@@ -8,7 +8,10 @@ from typing import cast
 from uuid import UUID
 
 from . import db
+from .models import ModelCapabilities
 from .rows import WorkerRow
+
+UNDESCRIBED = ("size_multiple", "default_size", "default_steps", "default_guidance")
 
 
 async def register(
@@ -19,8 +22,10 @@ async def register(
     device: str,
     backend: str,
     model: str,
+    capabilities: ModelCapabilities | None = None,
 ) -> str:
     """Record the worker under the session that runs this: that session is its liveness.
+    `capabilities`, when the backend reports them, are stored on the model's row.
 
     Returns the name of its GPU's lock (host/device), which the end of each job releases.
     """
@@ -35,6 +40,8 @@ async def register(
             "model": model,
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
+            "described": capabilities is not None,
+            **(capabilities.params() if capabilities else dict.fromkeys(UNDESCRIBED)),
         },
     )
     assert row is not None

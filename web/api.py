@@ -24,6 +24,7 @@ from .json_text import dumps
 from .keys import (
     ACTOR,
     BROADCASTER,
+    CAPABILITIES_CACHE,
     ETA_CACHE,
     IMAGE_LINKS,
     MODELS_CACHE,
@@ -141,7 +142,10 @@ async def enqueue(request: web.Request) -> web.Response:
     conversation_id = validation.parse_uuid(request.match_info["id"], "conversation")
     actor, settings, pool = _actor(request), request.app[SETTINGS], request.app[POOL]
     job_request = validation.image_request(
-        await validation.read_json_object(request), actor=actor, settings=settings
+        await validation.read_json_object(request),
+        actor=actor,
+        settings=settings,
+        models=await request.app[CAPABILITIES_CACHE].get(pool),
     )
     try:
         job = await jobs.enqueue(

@@ -16,7 +16,7 @@ from aiohttp import WSCloseCode, web
 
 from queueing import db, web_secrets
 from queueing.config import Settings
-from queueing.models import ModelsCache
+from queueing.models import CapabilitiesCache, ModelsCache
 from queueing.positions import EtaCache
 
 from . import api, ws
@@ -24,6 +24,7 @@ from .errors import error_middleware
 from .image_links import SECRET_NAME, ImageLinks
 from .keys import (
     BROADCASTER,
+    CAPABILITIES_CACHE,
     CLIENTS,
     DATABASE_URL,
     ETA_CACHE,
@@ -52,6 +53,7 @@ def create_app(settings: Settings, url: str, options: WebOptions | None = None) 
     app[OPTIONS] = options or WebOptions()
     app[ETA_CACHE] = EtaCache(app[OPTIONS].eta_ttl_s)
     app[MODELS_CACHE] = ModelsCache(settings.default_model, app[OPTIONS].eta_ttl_s)
+    app[CAPABILITIES_CACHE] = CapabilitiesCache(app[OPTIONS].eta_ttl_s)
     app[CLIENTS] = weakref.WeakSet()
     app.cleanup_ctx.append(_pool_ctx)
     app.cleanup_ctx.append(_image_links_ctx)

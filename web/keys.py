@@ -11,7 +11,7 @@ from aiohttp import web
 from queueing import db
 from queueing.actors import Actor
 from queueing.config import Settings
-from queueing.models import ModelsCache
+from queueing.models import CapabilitiesCache, ModelsCache
 from queueing.positions import EtaCache
 
 from .image_links import ImageLinks
@@ -35,6 +35,7 @@ OPTIONS = web.AppKey("options", WebOptions)
 POOL: web.AppKey[db.Pool] = web.AppKey("pool")
 ETA_CACHE = web.AppKey("eta_cache", EtaCache)
 MODELS_CACHE = web.AppKey("models_cache", ModelsCache)
+CAPABILITIES_CACHE = web.AppKey("capabilities_cache", CapabilitiesCache)
 BROADCASTER = web.AppKey("broadcaster", Broadcaster)
 CLIENTS: web.AppKey[weakref.WeakSet[Client]] = web.AppKey("clients")
 IMAGE_LINKS = web.AppKey("image_links", ImageLinks)

@@ -19,6 +19,7 @@ from queueing import limits
 from queueing.actors import Actor
 from queueing.config import Settings
 from queueing.jobs import JobRequest
+from queueing.models import ModelCapabilities
 
 from .errors import ApiError, bad_request, invalid, not_found
 from .image_links import MIN_SECRET_BYTES
@@ -135,11 +136,38 @@ def _number(body: Mapping[str, Any], name: str, low: float, high: float, default
     return float(value)
 
 
-def _side(body: Mapping[str, Any], name: str, default: int) -> int:
+def _side(
+    body: Mapping[str, Any],
+    name: str,
+    default: int,
+    model: str = "",
+    described: ModelCapabilities | None = None,
+) -> int:
     value = _integer(body, name, *limits.SIDE, default)
     if value % limits.SIDE_MULTIPLE:
         raise invalid(f"{name} must be a multiple of {limits.SIDE_MULTIPLE} (got {value})")
+    multiple = _size_multiple(described)
+    if value % multiple:
+        raise invalid(
+            f"{name} must be a multiple of {multiple} for model {model!r}, the sizes"
+            f" it makes (got {value})",
+            "unsupported_size",
+        )
     return value
+
+
+def _model_default_size(described: ModelCapabilities | None, fallback: int) -> int:
+    """The model's own default size where it has one the queue accepts, else `fallback`."""
+    size = described.default_size if described else None
+    if size is None or not _within(size, limits.SIDE) or size % _size_multiple(described):
+        return fallback
+    return size
+
+
+def _size_multiple(described: ModelCapabilities | None) -> int:
+    """What the model's sides must be multiples of: its own rule, or the queue's."""
+    own = described.size_multiple if described else 1
+    return own * limits.SIDE_MULTIPLE // math.gcd(own, limits.SIDE_MULTIPLE)
 
 
 def _within(value: int, bounds: tuple[int, int]) -> bool:
@@ -169,11 +197,20 @@ def check_settings(settings: Settings) -> None:
         raise ValueError(f"GPUQUEUE_IMAGE_SECRET must be at least {MIN_SECRET_BYTES} bytes long")
 
 
-def image_request(body: Mapping[str, Any], *, actor: Actor, settings: Settings) -> JobRequest:
+def image_request(
+    body: Mapping[str, Any],
+    *,
+    actor: Actor,
+    settings: Settings,
+    models: Mapping[str, ModelCapabilities] | None = None,
+) -> JobRequest:
     """POST /api/conversations/{id}/images, checked field by field.
 
     The seed is chosen here when none is given, so every job is reproducible and the page can
-    show it. Users may lower their priority; raising it is for admins.
+    show it. Users may lower their priority; raising it is for admins. `models`
+    (model_capabilities) holds what workers reported of each model: its size rule, and its
+    defaults for steps, guidance and size, which fill what the request leaves out and so show
+    in the job's params.
     """
     refuse_unknown(body, IMAGE_FIELDS)
     prompt = _string(body, "prompt", max_chars=limits.PROMPT_CHARS, required=True)
@@ -181,18 +218,24 @@ def image_request(body: Mapping[str, Any], *, actor: Actor, settings: Settings) 
     if not prompt.strip():
         raise invalid("prompt must not be empty")
     negative = _string(body, "negative_prompt", max_chars=limits.PROMPT_CHARS)
-    default_size = settings.default_size
+    model = _string(body, "model", max_chars=limits.MODEL_NAME_CHARS) or settings.default_model
+    described = (models or {}).get(model)
+    default_size = _model_default_size(described, settings.default_size)
+    steps = (described.default_steps if described else None) or limits.DEFAULT_STEPS
+    guidance = described.default_guidance if described else None
     params: dict[str, Any] = {
         "negative_prompt": negative,
-        "width": _side(body, "width", default_size),
-        "height": _side(body, "height", default_size),
-        "steps": _integer(body, "steps", *limits.STEPS, limits.DEFAULT_STEPS),
+        "width": _side(body, "width", default_size, model, described),
+        "height": _side(body, "height", default_size, model, described),
+        "steps": _integer(body, "steps", *limits.STEPS, steps),
         "guidance_scale": _number(
-            body, "guidance_scale", *limits.GUIDANCE_SCALE, limits.DEFAULT_GUIDANCE_SCALE
+            body,
+            "guidance_scale",
+            *limits.GUIDANCE_SCALE,
+            limits.DEFAULT_GUIDANCE_SCALE if guidance is None else guidance,
         ),
         "seed": _integer(body, "seed", 0, limits.SEED_MAX, secrets.randbelow(limits.SEED_MAX + 1)),
     }
-    model = _string(body, "model", max_chars=limits.MODEL_NAME_CHARS) or settings.default_model
     priority = _integer(body, "priority", *limits.PRIORITY, 0)
     if priority > 0 and not actor.is_admin:
         raise ApiError(403, "forbidden", "only an admin may raise a job's priority above 0")

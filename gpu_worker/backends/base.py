@@ -1,6 +1,6 @@
 """What every image backend offers the worker, so the worker never knows which one runs."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,4 +36,13 @@ class Backend(Protocol):
 
     def generate(self, request: ImageRequest, on_step: StepCallback) -> bytes:
         """Render one image and return it as PNG bytes; blocking, runs in a worker thread."""
+        ...
+
+    def generate_batch(
+        self, requests: Sequence[ImageRequest], on_step: StepCallback
+    ) -> list[bytes]:
+        """Render compatible requests (same size, steps, guidance and negative prompt; each its
+        own prompt and seed) in one call that steps them together, each image the one
+        `generate` would give it; PNG bytes in request order. `on_step` is called once per step
+        for the whole batch; an exception from it ends the call."""
         ...

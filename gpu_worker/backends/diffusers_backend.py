@@ -6,13 +6,18 @@ runs in a thread, and not when the backend is made: a web server in the same pro
 
 from __future__ import annotations
 
+import inspect
 import io
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from gpu_worker.backends.base import ImageRequest, StepCallback
+from gpu_worker.backends.pipeline_options import DEFAULT, PipelineOptions
 from queueing.config import BUILTIN_MODEL
+from queueing.models import ModelCapabilities
 
 if TYPE_CHECKING:
     import torch
@@ -49,16 +54,157 @@ def _quiet_loading() -> None:
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
+# Step-distilled checkpoints are named for their distillation; their model configs do not say
+# it. Name fragment (lower case) -> (steps, guidance): what their model cards recommend.
+DISTILLED_DEFAULTS: dict[str, tuple[int, float]] = {
+    "turbo": (1, 0.0),  # sd-turbo, sdxl-turbo
+    "schnell": (4, 0.0),  # FLUX.1-schnell
+    "lightning": (4, 0.0),  # SDXL-Lightning
+    "lcm": (4, 0.0),  # latent consistency models
+}
+# Guidance-distilled Flux (dev): guidance is an input of the transformer, not a second pass.
+FLUX_DEV_DEFAULTS = (28, 3.5)
+
+StepHook = Literal["callback_on_step_end", "callback", "none"]
+
+
+@dataclass(frozen=True)
+class CallShape:
+    """What the loaded pipeline's __call__ accepts, read once from its signature at load."""
+
+    negative_prompt: bool
+    true_cfg_scale: bool  # Flux-style: classifier-free guidance only with this above 1
+    resolution_binning: bool  # PixArt: would snap sizes to its aspect-ratio table unless off
+    clean_caption: bool  # PixArt: needs bs4 and ftfy; always off
+    step_hook: StepHook
+
+    @classmethod
+    def of(cls, pipeline: Any) -> CallShape:
+        accepted = inspect.signature(pipeline.__call__).parameters
+        hook: StepHook = "none"
+        if "callback_on_step_end" in accepted:
+            hook = "callback_on_step_end"
+        elif "callback" in accepted and "callback_steps" in accepted:
+            hook = "callback"
+        return cls(
+            negative_prompt="negative_prompt" in accepted,
+            true_cfg_scale="true_cfg_scale" in accepted,
+            resolution_binning="use_resolution_binning" in accepted,
+            clean_caption="clean_caption" in accepted,
+            step_hook=hook,
+        )
+
+
+def model_capabilities(pipeline: Any, model: str) -> ModelCapabilities:
+    """From the pipeline's components where diffusers has them, else DISTILLED_DEFAULTS by the
+    model's name (its folder's, or a hub id's last part)."""
+    scale = int(getattr(pipeline, "vae_scale_factor", 8))
+    denoiser = getattr(pipeline, "transformer", None) or getattr(pipeline, "unet", None)
+    config = getattr(denoiser, "config", None)
+    patch = int(getattr(config, "patch_size", None) or 1)
+    if hasattr(pipeline, "_pack_latents"):  # Flux packs 2x2 latent patches into tokens
+        patch *= 2
+    sample = getattr(pipeline, "default_sample_size", None) or getattr(config, "sample_size", None)
+    if isinstance(sample, (list, tuple)):
+        sample = sample[0]
+    default_size = int(sample) * scale if isinstance(sample, int) else None
+    steps: int | None = None
+    guidance: float | None = None
+    name = Path(model).name.lower()  # a folder's or a hub id's last part
+    for fragment, (fragment_steps, fragment_guidance) in DISTILLED_DEFAULTS.items():
+        if fragment in name:
+            steps, guidance = fragment_steps, fragment_guidance
+            break
+    else:
+        if hasattr(pipeline, "_pack_latents") and config is not None:
+            if getattr(config, "guidance_embeds", False):
+                steps, guidance = FLUX_DEV_DEFAULTS
+            else:
+                steps, guidance = DISTILLED_DEFAULTS["schnell"]
+    return ModelCapabilities(
+        size_multiple=scale * patch,
+        default_size=default_size,
+        default_steps=steps,
+        default_guidance=guidance,
+    )
+
+
+def call_kwargs(
+    shape: CallShape,
+    requests: Sequence[ImageRequest],
+    generators: Sequence[Any],
+    on_step: StepCallback,
+    pipeline: Any,
+) -> dict[str, Any]:
+    """The keyword arguments of one pipeline call for these requests (one, or a batch that
+    shares size, steps, guidance and negative prompt), one generator per request."""
+    first = requests[0]
+    batched = len(requests) > 1
+    kwargs: dict[str, Any] = {
+        "prompt": [r.prompt for r in requests] if batched else first.prompt,
+        "width": first.width,
+        "height": first.height,
+        "num_inference_steps": first.steps,
+        "guidance_scale": first.guidance_scale,
+        "generator": list(generators) if batched else generators[0],
+    }
+    negative = first.negative_prompt
+    if negative and shape.negative_prompt:
+        kwargs["negative_prompt"] = [negative] * len(requests) if batched else negative
+        if shape.true_cfg_scale:
+            kwargs["true_cfg_scale"] = first.guidance_scale
+    if shape.resolution_binning:
+        kwargs["use_resolution_binning"] = False
+    if shape.clean_caption:
+        kwargs["clean_caption"] = False
+
+    def total(pipe: Any) -> int:
+        # Multistep schedulers may run more iterations than steps asked for; count those.
+        return int(getattr(pipe, "num_timesteps", 0) or first.steps)
+
+    if shape.step_hook == "callback_on_step_end":
+
+        def step_end(pipe: Any, index: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            on_step(index + 1, total(pipe))
+            return tensors
+
+        kwargs["callback_on_step_end"] = step_end
+    elif shape.step_hook == "callback":
+
+        def step(index: int, _t: Any, _latents: Any) -> None:
+            on_step(index + 1, total(pipeline))
+
+        kwargs["callback"] = step
+        kwargs["callback_steps"] = 1
+    return kwargs
+
+
 class DiffusersBackend:
-    """Loads one pipeline per process and runs the jobs on it, one at a time."""
+    """Loads one pipeline per process and runs the jobs on it, one at a time.
+
+    The call is built from the pipeline's signature (CallShape): families differ in how they
+    take a negative prompt, guidance and a step callback. A family with no step hook at all
+    is checked before and after its call: a cancel or deadline that comes due during it
+    discards the image, and one past the worker's stuck grace restarts the worker.
+    """
 
     name = "diffusers"
 
-    def __init__(self, *, device: str, model: str, data_dir: Path) -> None:
+    def __init__(
+        self,
+        *,
+        device: str,
+        model: str,
+        data_dir: Path,
+        options: PipelineOptions = DEFAULT,
+    ) -> None:
         self.device = device
         self.model = model
         self.data_dir = data_dir
+        self.options = options
         self._pipeline: Any = None  # diffusers' pipelines are untyped
+        self._shape: CallShape | None = None
+        self.capabilities: ModelCapabilities | None = None
 
     def load(self) -> None:
         """Load the model, or the locally built tiny one for the built-in name."""
@@ -72,7 +218,13 @@ class DiffusersBackend:
         source = self.model
         if source == BUILTIN_MODEL:
             source = str(ensure_tiny_model(self.data_dir))
-        options: dict[str, Any] = {"dtype": pick_dtype(device)}
+        chosen = self.options
+        if chosen.offload != "none" and device.type != "cuda":
+            raise ValueError(f"--offload {chosen.offload} needs a CUDA device, not {device}")
+        dtype = pick_dtype(device) if chosen.dtype == "auto" else getattr(torch, chosen.dtype)
+        options: dict[str, Any] = {"dtype": dtype}
+        if chosen.variant:
+            options["variant"] = chosen.variant
         # Only for pipelines that have a checker: others would warn about an unknown argument.
         if "safety_checker" in DiffusionPipeline.load_config(source):
             options.update(safety_checker=None, requires_safety_checker=False)
@@ -80,36 +232,94 @@ class DiffusersBackend:
             source, **options
         )
         pipeline.set_progress_bar_config(disable=True)
-        self._pipeline = pipeline.to(device)
+        denoiser = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
+        if chosen.attention == "eager" and denoiser is not None:
+            denoiser.set_default_attn_processor()
+        if chosen.vae_tiling:
+            pipeline.vae.enable_tiling()
+        if chosen.offload == "model":
+            pipeline.enable_model_cpu_offload(device=device)
+        elif chosen.offload == "sequential":
+            pipeline.enable_sequential_cpu_offload(device=device)
+        else:
+            pipeline = pipeline.to(device)
+        self._pipeline = pipeline
+        self._shape = CallShape.of(pipeline)
+        self.capabilities = model_capabilities(pipeline, self.model)
+        if chosen.compile and denoiser is not None:
+            name = "unet" if getattr(pipeline, "unet", None) is not None else "transformer"
+            setattr(pipeline, name, torch.compile(denoiser))
+            self._warm_up()
+
+    @property
+    def call_shape(self) -> CallShape | None:
+        """What the loaded pipeline's call accepts; None before load()."""
+        return self._shape
 
     def generate(self, request: ImageRequest, on_step: StepCallback) -> bytes:
         """Render the request and return PNG bytes; an exception from on_step ends the run."""
         import torch
 
-        pipeline = self._pipeline
-        if pipeline is None:
+        pipeline, shape = self._pipeline, self._shape
+        if pipeline is None or shape is None or self.capabilities is None:
             raise RuntimeError("DiffusersBackend.generate called before load()")
-
-        def step_end(
-            pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]
-        ) -> dict[str, Any]:
-            # Multistep schedulers may run more iterations than steps asked for; count those.
-            on_step(index + 1, getattr(pipe, "num_timesteps", 0) or request.steps)
-            return tensors
-
+        multiple = self.capabilities.size_multiple
+        if request.width % multiple or request.height % multiple:
+            raise ValueError(
+                f"{request.width}x{request.height}: this model makes sizes that are"
+                f" multiples of {multiple} only"
+            )
         # A CPU generator draws the same noise on every device, so a seed means one image.
         generator = torch.Generator("cpu").manual_seed(request.seed)
+        kwargs = call_kwargs(shape, [request], [generator], on_step, pipeline)
+        if shape.step_hook == "none":
+            on_step(0, request.steps)
         with torch.inference_mode():
-            result = pipeline(
-                prompt=request.prompt,
-                negative_prompt=request.negative_prompt,
-                width=request.width,
-                height=request.height,
-                num_inference_steps=request.steps,
-                guidance_scale=request.guidance_scale,
-                generator=generator,
-                callback_on_step_end=step_end,
-            )
+            result = pipeline(**kwargs)
+        if shape.step_hook == "none":
+            on_step(request.steps, request.steps)
         buffer = io.BytesIO()
         result.images[0].save(buffer, format="PNG")
         return buffer.getvalue()
+
+    def generate_batch(
+        self, requests: Sequence[ImageRequest], on_step: StepCallback
+    ) -> list[bytes]:
+        """Render compatible requests in one call: a list of prompts and one generator per
+        request, seeded as `generate` seeds it, so each image is the one it would get alone
+        (up to the float rounding of a batched matmul)."""
+        import torch
+
+        pipeline, shape = self._pipeline, self._shape
+        if pipeline is None or shape is None or self.capabilities is None:
+            raise RuntimeError("DiffusersBackend.generate_batch called before load()")
+        if len(requests) == 1:
+            return [self.generate(requests[0], on_step)]
+        first = requests[0]
+        multiple = self.capabilities.size_multiple
+        if first.width % multiple or first.height % multiple:
+            raise ValueError(
+                f"{first.width}x{first.height}: this model makes sizes that are"
+                f" multiples of {multiple} only"
+            )
+        generators = [torch.Generator("cpu").manual_seed(r.seed) for r in requests]
+        kwargs = call_kwargs(shape, requests, generators, on_step, pipeline)
+        if shape.step_hook == "none":
+            on_step(0, first.steps)
+        with torch.inference_mode():
+            result = pipeline(**kwargs)
+        if shape.step_hook == "none":
+            on_step(first.steps, first.steps)
+        images: list[bytes] = []
+        for image in result.images:
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            images.append(buffer.getvalue())
+        return images
+
+    def _warm_up(self) -> None:
+        """One small call, so torch.compile's compilation happens at load, not in a user's job."""
+        assert self.capabilities is not None
+        side = max(self.capabilities.size_multiple * 8, 64)
+        warm = ImageRequest("warm-up", None, side, side, 2, 1.0, 0, 2 * side * side / 1e6)
+        self.generate(warm, lambda _step, _steps: None)

@@ -2,13 +2,14 @@
 
 It exists for load tests and demos, so it imports neither torch nor Pillow. Markers in the
 prompt script the failure modes the worker must survive: `[fail]`, `[hang]`, `[stuck]` and
-`[badpng]` (an output that is not a PNG).
+`[badpng]` (an output that is not a PNG) and `[badargs]` (a TypeError, as a pipeline raises
+for an argument it cannot take).
 """
 
 import hashlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from gpu_worker.backends.base import ImageRequest, StepCallback
@@ -52,11 +53,41 @@ class StubBackend:
             if pause:
                 time.sleep(pause)
             on_step(step, steps)
-            if "[fail]" in request.prompt:
-                raise StubFailure("the stub backend failed on purpose: the prompt contains [fail]")
+            _fail_on_purpose(request.prompt)
         if "[badpng]" in request.prompt:
             return NOT_A_PNG
         return render_png(request.prompt, request.seed, request.width, request.height)
+
+    def generate_batch(
+        self, requests: Sequence[ImageRequest], on_step: StepCallback
+    ) -> list[bytes]:
+        """One delay for the whole batch (a GPU steps a batch together); the markers of any
+        member act on the whole call, as a bad request would in a real pipeline call."""
+        head = requests[0]
+        steps = head.steps
+        prompts = [r.prompt for r in requests]
+        if any("[stuck]" in p for p in prompts):
+            _block_forever()
+        if any("[hang]" in p for p in prompts):
+            _hang(steps, on_step)
+        pause = (self.delay + self.delay_per_work * head.work) / max(steps, 1)
+        for step in range(1, steps + 1):
+            if pause:
+                time.sleep(pause)
+            on_step(step, steps)
+            for prompt in prompts:
+                _fail_on_purpose(prompt)
+        return [
+            NOT_A_PNG if "[badpng]" in r.prompt else render_png(r.prompt, r.seed, r.width, r.height)
+            for r in requests
+        ]
+
+
+def _fail_on_purpose(prompt: str) -> None:
+    if "[fail]" in prompt:
+        raise StubFailure("the stub backend failed on purpose: the prompt contains [fail]")
+    if "[badargs]" in prompt:
+        raise TypeError("the stub backend cannot take this request: the prompt contains [badargs]")
 
 
 def _block_forever() -> NoReturn:

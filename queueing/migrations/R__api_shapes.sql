@@ -40,6 +40,8 @@ BEGIN
         'has_image', j.status = 'complete',  -- a complete job always has one
         'host', j.host,
         'device', j.device,
+        'batch', CASE WHEN j.batch_size >= 2
+                      THEN jsonb_build_object('id', j.batch_id, 'size', j.batch_size) END,
         'run_after', j.run_after,
         'created_at', j.created_at,
         'queued_at', j.queued_at,

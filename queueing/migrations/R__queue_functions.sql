@@ -300,16 +300,31 @@ $$;
 -- for a wake-up: an event, the gq_gpu NOTIFY of a release, or its poll interval. With nothing to
 -- run the lock is released again, so the GPU lock is held exactly while a job is processing.
 -- The GPU is the one its worker registered: host and device are read from the workers row.
-CREATE OR REPLACE FUNCTION gq_lock_and_claim(p_worker_id uuid) RETURNS SETOF jobs
-LANGUAGE plpgsql AS $$
+--
+-- Batches (contract: Batching): with p_max_batch N > 1 the same statement also claims up to N-1
+-- jobs compatible with that head job (same model, width, height, steps, guidance scale and
+-- negative prompt) among the next 2N runnable jobs in claim order, skipping any another claim
+-- holds. Every member gets its own claim_id and its own processing event, all in this one
+-- transaction, so the positions of the jobs behind move once. batch_id/batch_size mark a batch
+-- of two or more (NULL for one job). The rows come back head first, then in claim order.
+CREATE OR REPLACE FUNCTION gq_lock_and_claim_batch(p_worker_id uuid, p_max_batch integer)
+RETURNS SETOF jobs LANGUAGE plpgsql AS $$
 DECLARE
     v_host text;
     v_device text;
     v_model text;
     v_key integer;
+    v_head jobs;
     v_job jobs;
+    v_ids uuid[];
+    v_id uuid;
+    v_tag double precision := '-infinity';
+    v_batch_id uuid;
     v_started timestamptz;
 BEGIN
+    IF p_max_batch IS NULL OR p_max_batch NOT BETWEEN 1 AND 64 THEN
+        RAISE EXCEPTION 'a batch holds 1 to 64 jobs, not %', p_max_batch USING ERRCODE = 'GQ422';
+    END IF;
     SELECT host, device, model INTO v_host, v_device, v_model FROM workers WHERE id = p_worker_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'worker % is not registered', p_worker_id USING ERRCODE = 'GQ404';
@@ -326,27 +341,63 @@ BEGIN
         RETURN;
     END IF;
     v_started := clock_timestamp();
-    UPDATE jobs AS j
-    SET status = 'processing', attempts = j.attempts + 1, claim_id = nextval('job_claim_seq'),
-        worker_id = p_worker_id, host = v_host, device = v_device, started_at = v_started,
-        progress = NULL
-    FROM (SELECT id FROM jobs
-          WHERE status = 'queued' AND model = v_model AND run_after <= v_started
-          ORDER BY priority DESC, start_tag, queue_seq
-          LIMIT 1 FOR UPDATE SKIP LOCKED) AS next
-    WHERE j.id = next.id
-    RETURNING j.* INTO v_job;
+    SELECT * INTO v_head FROM jobs
+    WHERE status = 'queued' AND model = v_model AND run_after <= v_started
+    ORDER BY priority DESC, start_tag, queue_seq
+    LIMIT 1 FOR UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
         PERFORM pg_advisory_unlock(26450, v_key);
         RETURN;
     END IF;
+    v_ids := ARRAY[v_head.id];
+    IF p_max_batch > 1 THEN
+        -- The window is read on this statement's snapshot; the row locks re-check each member's
+        -- status, so a job another worker claimed meanwhile is skipped, never claimed twice.
+        v_ids := v_ids || ARRAY(
+            SELECT j.id FROM jobs AS j
+            JOIN (SELECT id, priority, start_tag, queue_seq FROM jobs
+                  WHERE status = 'queued' AND model = v_model AND run_after <= v_started
+                    AND id <> v_head.id
+                  ORDER BY priority DESC, start_tag, queue_seq
+                  LIMIT 2 * p_max_batch) AS w ON w.id = j.id
+            WHERE j.status = 'queued'
+              AND j.params -> 'width' IS NOT DISTINCT FROM v_head.params -> 'width'
+              AND j.params -> 'height' IS NOT DISTINCT FROM v_head.params -> 'height'
+              AND j.params -> 'steps' IS NOT DISTINCT FROM v_head.params -> 'steps'
+              AND j.params -> 'guidance_scale' IS NOT DISTINCT FROM v_head.params -> 'guidance_scale'
+              AND nullif(j.params ->> 'negative_prompt', '')
+                  IS NOT DISTINCT FROM nullif(v_head.params ->> 'negative_prompt', '')
+            ORDER BY w.priority DESC, w.start_tag, w.queue_seq
+            LIMIT p_max_batch - 1
+            FOR UPDATE OF j SKIP LOCKED);
+    END IF;
+    IF cardinality(v_ids) > 1 THEN
+        v_batch_id := gen_random_uuid();
+    END IF;
+    -- One UPDATE per member, in batch order (one, for a job alone: the common case stays one
+    -- statement), each followed by its processing event.
+    FOREACH v_id IN ARRAY v_ids LOOP
+        UPDATE jobs AS j
+        SET status = 'processing', attempts = j.attempts + 1,
+            claim_id = nextval('job_claim_seq'), worker_id = p_worker_id, host = v_host,
+            device = v_device, started_at = v_started, progress = NULL, batch_id = v_batch_id,
+            batch_size = CASE WHEN v_batch_id IS NOT NULL THEN cardinality(v_ids) END
+        WHERE j.id = v_id
+        RETURNING j.* INTO v_job;
+        v_tag := greatest(v_tag, v_job.start_tag);
+        PERFORM gq_record_transition(v_job, 0, '{}', v_started);
+        RETURN NEXT v_job;
+    END LOOP;
     -- The model's virtual time follows the start tags of the jobs it runs (never back: a retried
     -- job keeps its old, earlier tag).
-    UPDATE models SET virtual_time = v_job.start_tag
-    WHERE name = v_model AND virtual_time < v_job.start_tag;
-    PERFORM gq_record_transition(v_job, 0, '{}', v_started);
-    RETURN NEXT v_job;
+    UPDATE models SET virtual_time = v_tag WHERE name = v_model AND virtual_time < v_tag;
 END
+$$;
+
+-- One job at a time: the batch claim of one.
+CREATE OR REPLACE FUNCTION gq_lock_and_claim(p_worker_id uuid) RETURNS SETOF jobs
+LANGUAGE sql AS $$
+    SELECT * FROM gq_lock_and_claim_batch(p_worker_id, 1)
 $$;
 
 -- Releases a GPU lock by name and wakes the workers waiting for that GPU (NOTIFY gq_gpu, payload

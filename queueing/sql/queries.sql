@@ -135,7 +135,14 @@ SELECT gq_cancel(%(job_id)s, %(owner)s) AS job
 -- No row when the worker's GPU is busy or nothing is runnable; gpu_lock names the lock taken.
 SELECT id, claim_id, message_id, conversation_id, model, prompt, params, work, timeout_s,
        attempts, max_attempts, started_at, gq_gpu_lock_name(host, device) AS gpu_lock
-FROM gq_lock_and_claim(%(worker_id)s)
+FROM gq_lock_and_claim_batch(%(worker_id)s, 1)
+
+-- name: job_lock_and_claim_batch
+-- The head job and up to max_batch - 1 compatible ones (head first); none when busy or idle.
+SELECT id, claim_id, message_id, conversation_id, model, prompt, params, work, timeout_s,
+       attempts, max_attempts, started_at, gq_gpu_lock_name(host, device) AS gpu_lock,
+       batch_id, coalesce(batch_size, 1) AS batch_size
+FROM gq_lock_and_claim_batch(%(worker_id)s, %(max_batch)s)
 
 -- name: job_complete
 SELECT id, status FROM gq_complete(%(job_id)s, %(claim_id)s, %(png)s, %(release_device)s)
@@ -196,26 +203,21 @@ SELECT gq_release_gpu(%(gpu_lock)s) AS released
 -- name: cost_samples
 -- The cost model's data: per model and host that workers registered, aggregates of the run time
 -- (seconds) over work (megapixel-steps) of its latest complete jobs queued since migration 007
--- (estimate_s > 0; queueing/cost_model.py).
+-- (estimate_s > 0; queueing/cost_model.py). A job run in a batch counts its share of the call:
+-- the batch's run time over its size.
 SELECT k.model, k.host, s.samples, s.mean_run_s, s.mean_work, s.slope, s.intercept, s.var_work
 FROM (SELECT DISTINCT model, host FROM workers) AS k
 CROSS JOIN LATERAL (
     SELECT count(*)::integer AS samples, avg(r.run_s) AS mean_run_s, avg(r.work) AS mean_work,
            regr_slope(r.run_s, r.work) AS slope, regr_intercept(r.run_s, r.work) AS intercept,
            var_pop(r.work) AS var_work
-    FROM (SELECT extract(epoch FROM j.finished_at - j.started_at)::float8 AS run_s, j.work
+    FROM (SELECT extract(epoch FROM j.finished_at - j.started_at)::float8
+                 / coalesce(j.batch_size, 1) AS run_s, j.work
           FROM jobs AS j
           WHERE j.status = 'complete' AND j.estimate_s > 0 AND j.model = k.model
             AND j.host = k.host
           ORDER BY j.finished_at DESC LIMIT %(window)s) AS r) AS s
 WHERE s.samples > 0
-
--- name: eta_gpus
--- Every live worker's model and GPU, and the work and elapsed seconds of the job it runs.
-SELECT w.model, w.host, w.device, j.work,
-       extract(epoch FROM now() - j.started_at)::float8 AS elapsed_s
-FROM live_workers AS w
-LEFT JOIN jobs AS j ON j.worker_id = w.id AND j.status = 'processing'
 
 -- name: eta_shares
 -- Per model with queued jobs, the fair-share start tag at the head of its queue and the total
@@ -231,6 +233,15 @@ CROSS JOIN LATERAL (
     SELECT j.start_tag AS head_tag FROM jobs AS j
     WHERE j.status = 'queued' AND j.model = m.name
     ORDER BY j.priority DESC, j.start_tag, j.queue_seq LIMIT 1) AS h
+
+-- name: eta_gpus
+-- Every live worker's model and GPU, and the work and elapsed seconds of what it runs: one job,
+-- or a batch (its members' work summed, as the cost model counts each member's share).
+SELECT w.model, w.host, w.device, sum(j.work) AS work,
+       max(extract(epoch FROM now() - j.started_at))::float8 AS elapsed_s
+FROM live_workers AS w
+LEFT JOIN jobs AS j ON j.worker_id = w.id AND j.status = 'processing'
+GROUP BY w.id, w.model, w.host, w.device
 
 -- name: events_after
 -- Transition events after a seq, as the WebSocket sends them ('pending' is not sent).
@@ -253,8 +264,17 @@ WHERE id = ANY(%(job_ids)s) AND (%(owner)s::bigint IS NULL OR user_id = %(owner)
 -- name: worker_register
 -- A worker is known by the session that runs this statement: its liveness is that session's.
 -- Its model becomes one a request may name. Returns the name of the GPU lock its claims take
--- (gq_gpu_lock_name).
-WITH model AS (INSERT INTO models (name) VALUES (%(model)s) ON CONFLICT (name) DO NOTHING)
+-- (gq_gpu_lock_name). A worker that describes its model (size rule, defaults; %(described)s)
+-- writes that description; one that does not (the stub) leaves the stored one as it is.
+WITH model AS (
+    INSERT INTO models (name, size_multiple, default_steps, default_guidance, default_size)
+    VALUES (%(model)s, %(size_multiple)s, %(default_steps)s, %(default_guidance)s,
+            %(default_size)s)
+    ON CONFLICT (name) DO UPDATE
+    SET size_multiple = EXCLUDED.size_multiple, default_steps = EXCLUDED.default_steps,
+        default_guidance = EXCLUDED.default_guidance, default_size = EXCLUDED.default_size
+    WHERE %(described)s
+)
 INSERT INTO workers (id, host, device, backend, model, hostname, pid, session_pid, session_start)
 SELECT %(worker_id)s, %(host)s, %(device)s, %(backend)s, %(model)s, %(hostname)s, %(pid)s,
        a.pid, a.backend_start
@@ -317,15 +337,22 @@ WHERE p.queue_position <= %(limit)s
 ORDER BY p.model, p.queue_position
 
 -- name: models_overview
--- Every model a request may name (those workers registered, and the default), with its live
--- workers and its queued and processing jobs.
+-- Every model a request may name (those workers registered, and the default), with its size
+-- rule and defaults (NULL where no worker described it), live workers, queued and processing jobs.
 SELECT m.name, m.name = %(default_model)s AS default,
+       d.size_multiple, d.default_steps, d.default_guidance, d.default_size,
        (SELECT count(*) FROM live_workers AS w WHERE w.model = m.name)::integer AS workers,
        (SELECT count(*) FROM jobs WHERE status = 'queued' AND model = m.name)::integer AS queued,
        (SELECT count(*) FROM jobs WHERE status = 'processing' AND model = m.name)::integer
            AS processing
 FROM (SELECT name FROM models UNION SELECT %(default_model)s) AS m
+LEFT JOIN models AS d ON d.name = m.name
 ORDER BY m.name
+
+-- name: model_capabilities
+-- The models a worker has described (migration 008): what submits apply.
+SELECT name, size_multiple, default_size, default_steps, default_guidance
+FROM models WHERE size_multiple IS NOT NULL
 
 -- name: user_set_weight
 UPDATE users SET weight = %(weight)s WHERE name = %(name)s RETURNING name, weight

@@ -127,3 +127,20 @@ async def test_a_sweep_that_raises_is_logged_once_and_the_worker_goes_on(
     assert str(done["worker_id"]) == sweeper.worker.worker_id
     assert done["attempts"] == 2
     assert "sweeping again after" in caplog.text
+
+
+async def test_a_type_error_from_the_pipeline_call_fails_its_job_at_once(
+    pool: db.Pool, conversation_id: str, alice: Actor, spawn_worker: SpawnWorker
+) -> None:
+    """Issue 13 item 1: a TypeError, ValueError or AttributeError from the pipeline call cannot
+    succeed on a retry (the same arguments give the same error), so the job ends `error` after
+    its first attempt with the exception's message, and the worker takes the next job."""
+    worker = spawn_worker("cuda:0")
+    await worker.registered(pool)
+    bad = await submit(pool, conversation_id, alice, "[badargs] a fox", max_attempts=3)
+    good = await submit(pool, conversation_id, alice, "a fox")
+    failed = await wait_status(pool, bad, "error")
+    assert failed["attempts"] == 1
+    assert "[badargs]" in failed["error"], failed["error"]
+    await wait_status(pool, good, "complete")
+    assert worker.alive(), worker.log()

@@ -206,7 +206,8 @@ async def test_get_models_lists_each_model_with_its_workers_and_jobs(
     client: Client, pool: db.Pool, alice: User, database_url: str
 ) -> None:
     """Contract: GET /api/models is {"models": [{"name", "default", "workers", "queued",
-    "processing"}]}, by name, the default included; the counts are live."""
+    "processing"}]}, by name, the default included; the counts are live. Issue 13 adds each
+    model's size rule and defaults (null where no worker described it)."""
     a1 = await hand_worker(database_url, "a", device="cuda:0")
     a2 = await hand_worker(database_url, "a", device="cuda:1")
     b = await hand_worker(database_url, "b", device="cuda:2")
@@ -223,10 +224,21 @@ async def test_get_models_lists_each_model_with_its_workers_and_jobs(
         listed: list[dict[str, Any]] = body["models"]
         return listed
 
+    # Hand workers describe no model: no size rule, no defaults of its own (issue 13).
+    undescribed = dict.fromkeys(
+        ("size_multiple", "default_steps", "default_guidance", "default_size")
+    )
     assert await models() == [
-        {"name": "a", "default": False, "workers": 2, "queued": 2, "processing": 1},
-        {"name": "b", "default": False, "workers": 1, "queued": 1, "processing": 0},
-        {"name": "tiny", "default": True, "workers": 0, "queued": 0, "processing": 0},
+        {"name": "a", "default": False, **undescribed, "workers": 2, "queued": 2, "processing": 1},
+        {"name": "b", "default": False, **undescribed, "workers": 1, "queued": 1, "processing": 0},
+        {
+            "name": "tiny",
+            "default": True,
+            **undescribed,
+            "workers": 0,
+            "queued": 0,
+            "processing": 0,
+        },
     ]
     await b.close()
 

@@ -82,3 +82,22 @@ def test_the_parts_take_their_defaults_from_settings() -> None:
         settings.default_max_attempts,
         settings.default_timeout_s,
     )
+
+
+def test_the_batch_size_is_the_one_given_else_the_measured_default_of_backend_and_device() -> None:
+    """Issue 13 item 4: --max-batch / GPUQUEUE_MAX_BATCH when given (1 to 64), else the
+    backend's default for the device type, chosen from `python -m bench batch`."""
+    from gpu_worker.backends import default_max_batch
+    from gpuqueue.cli import build_parser
+
+    assert Settings.from_env({"GPUQUEUE_MAX_BATCH": "3"}).max_batch == 3
+    assert Settings.from_env({}).max_batch is None
+    assert default_max_batch("diffusers", "cpu") == 4
+    assert default_max_batch("diffusers", "cuda:1") == 1
+    assert default_max_batch("stub", "cpu") == 1
+    parser = build_parser(Settings())
+    assert parser.parse_args(["worker", "--max-batch", "8"]).max_batch == 8
+    assert parser.parse_args(["worker"]).max_batch is None
+    for bad in ("0", "65", "two"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["worker", "--max-batch", bad])

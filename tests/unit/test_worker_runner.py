@@ -184,3 +184,12 @@ async def test_the_watchdog_warns_each_interval_while_the_lock_is_held(
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2
     assert all("test-host/cpu" in m and str(claim.job_id) in m for m in messages)
+
+
+@pytest.mark.parametrize("kind", [TypeError, ValueError, AttributeError])
+def test_errors_that_cannot_succeed_on_retry_are_not_retryable(kind: type[Exception]) -> None:
+    """Issue 13 item 1: these from the pipeline call fail the job at once; others are retried."""
+    from gpu_worker.runner import NOT_RETRYABLE
+
+    assert issubclass(kind, NOT_RETRYABLE)
+    assert not issubclass(RuntimeError, NOT_RETRYABLE)
