@@ -189,6 +189,7 @@ class Member:
     or the loop (whichever sees the member's reason first); `ended`: its end was written."""
 
     claim: Claim
+    request: ImageRequest
     gate: StepGate
     reporter: ProgressReporter
     stopped: Interrupted | None = None
@@ -243,6 +244,15 @@ def _interrupt_in_chain(exc: BaseException) -> Interrupted | None:
     return None
 
 
+def _request_of(claim: Claim) -> ImageRequest | RunResult:
+    """The claim's request, or the result that fails this job alone: whatever is wrong with a
+    job's params fails that job only."""
+    try:
+        return image_request(claim)
+    except Exception as exc:
+        return RunResult(None, 0.0, error=f"invalid job parameters: {exc}", retryable=False)
+
+
 class JobRunner:
     """Runs jobs one at a time on a backend, in the one pipeline thread of `executor`."""
 
@@ -271,10 +281,9 @@ class JobRunner:
         probe_interval_s; an error from it, or no answer within the session's deadline
         (TimeoutError), means the session is lost.
         """
-        try:
-            request = image_request(claim)
-        except Exception as exc:  # whatever is wrong with this job's params fails this job only
-            return RunResult(None, 0.0, error=f"invalid job parameters: {exc}", retryable=False)
+        request = _request_of(claim)
+        if isinstance(request, RunResult):
+            return request
         loop = asyncio.get_running_loop()
         reporter = ProgressReporter(
             loop, self._pool, claim, gate, interval_s=self._progress_interval_s
@@ -357,16 +366,14 @@ class JobRunner:
         members: list[Member] = []
         invalid: Ends = []
         for claim, gate in zip(claims, gates, strict=True):
-            try:
-                image_request(claim)
-            except Exception as exc:
-                error = f"invalid job parameters: {exc}"
-                invalid.append((claim, RunResult(None, 0.0, error=error, retryable=False)))
+            request = _request_of(claim)
+            if isinstance(request, RunResult):
+                invalid.append((claim, request))
                 continue
             reporter = ProgressReporter(
                 loop, self._pool, claim, gate, interval_s=self._progress_interval_s
             )
-            members.append(Member(claim, gate, reporter))
+            members.append(Member(claim, request, gate, reporter))
         if not members:
             return invalid
         for claim, result in invalid:
@@ -390,7 +397,7 @@ class JobRunner:
             for member in live:
                 member.reporter.report(step, steps)
 
-        requests = [image_request(m.claim) for m in members]
+        requests = [m.request for m in members]
         future = loop.run_in_executor(
             self._executor, functools.partial(self._backend.generate_batch, requests, on_step)
         )

@@ -99,10 +99,9 @@ def _t5_encoder(vocab: int) -> T5EncoderModel:
     )
 
 
-def build_sdxl() -> Any:
-    tokenizer = _build_tokenizer()
-    vocab = len(tokenizer)
-    unet = UNet2DConditionModel(  # type: ignore[no-untyped-call]
+def _unet(**family: Any) -> Any:
+    """The SD-style denoiser every UNet family here shares, with the family's own options."""
+    return UNet2DConditionModel(  # type: ignore[no-untyped-call]
         sample_size=8,
         in_channels=4,
         out_channels=4,
@@ -112,6 +111,25 @@ def build_sdxl() -> Any:
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4),
         use_linear_projection=True,
+        **family,
+    )
+
+
+def _sd_scheduler(**family: Any) -> Any:
+    """Euler with SD's beta schedule, with the family's own prediction and timestep spacing."""
+    return EulerDiscreteScheduler(  # type: ignore[no-untyped-call]
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        **family,
+    )
+
+
+def build_sdxl() -> Any:
+    tokenizer = _build_tokenizer()
+    vocab = len(tokenizer)
+    unet = _unet(
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
         transformer_layers_per_block=(1, 1),
@@ -125,44 +143,20 @@ def build_sdxl() -> Any:
         tokenizer=tokenizer,
         tokenizer_2=_build_tokenizer(),
         unet=unet,
-        scheduler=EulerDiscreteScheduler(  # type: ignore[no-untyped-call]
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            timestep_spacing="leading",
-            steps_offset=1,
-        ),
+        scheduler=_sd_scheduler(timestep_spacing="leading"),
     )
 
 
 def build_sd2_turbo() -> Any:
     """SD 2.x as sd-turbo is: v-prediction, linear projections, trailing timesteps."""
     tokenizer = _build_tokenizer()
-    unet = UNet2DConditionModel(  # type: ignore[no-untyped-call]
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        cross_attention_dim=32,
-    )
+    unet = _unet(cross_attention_dim=32)
     return StableDiffusionPipeline(  # type: ignore[no-untyped-call]
         vae=_vae(),
         text_encoder=CLIPTextModel(_clip_config(len(tokenizer))),
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=EulerDiscreteScheduler(  # type: ignore[no-untyped-call]
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            prediction_type="v_prediction",
-            timestep_spacing="trailing",
-            steps_offset=1,
-        ),
+        scheduler=_sd_scheduler(prediction_type="v_prediction", timestep_spacing="trailing"),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
