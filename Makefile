@@ -25,13 +25,14 @@ install: $(RUN_STAMP)
 run: $(RUN_STAMP)
 	@$(VENV)/bin/gpuqueue run
 
-test: $(STAMP)
+test: $(STAMP) node_modules/.package-lock.json
 	$(PY) -m pytest -q
 
 migrate: $(RUN_STAMP)
 	@$(VENV)/bin/gpuqueue migrate
 
-# The page's checker (TypeScript over web/static's JSDoc types), pinned in package-lock.json.
+# The page's checker (TypeScript over web/static's JSDoc types) and the browser tests' axe-core,
+# pinned in package-lock.json.
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 

@@ -38,6 +38,7 @@ FAMILIES: dict[str, str] = {
     "eta": "bench.eta",
     "peer": "bench.peer",
     "http": "bench.http",
+    "scaling": "bench.scaling",
     "websocket": "bench.websocket",
     "diffusers": "bench.diffusers",
     "batch": "bench.batch",

@@ -1,9 +1,14 @@
 """Enqueue: one job's latency from one connection, and throughput from 8 connections.
 
-Ours is queueing.jobs.enqueue (gq_enqueue: conversation and model check, per-user queue limit,
-the event lock, the user's latest finish tag, the fair-share tags cut from the cost model's
-estimate, the position and the work ahead, message + job + two events + NOTIFY, then the job as
-JSON). The ETA model is read once and passed in, as the web server's one-second cache does.
+Ours is what `POST /api/conversations/{id}/images` runs against the database:
+queueing.jobs.enqueue with the web process's placer, so gq_enqueue runs with p_place false
+(conversation and model check, the per-user lock with the limit, the user's latest finish tag,
+the fair-share tags cut from the cost model's estimate, message + job, then the event lock only
+for the two events + NOTIFY; no position counted: the web process places the job from its
+in-memory queue order). The wait for that placing is the web's, not the database's, and is left
+out here (`Unwaited`); the http and scaling families measure it through HTTP. The counted path
+(no placer: p_place true, the position counted under the event lock, O(jobs ahead)) is shown as
+information. The ETA model is read once and passed in, as the web server's one-second cache does.
 
 Two baselines. "Before": the enqueue as it was before fair share, 011's FIFO gq_enqueue, kept in
 bench/sql/enqueue_before.sql and called as 011's queueing.jobs.enqueue called it, on the same
@@ -13,7 +18,7 @@ adds the NOTIFY (enqueue_one_notify), to show what NOTIFY's commit lock costs on
 
 Jobs are spread over 64 users (each with its own conversation), so a user's queued count stays
 near the product's per-user limit of 100, as in real use. Each throughput round starts from an
-empty queue: enqueue cost grows with the queue (the new job's position is a count).
+empty queue (the counted path's cost grows with the queue; `bench scaling` shows how).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
@@ -34,6 +40,7 @@ from bench.stats import ms, p50, p99
 from queueing import db, jobs
 from queueing.eta import EtaModel
 from queueing.positions import eta_model, with_eta
+from queueing.queue_order import Place
 
 FAMILY = "enqueue"
 BEFORE = "011's FIFO gq_enqueue, same run"
@@ -46,15 +53,38 @@ MAX_QUEUED = 1_000_000_000
 Op = Callable[[db.Connection], Awaitable[Any]]
 
 
+class Unwaited:
+    """The web's placer without its wait: gq_enqueue runs with p_place false, and the place the
+    fan-out would fill in (from the web process's queue order) is left out of the figure."""
+
+    def place(self, job_id: UUID) -> Place | None:
+        return None
+
+    async def placed(self, seq: int, job_id: UUID) -> Place | None:
+        return Place(0, 0.0, 0.0)
+
+    async def reached(self, seq: int) -> bool:
+        return True
+
+
 class Enqueuers:
     """Round-robin over users, so that no user's queued count grows without bound."""
 
-    def __init__(self, users: list[User], eta: EtaModel) -> None:
+    def __init__(self, users: list[User], eta: EtaModel, prompt: str = "bench enqueue") -> None:
         self._users = itertools.cycle(users)
         self._eta = eta
-        self._request = jobs.JobRequest(prompt="bench enqueue", params=PARAMS)
+        self.prompt = prompt
+        self._request = jobs.JobRequest(prompt=prompt, params=PARAMS)
 
     async def ours(self, conn: db.Connection) -> Any:
+        """The web's database call: queueing.jobs.enqueue with a placer (p_place false)."""
+        return await self._enqueue(conn, Unwaited())
+
+    async def counted(self, conn: db.Connection) -> Any:
+        """Without a placer: the position counted under the event lock (p_place true)."""
+        return await self._enqueue(conn, None)
+
+    async def _enqueue(self, conn: db.Connection, placer: Unwaited | None) -> Any:
         user = next(self._users)
         return await jobs.enqueue(
             conn,
@@ -63,6 +93,7 @@ class Enqueuers:
             actor=user.actor,
             max_queued=MAX_QUEUED,
             eta=self._eta,
+            placer=placer,
         )
 
     async def before(self, conn: db.Connection) -> Any:
@@ -99,7 +130,7 @@ class Enqueuers:
             {
                 "conversation_id": user.conversation_id,
                 "user_id": user.actor.user_id,
-                "prompt": "bench enqueue",
+                "prompt": self.prompt,
                 "params": Jsonb(PARAMS),
             },
         )
@@ -183,6 +214,7 @@ async def run(ctx: Context) -> list[Figure]:
             enqueuers = Enqueuers(await users(bdb, conn, USERS), await eta_model(conn))
             single_ops = {
                 "ours": enqueuers.ours,
+                "counted": enqueuers.counted,
                 "before": enqueuers.before,
                 "ceiling": enqueuers.ceiling,
             }
@@ -198,6 +230,7 @@ async def run(ctx: Context) -> list[Figure]:
         await empty_queue(bdb)
         variants = {
             "ours": enqueuers.ours,
+            "counted": enqueuers.counted,
             "before": enqueuers.before,
             "ceiling": enqueuers.ceiling,
             "notify": enqueuers.ceiling_notify,
@@ -209,7 +242,8 @@ async def run(ctx: Context) -> list[Figure]:
                 rates[name].append(await throughput(bdb, op, 8, seconds, waits[name]))
                 await empty_queue(bdb)
     mean = {name: sum(r) / len(r) for name, r in rates.items()}
-    ours, before, ceiling = single["ours"], single["before"], single["ceiling"]
+    ours, counted = single["ours"], single["counted"]
+    before, ceiling = single["before"], single["ceiling"]
 
     def spread(name: str) -> str:
         return ", ".join(f"{r:,.0f}" for r in rates[name])
@@ -242,6 +276,19 @@ async def run(ctx: Context) -> list[Figure]:
         ),
         Figure(
             FAMILY,
+            "enqueue one job p50, position counted in SQL (no placer)",
+            "one connection",
+            "ms",
+            ms(p50(counted)),
+            ms(p50(ceiling)),
+            CEILING,
+            (),
+            f"queueing.jobs.enqueue without a placer (p_place true: O(jobs ahead) under the "
+            f"event lock), as a caller without a web process gets it; p99 "
+            f"{ms(p99(counted)):.2f} ms; {samples}",
+        ),
+        Figure(
+            FAMILY,
             "enqueue throughput, 8 connections",
             "8 connections",
             "jobs/s",
@@ -252,6 +299,18 @@ async def run(ctx: Context) -> list[Figure]:
             f"mean of 3 interleaved rounds of {seconds:g} s (ours {spread('ours')}; "
             f"ceiling {spread('ceiling')}). Connections were, ours: "
             f"{summarize(waits['ours'])}; ceiling: {summarize(waits['ceiling'])}",
+        ),
+        Figure(
+            FAMILY,
+            "enqueue throughput, 8 connections, position counted in SQL (no placer)",
+            "8 connections",
+            "jobs/s",
+            mean["counted"],
+            mean["ceiling"],
+            CEILING,
+            (),
+            f"p_place true (rounds {spread('counted')}); its connections were: "
+            f"{summarize(waits['counted'])}",
         ),
         Figure(
             FAMILY,

@@ -1,8 +1,10 @@
 """The peer: PgQueuer's no-op throughput beside ours, on the same database, in the same minutes.
 
 Ours: the real worker process (`gpuqueue worker --backend stub`, 0 s) draining a batch of jobs
-put in the queue at once. PgQueuer: its own benchmark's shape (bench/pgqueuer_peer.py), with one
-dequeuer (like our one worker per GPU) and with five (its benchmark's default). Rounds alternate.
+put in the queue at once, one job per claim and then with `--max-batch 10` (compatible no-op
+jobs: ten claimed in one statement, their completions and the next claim in one round trip).
+PgQueuer: its own benchmark's shape (bench/pgqueuer_peer.py), with one dequeuer (like our one
+worker per GPU) and with five (its benchmark's default). Rounds alternate.
 
 What each does per job:
 - gpuqueue: claim one job under the device's GPU advisory lock (taken and released per job),
@@ -20,53 +22,87 @@ import json
 from bench import env
 from bench.dispatch import PARAMS, Loop
 from bench.env import Context
-from bench.report import Figure
+from bench.report import Figure, ratio_at_least
 
 FAMILY = "peer"
 DEVICE = "bench-peer"
 PEER = "PgQueuer 1.6.0"
+BATCH = 10  # PgQueuer's benchmark claims its jobs ten at a time
 
 
 async def run(ctx: Context) -> list[Figure]:
     rounds = 2
     n = 200 if ctx.quick else 400
     seconds = 2.0 if ctx.quick else 4.0
-    ours = Loop()
+    ours = {1: Loop(), BATCH: Loop()}
     peer: dict[int, list[dict[str, float]]] = {1: [], 5: []}
     async with ctx.database(FAMILY) as bdb:
-        child = await env.start_worker(
-            ctx, bdb, device=DEVICE, backend="stub", env={"GPUQUEUE_STUB_DELAY": "0"}
-        )
-        async with child:
-            await env.seed(bdb, 200, status="queued", prompt="warm", params=PARAMS, wake=True)
-            await env.wait_batch(bdb, "warm", 200, limit_s=120)
-            for rnd in range(rounds):
-                prompt = f"run-{rnd}"
-                await env.seed(bdb, n, status="queued", prompt=prompt, params=PARAMS, wake=True)
-                ours.add(Loop(n, await env.wait_batch(bdb, prompt, n, limit_s=300)))
-                for result in await _pgqueuer(ctx, bdb.url, seconds):
-                    peer[int(result["dequeuers"])].append(result)
-            child.check_alive()
-    figures = []
-    for dequeuers, results in peer.items():
-        jobs = sum(r["jobs"] for r in results)
-        rate = jobs / sum(r["seconds"] for r in results)
-        label = "like our one worker" if dequeuers == 1 else "its benchmark's default"
-        figures.append(
-            Figure(
-                FAMILY,
-                f"peer: no-op throughput, {PEER} with {dequeuers} dequeuer(s)",
-                f"1 enqueuer x 10, {dequeuers} dequeuer(s) x 10 ({label})",
-                "jobs/s",
-                ours.rate,
-                rate,
-                PEER,
-                (),
-                f"ours: the real worker process (stub, 0 s), {rounds} x {n} jobs; peer: psycopg "
-                f"driver, {rounds} x {seconds:g} s; ours does far more per job (bench/peer.py)",
+        for batch, loop in ours.items():
+            child = await env.start_worker(
+                ctx,
+                bdb,
+                device=f"{DEVICE}-{batch}",
+                backend="stub",
+                env={"GPUQUEUE_STUB_DELAY": "0", "GPUQUEUE_MAX_BATCH": str(batch)},
             )
-        )
-    return figures
+            async with child:
+                warm = f"warm-{batch}"
+                await env.seed(bdb, 200, status="queued", prompt=warm, params=PARAMS, wake=True)
+                await env.wait_batch(bdb, warm, 200, limit_s=120)
+                for rnd in range(rounds):
+                    prompt = f"run-{batch}-{rnd}"
+                    await env.seed(bdb, n, status="queued", prompt=prompt, params=PARAMS, wake=True)
+                    loop.add(Loop(n, await env.wait_batch(bdb, prompt, n, limit_s=300)))
+                    for result in await _pgqueuer(ctx, bdb.url, seconds):
+                        peer[int(result["dequeuers"])].append(result)
+                child.check_alive()
+    rates = {
+        dequeuers: sum(r["jobs"] for r in results) / sum(r["seconds"] for r in results)
+        for dequeuers, results in peer.items()
+    }
+    at = f"1 enqueuer x {BATCH}, %d dequeuer(s) x {BATCH} (%s)"
+    note = (
+        f"ours: the real worker process (stub, 0 s), {rounds} x {n} jobs%s; peer: psycopg "
+        f"driver, {rounds * len(ours)} x {seconds:g} s, its rounds alternating with ours; "
+        "ours does far more per job (bench/peer.py)"
+    )
+    one_by_one = " claimed one at a time"
+    batched = f" claimed up to {BATCH} at a time (--max-batch {BATCH})"
+    return [
+        Figure(
+            FAMILY,
+            f"peer: no-op throughput, ours one job per claim vs {PEER} with 1 dequeuer",
+            at % (1, "like our one worker"),
+            "jobs/s",
+            ours[1].rate,
+            rates[1],
+            PEER,
+            (ratio_at_least(0.5),),
+            note % one_by_one,
+        ),
+        Figure(
+            FAMILY,
+            f"peer: no-op throughput, ours --max-batch {BATCH} vs {PEER} with 1 dequeuer",
+            at % (1, "like our one worker"),
+            "jobs/s",
+            ours[BATCH].rate,
+            rates[1],
+            PEER,
+            (ratio_at_least(1.0),),
+            note % batched,
+        ),
+        Figure(
+            FAMILY,
+            f"peer: no-op throughput, ours --max-batch {BATCH} vs {PEER} with 5 dequeuers",
+            at % (5, "its benchmark's default"),
+            "jobs/s",
+            ours[BATCH].rate,
+            rates[5],
+            PEER,
+            (),
+            note % batched,
+        ),
+    ]
 
 
 async def _pgqueuer(ctx: Context, url: str, seconds: float) -> list[dict[str, float]]:

@@ -1,17 +1,20 @@
-"""Positions: one job's queue position and ETA, and every position of the queue in one query.
+"""Positions: one job's queue position and ETA, and every position of the queue in one pass.
 
 The table holds 1,000,000 finished jobs (100,000 with --quick) and the queue grows through the
 sizes in turn; 10 % of the queued jobs have priority 1, so both range counts do work, and their
 fair-share tags interleave eight users' jobs (bench/sql/seed.sql). One job is sampled over jobs
 drawn uniformly from the queue, so p50 is a job in the middle and p99 one near the back.
 
-Ours is the product's path in both figures. One job: queueing.jobs.get_job, what
-GET /api/jobs/{id} runs (the job's JSON with its position and the work ahead from
-gq_queue_place, then eta_s from the ETA model, passed in as the web server's one-second cache
-does; a registered worker session and the finished jobs' run times make that model real).
-Every position: queueing.positions.positions_in_subscriptions, the fan-out's position pass,
-following the one conversation all the queued jobs are in. The ceilings are raw counts and a raw
-row_number() over the same index, with the job's sort keys already known.
+Ours is the product's path in both figures, with the web process's queue order
+(web/live/placing.py Placing, loaded after each seed as a web process started then would load
+it: the seeded jobs have no events to follow). One job: queueing.jobs.get_job with that placer,
+what GET /api/jobs/{id} runs (the job's JSON, its position and the work ahead from the order,
+then eta_s from the ETA model, passed in as the web server's one-second cache does; a
+registered worker session and the finished jobs' run times make that model real). Every
+position: QueueOrder.place for every queued job, the fan-out's position pass following the one
+conversation all the queued jobs are in (no SQL). The ceilings are raw counts and a raw
+row_number() over the same index, with the job's sort keys already known; the all-positions
+rows also show the window query the fan-out ran before (bench/sql/positions_before.sql).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from bench.stats import ms, p50, p99
 from queueing import db, jobs, positions, workers
 from queueing.config import BUILTIN_MODEL
 from queueing.eta import EtaModel
+from web.live.placing import Placing
 
 FAMILY = "positions"
 CEILING_ONE = "raw count(*) over jobs_queued_idx"
@@ -60,6 +64,8 @@ async def run(ctx: Context) -> list[Figure]:
         # A live worker of the model, so that the ETA is computed (none: eta_s is null).
         session = await bdb.connect("gpuqueue-bench-worker")
         conn = await bdb.connect()
+        pool = db.make_pool(bdb.url, env.APP, min_size=1, max_size=2)
+        await pool.open()
         try:
             await workers.register(
                 session,
@@ -76,9 +82,12 @@ async def run(ctx: Context) -> list[Figure]:
                 )
                 queued = size
                 await env.vacuum(bdb)
-                figures += await _one_job(ctx, bdb, conn, size, finished)
-                figures += await _all_positions(ctx, bdb, conn, size, finished)
+                placing = Placing(pool)
+                await placing.load()
+                figures += await _one_job(ctx, bdb, conn, placing, size, finished)
+                figures += await _all_positions(ctx, bdb, conn, placing, size, finished)
         finally:
+            await pool.close()
             await conn.close()
             await session.close()
     return figures
@@ -96,7 +105,7 @@ async def _timed(conn: db.Connection, query: str, params: dict[str, Any]) -> tup
 
 
 async def _one_job(
-    ctx: Context, bdb: BenchDb, conn: db.Connection, size: int, finished: int
+    ctx: Context, bdb: BenchDb, conn: db.Connection, placing: Placing, size: int, finished: int
 ) -> list[Figure]:
     keys = await env.fetch(conn, "queued_keys")
     samples = 100 if ctx.quick else (200 if size >= 100_000 else 300)
@@ -115,7 +124,7 @@ async def _one_job(
         if i % 2:
             t_ceiling, rows = await _timed(conn, ceiling_sql, params)
         started = time.perf_counter()
-        job = await jobs.get_job(conn, key["job_id"], actor=bdb.actor, eta=eta)
+        job = await jobs.get_job(conn, key["job_id"], actor=bdb.actor, eta=eta, placer=placing)
         t_ours = time.perf_counter() - started
         if not i % 2:
             t_ceiling, rows = await _timed(conn, ceiling_sql, params)
@@ -127,9 +136,9 @@ async def _one_job(
             ours.append(t_ours)
             ceiling.append(t_ceiling)
     note = (
-        f"ours: queueing.jobs.get_job (position + work ahead + eta_s, the JSON of "
-        f"GET /api/jobs/{{id}}; seeded jobs have no events to list); {samples} jobs drawn "
-        f"uniformly from the queue"
+        f"ours: queueing.jobs.get_job with the web's queue order (the JSON of "
+        f"GET /api/jobs/{{id}}, position + work ahead from the order, eta_s; seeded jobs have "
+        f"no events to list); {samples} jobs drawn uniformly from the queue"
     )
     if mismatches:
         note += f"; {mismatches} positions DIFFERED from the raw count"
@@ -164,35 +173,45 @@ async def _one_job(
 
 
 async def _all_positions(
-    ctx: Context, bdb: BenchDb, conn: db.Connection, size: int, finished: int
+    ctx: Context, bdb: BenchDb, conn: db.Connection, placing: Placing, size: int, finished: int
 ) -> list[Figure]:
-    """Ours: queueing.positions.positions_in_subscriptions following the conversation every
-    queued job is in, the statement the WebSocket fan-out runs for its position pass."""
+    """Ours: QueueOrder.place for every job of the conversation every queued job is in, what
+    the WebSocket fan-out's position pass reads for the jobs it follows."""
     samples = 6 if size >= 100_000 else 12 if size >= 10_000 else 20
     if ctx.quick:
         samples //= 2
     ours: list[float] = []
     ceiling: list[float] = []
+    before: list[float] = []
     ceiling_sql = BENCH_SQL["position_all"]
+    before_sql = BENCH_SQL["position_pass_before"]
+    before_params = {"conversation_ids": [bdb.conversation_id], "job_ids": []}
+    order = placing.order
+    followed = sorted(order.in_conversation(bdb.conversation_id))
     mismatches = 0
     for i in range(samples + 2):  # two warm-up rounds
         started = time.perf_counter()
-        got = await positions.positions_in_subscriptions(
-            conn, conversation_ids=[bdb.conversation_id]
-        )
+        got = [(job_id, order.place(job_id)) for job_id in followed]
         t_ours = time.perf_counter() - started
         t_ceiling, raw = await _timed(conn, ceiling_sql, {})
+        t_before, _ = await _timed(conn, before_sql, before_params)
         if len(raw) != size or len(got) != size:
             raise AssertionError(f"{len(got)} and {len(raw)} positions returned, not {size}")
         if i == 0:
             theirs = {r["job_id"]: r["queue_position"] for r in raw}
-            mismatches = sum(1 for r in got if theirs.get(r["job_id"]) != r["queue_position"])
+            mismatches = sum(
+                1
+                for job_id, place in got
+                if place is None or theirs.get(job_id) != place.queue_position
+            )
         if i >= 2:
             ours.append(t_ours)
             ceiling.append(t_ceiling)
+            before.append(t_before)
     note = (
-        f"ours: queueing.positions.positions_in_subscriptions (positions and work ahead of "
-        f"every queued job, the fan-out's position pass); {samples} samples"
+        f"ours: QueueOrder.place for every queued job (position, work ahead: the fan-out's "
+        f"position pass, no SQL); before, the window query the fan-out ran: "
+        f"{ms(p50(before)):.1f} ms p50; {samples} samples"
     )
     if mismatches:
         note += f"; {mismatches} positions DIFFERED from the raw row_number()"
@@ -201,7 +220,7 @@ async def _all_positions(
     return [
         Figure(
             FAMILY,
-            "all positions, one query p50",
+            "all positions, the fan-out's pass p50",
             at,
             "ms",
             ms(p50(ours)),
@@ -212,7 +231,7 @@ async def _all_positions(
         ),
         Figure(
             FAMILY,
-            "all positions, one query p99",
+            "all positions, the fan-out's pass p99",
             at,
             "ms",
             ms(p99(ours)),

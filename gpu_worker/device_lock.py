@@ -104,6 +104,16 @@ class DeviceLock:
                 self.path,
             )
 
+    def awaited(self) -> bool:
+        """Whether another process waits for this GPU (it holds the `.queue` file while it
+        does): the holder then releases between jobs instead of keeping the GPU for the next."""
+        if self._queue.held:
+            return False
+        if not self._queue.try_lock():
+            return True
+        self._queue.unlock()
+        return False
+
     def release(self) -> None:
         """Release the lock now; the pipeline must be idle. A release already handed to the
         pipeline thread stays there."""

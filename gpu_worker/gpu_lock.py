@@ -6,6 +6,9 @@ The session registers the worker, so the worker is alive exactly while this conn
 the claim takes it when it is free (it never waits in the database, so a waiting worker holds no
 snapshot) and each way a job ends releases it in the same round trip (R2.2, R2.3). When the
 connection dies, PostgreSQL frees the lock at once and the sweep requeues the job.
+
+The common end, a completion, is sent with the next claim in one round trip and one commit
+(complete_and_claim), so the GPU sits idle for one round trip between jobs instead of two.
 """
 
 from __future__ import annotations
@@ -14,15 +17,18 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
 
 from queueing import db, jobs, workers
+from queueing.errors import translated
 from queueing.jobs import Backoff, Claim
 from queueing.models import ModelCapabilities
+from queueing.sql import QUERIES
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +38,20 @@ CHANNEL_GPU = "gq_gpu"  # payload: a GPU lock's name; gq_release_gpu freed it
 T = TypeVar("T")
 # Round trips given up on by _within: referenced until they end, so none is collected pending.
 _ABANDONED: set[asyncio.Future[Any]] = set()
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """Completions and the claim sent with them, committed together or not at all: whether each
+    image was stored (False: its claim was stale) and the next claims (none: the GPU is busy or
+    nothing is runnable). Nothing committed: no `stored` at all."""
+
+    stored: list[bool]
+    claims: list[Claim] = field(default_factory=list)
+
+    @property
+    def committed(self) -> bool:
+        return bool(self.stored)
 
 
 class GpuSession:
@@ -96,6 +116,14 @@ class GpuSession:
             self._deadline_s, jobs.lock_and_claim_batch(self.conn, self.worker_id, max_batch)
         )
 
+    async def gpu_shared(self) -> bool:
+        """Whether another live worker names this GPU (host and device): one with lock files
+        of its own, or on a machine that shares its host id, waits for the database's lock."""
+        found = await _within(
+            self._deadline_s, db.fetch_value(self.conn, "gpu_shared", {"worker_id": self.worker_id})
+        )
+        return bool(found)
+
     async def release_gpu(self) -> None:
         """Free the GPU lock after a claim raised: a session lock survives the rollback."""
         await _within(self._deadline_s, jobs.release_gpu(self.conn, self.gpu_lock))
@@ -110,6 +138,38 @@ class GpuSession:
 
     async def complete(self, claim: Claim, png: bytes, *, release: bool = True) -> bool:
         return await jobs.complete(self.conn, claim, png, release_device=_lock(claim, release))
+
+    async def complete_and_claim(
+        self, completions: Sequence[tuple[Claim, bytes]], max_batch: int
+    ) -> Handoff:
+        """Complete the claims in order, the last one releasing the GPU lock, and claim the next
+        jobs (as claim_batch), in one round trip and one transaction: one pipeline, whose
+        statements up to its Sync share a transaction. Each completion keeps its own transition
+        and event; one commit covers them and the claim.
+
+        When the database refuses any of it (a completion, or the claim), none of it is
+        committed and the Handoff says so: the caller writes each completion the usual way,
+        and claims the usual way after.
+        """
+        conn = self.conn
+        last = len(completions) - 1
+        answers = []
+        try:
+            with translated():
+                async with conn.pipeline():
+                    for index, (claim, png) in enumerate(completions):
+                        release = claim.gpu_lock if index == last else None
+                        ending = {**claim.fence(), "png": png, "release_device": release}
+                        answers.append(await conn.execute(QUERIES["job_complete"], ending))
+                    claiming = {"worker_id": self.worker_id, "max_batch": max_batch}
+                    claimed = await conn.execute(QUERIES["job_lock_and_claim_batch"], claiming)
+        except psycopg.OperationalError:
+            raise
+        except Exception as exc:  # rolled back at the Sync: the session is idle again
+            log.info("the hand-off was refused (%s); its jobs end one by one", exc)
+            return Handoff([])
+        stored = [bool(await answer.fetchall()) for answer in answers]
+        return Handoff(stored, [Claim.from_row(row) for row in await claimed.fetchall()])
 
     async def fail(
         self, claim: Claim, error: str, *, retryable: bool, backoff: Backoff, release: bool = True

@@ -1,7 +1,8 @@
 """`gpuqueue worker`: one process bound to one device, until a signal stops it.
 
 Exit codes: 0 stopped (SIGTERM/SIGINT, after the running job finished or was handed back),
-1 the backend could not load or a side task died, 75 a pipeline step wedged past its deadline
+1 the backend could not load or a side task died, 2 the database URL goes through a transaction
+pooler (queueing/session_check.py), 75 a pipeline step wedged past its deadline
 (the process ends so the GPU is freed; a supervisor restarts it).
 """
 
@@ -18,6 +19,7 @@ from gpu_worker.backends import default_max_batch, make_backend
 from gpu_worker.backends.pipeline_options import PipelineOptions
 from gpu_worker.worker import EXIT_FAILED, Worker, WorkerConfig
 from queueing.config import Settings
+from queueing.session_check import refuse_transaction_pooling
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ def run_worker(
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
+    refuse_transaction_pooling(url, "gpuqueue worker")
     worker = Worker(
         url,
         host=host,

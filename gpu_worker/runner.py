@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import enum
 import functools
 import logging
@@ -17,7 +18,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from gpu_worker import png
 from gpu_worker.backends import Backend, ImageRequest
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 NOT_RETRYABLE = (TypeError, ValueError, AttributeError)
 
 Clock = Callable[[], float]
+T = TypeVar("T")
 Probe = Callable[[Claim], Awaitable[tuple[bool, bool]]]
 
 
@@ -131,6 +133,7 @@ class ProgressReporter:
         self._clock = clock
         self._last = gate.started
         self._inflight: concurrent.futures.Future[None] | None = None
+        self._preview: bytes | None = None  # the latest, sent with the next report
         self.reported = 0
 
     def on_step(self, step: int, steps: int) -> None:
@@ -146,11 +149,18 @@ class ProgressReporter:
             return
         self._last = now
         self.reported += 1
-        self._inflight = asyncio.run_coroutine_threadsafe(self._report(step, steps), self._loop)
+        preview, self._preview = self._preview, None
+        self._inflight = asyncio.run_coroutine_threadsafe(
+            self._report(step, steps, preview), self._loop
+        )
 
-    async def _report(self, step: int, steps: int) -> None:
+    def preview(self, _index: int, image: bytes) -> None:
+        """The backend's on_preview (from the pipeline thread): kept for the next report."""
+        self._preview = image
+
+    async def _report(self, step: int, steps: int, preview: bytes | None) -> None:
         try:
-            cancel = await jobs.report_progress(self._pool, self._claim, step, steps)
+            cancel = await jobs.report_progress(self._pool, self._claim, step, steps, preview)
         except Exception as exc:  # progress is best effort; the probe watches the session
             log.warning("job %s: progress not stored (%s)", self._claim.job_id, exc)
             return
@@ -288,12 +298,13 @@ class JobRunner:
         reporter = ProgressReporter(
             loop, self._pool, claim, gate, interval_s=self._progress_interval_s
         )
-        future = loop.run_in_executor(
-            self._executor, functools.partial(self._backend.generate, request, reporter.on_step)
+        future = self._start(
+            [request],
+            functools.partial(self._backend.generate, request, reporter.on_step, reporter.preview),
         )
-        while True:
-            done, _ = await asyncio.wait({future}, timeout=self._probe_interval_s)
-            if done:
+        while not future.done():  # an instant call is done already: no wait at all
+            await asyncio.wait({future}, timeout=self._probe_interval_s)
+            if future.done():
                 break
             due = gate.due()
             if due is not None and time.monotonic() - due[1] > self._stuck_grace_s:
@@ -301,6 +312,22 @@ class JobRunner:
             if not gate.flagged(Reason.LOST):
                 await self._probe(claim, gate, probe)
         return self._result(future, gate)
+
+    def _start(self, requests: Sequence[ImageRequest], call: Callable[[], T]) -> asyncio.Future[T]:
+        """The pipeline call, in the pipeline thread; already done when the backend says it
+        returns at once (`runs_instantly`: the stub at zero delay), as the thread hop would
+        cost more than the call itself."""
+        loop = asyncio.get_running_loop()
+        instantly = getattr(self._backend, "runs_instantly", None)
+        if instantly is None or not instantly(requests):
+            # In a copy of this context: the pipeline's log lines name the job too.
+            return loop.run_in_executor(self._executor, contextvars.copy_context().run, call)
+        done: asyncio.Future[T] = loop.create_future()
+        try:
+            done.set_result(call())
+        except Exception as exc:
+            done.set_exception(exc)
+        return done
 
     async def _probe(self, claim: Claim, gate: StepGate, probe: Probe) -> None:
         try:
@@ -398,10 +425,16 @@ class JobRunner:
                 member.reporter.report(step, steps)
 
         requests = [m.request for m in members]
-        future = loop.run_in_executor(
-            self._executor, functools.partial(self._backend.generate_batch, requests, on_step)
+        future = self._start(
+            requests,
+            functools.partial(
+                self._backend.generate_batch,
+                requests,
+                on_step,
+                lambda index, image: members[index].reporter.preview(index, image),
+            ),
         )
-        while True:
+        while not future.done():
             woken: asyncio.Future[Any] = asyncio.ensure_future(wake.wait())
             waits: set[asyncio.Future[Any]] = {future, woken}
             try:

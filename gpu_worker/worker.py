@@ -3,7 +3,9 @@
 A GPU is (host, device). Before each claim the worker takes its GPU's OS-level lock (an flock,
 gpu_worker/device_lock.py) and keeps it until the pipeline has stopped; the claim then takes the
 database's GPU lock if it is free. A worker that finds either busy waits outside any statement,
-for a NOTIFY, its poll interval or a stop.
+for a NOTIFY, its poll interval or a stop. A completion carries the next claim in its round
+trip (GpuSession.complete_and_claim) unless another process waits for the GPU; the OS-level
+lock is then kept for the job it brings.
 
 Three side tasks keep it honest: a Listener (NOTIFY wakes the loop and cancels running jobs), a
 poll timer (a lost NOTIFY never strands a job), and the crash-recovery sweep (jobs of dead
@@ -31,10 +33,10 @@ from psycopg_pool import PoolTimeout
 
 from gpu_worker.backends import Backend
 from gpu_worker.device_lock import DeviceLock
-from gpu_worker.gpu_lock import CHANNEL_GPU, GpuSession, LockWatchdog
+from gpu_worker.gpu_lock import CHANNEL_GPU, GpuSession, Handoff, LockWatchdog
 from gpu_worker.runner import JobRunner, Reason, RunResult, StepGate, error_message
 from gpu_worker.sweeper import Sweeper
-from queueing import db, workers
+from queueing import db, log_context, workers
 from queueing.cancellation import cancel_and_wait
 from queueing.config import BUILTIN_MODEL, Settings, default_gpu_lock_dir
 from queueing.errors import QueueError
@@ -144,6 +146,8 @@ class Worker:
         self._session: GpuSession | None = None
         self._device_lock: DeviceLock | None = None
         self._watchdog = LockWatchdog(self.config.lock_warn_s)
+        self._shared = False  # another live worker names this GPU (_may_hand_off)
+        self._shared_read_at = -float("inf")
         self.jobs_done = 0
         self.sessions = 0
 
@@ -175,6 +179,7 @@ class Worker:
 
     async def run(self) -> int:
         """Load the backend, then work until stopped. Returns the process exit code."""
+        logged_as = log_context.bind(host=self.host, device=self.device, model=self.model)
         executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gpuqueue-pipeline")
         pool = db.make_pool(self.url, "gpuqueue-worker-pool", min_size=1, max_size=4)
         await pool.open(wait=False)
@@ -207,6 +212,7 @@ class Worker:
             await pool.close()
             # Not cancel_futures: a pending device-lock release must run once the pipeline ends.
             executor.shutdown(wait=False)
+            log_context.unbind(logged_as)
         return code
 
     async def _work(self, executor: concurrent.futures.ThreadPoolExecutor, pool: db.Pool) -> int:
@@ -222,33 +228,40 @@ class Worker:
             stuck_grace_s=self.config.stuck_grace_s,
             progress_interval_s=self.config.progress_interval_s,
         )
+        # Claimed with the last job's completion, the device lock kept: run before anything else
+        # (also when a stop came meanwhile: they are ours, and their gates know the stop).
+        handed: list[Claim] = []
         try:
-            while not self._stopping.is_set():
+            while handed or not self._stopping.is_set():
                 session = self._session or await self._connect()
                 if session is None:
                     break
                 device_lock = self._device_lock_of(session, executor)
-                if not await device_lock.acquire(self._stopping, self._wake):
-                    break
-                self._wake.clear()
-                try:
-                    claims = await session.claim_batch(self.config.max_batch)
-                except SESSION_LOST as exc:
-                    device_lock.release()
-                    await self._lost(session, pool, f"while claiming ({error_message(exc)})")
-                    continue
-                except (psycopg.Error, QueueError) as exc:
-                    device_lock.release()
-                    await self._claim_failed(session, pool, exc)
-                    continue
-                if not claims:  # the GPU is busy, or nothing is runnable
-                    device_lock.release()
-                    await self._idle()
-                    continue
+                claims, handed = handed, []
+                if not claims:
+                    if not await device_lock.acquire(self._stopping, self._wake):
+                        break
+                    self._wake.clear()
+                    try:
+                        claims = await session.claim_batch(self.config.max_batch)
+                    except SESSION_LOST as exc:
+                        device_lock.release()
+                        await self._lost(session, pool, f"while claiming ({error_message(exc)})")
+                        continue
+                    except (psycopg.Error, QueueError) as exc:
+                        device_lock.release()
+                        await self._claim_failed(session, pool, exc)
+                        continue
+                    if not claims:  # the GPU is busy, or nothing is runnable
+                        device_lock.release()
+                        await self._idle()
+                        continue
                 if len(claims) == 1:
-                    await self._process(session, claims[0], device_lock, runner, pool)
+                    handoff = await self._process(session, claims[0], device_lock, runner, pool)
                 else:
-                    await self._process_batch(session, claims, device_lock, runner, pool)
+                    handoff = await self._process_batch(session, claims, device_lock, runner, pool)
+                if handoff is not None:
+                    handed = await self._handed_over(handoff, device_lock)
         finally:
             if self._session is not None:
                 await self._session.close()
@@ -300,6 +313,7 @@ class Worker:
                 continue
             self._session = session
             self.sessions += 1
+            log_context.bind(worker_id=session.worker_id)  # this task's lines from now on
             log.info(
                 "worker %s registered on GPU %s (host %s, device %s; backend %s, session pid %d)",
                 session.worker_id,
@@ -319,6 +333,28 @@ class Worker:
         if self._device_lock is None:
             self._device_lock = DeviceLock(self.config.gpu_lock_dir, session.gpu_lock, executor)
         return self._device_lock
+
+    async def _may_hand_off(self, session: GpuSession, device_lock: DeviceLock) -> bool:
+        """Whether a completion may carry the next claim: not when stopping, nor when another
+        process waits for this GPU (it gets the GPU between jobs, as before): on this host's
+        lock files, or, read again every poll interval, as another live worker of the same
+        GPU name (one with lock files of its own waits only for the database's lock)."""
+        if self._stopping.is_set() or device_lock.awaited():
+            return False
+        now = time.monotonic()
+        if now >= self._shared_read_at + self.config.poll_interval_s:
+            self._shared = await session.gpu_shared()
+            self._shared_read_at = now
+        return not self._shared
+
+    async def _handed_over(self, handoff: Handoff, device_lock: DeviceLock) -> list[Claim]:
+        """The claims a completion brought back, to run next with the device lock still held;
+        without any, the idle wait that follows a claim of the loop's own that found none."""
+        if handoff.claims:
+            return handoff.claims
+        device_lock.release()
+        await self._idle()
+        return []
 
     async def _claim_failed(self, session: GpuSession, pool: db.Pool, exc: Exception) -> None:
         """A claim the database refused (not a lost session): free the GPU lock it may have
@@ -380,14 +416,16 @@ class Worker:
         device_lock: DeviceLock,
         runner: JobRunner,
         pool: db.Pool,
-    ) -> None:
-        """Run one claimed job and record its end. The device lock is released only once the
-        pipeline has stopped, also when the session was lost meanwhile."""
+    ) -> Handoff | None:
+        """Run one claimed job and record its end; the Handoff when the end carried the next
+        claim. The device lock is released only once the pipeline has stopped, also when the
+        session was lost meanwhile, and kept when the hand-off brought the next jobs."""
         gate = StepGate(timeout_s=claim.timeout_s)
         if self._stop_at is not None:
             gate.stop_by(self._stop_at)
         self._running = _Running({str(claim.job_id): gate})
         self._watchdog.held(claim)
+        logged_as = log_context.bind(job_id=claim.job_id)
         log.debug(
             "job %s: processing on GPU %s (attempt %d of %d, timeout %d s)",
             claim.job_id,
@@ -396,6 +434,7 @@ class Worker:
             claim.max_attempts,
             claim.timeout_s,
         )
+        handoff: Handoff | None = None
         try:
             try:
                 result = await runner.run(claim, gate, session.probe)
@@ -408,15 +447,37 @@ class Worker:
                 await self._give_up(session, [(claim, result)])
             if result.reason is Reason.LOST:
                 await self._lost(session, pool, f"while job {claim.job_id} ran")
-                return
+                return None
             try:
-                await self._record(session, claim, result)
-            except psycopg.OperationalError as exc:
+                handoff = await self._end(session, [(claim, result)], device_lock)
+            except SESSION_LOST as exc:
                 await self._lost(session, pool, f"while ending job {claim.job_id} ({exc})")
         finally:
+            log_context.unbind(logged_as)
             self._watchdog.released()
             self._running = None
-            device_lock.release()  # the pipeline has stopped (or the release waits for it)
+            if handoff is None or not handoff.claims:
+                device_lock.release()  # the pipeline has stopped (or the release waits for it)
+        return handoff
+
+    async def _end(
+        self, session: GpuSession, ends: list[tuple[Claim, RunResult]], device_lock: DeviceLock
+    ) -> Handoff | None:
+        """Write the ends in order, the last one releasing the GPU lock. When they are all
+        completions and the GPU may stay with this worker, they go with the next claim in one
+        round trip and one commit (the Handoff); when the database refuses that, each is
+        written the usual way and None is returned, as when they are written one by one."""
+        completions = [(c, r.png) for c, r in ends if r.reason is None and r.png is not None]
+        if len(completions) == len(ends) and await self._may_hand_off(session, device_lock):
+            self._wake.clear()  # as before a claim: a NOTIFY from now on is news
+            handoff = await session.complete_and_claim(completions, self.config.max_batch)
+            if handoff.committed:
+                for (claim, result), stored in zip(ends, handoff.stored, strict=True):
+                    self._ended(claim, self._ending(session, claim, result), stored)
+                return handoff
+        for index, (claim, result) in enumerate(ends):
+            await self._record(session, claim, result, release=index == len(ends) - 1)
+        return None
 
     async def _record(
         self, session: GpuSession, claim: Claim, result: RunResult, *, release: bool = True
@@ -462,10 +523,14 @@ class Worker:
     ) -> None:
         ending = self._ending(session, claim, result, release=release)
         assert ending.write is not None  # a lost session was dealt with before
-        answer = await ending.write()
+        self._ended(claim, ending, await ending.write())
+
+    def _ended(self, claim: Claim, ending: _Ending, answer: Any) -> None:
+        """Count and log an end the database took, `answer` being its transition's."""
         if ending.done:
             self.jobs_done += 1
-        ending.log(answer)
+        with log_context.bound(job_id=claim.job_id):  # also a batch member's line
+            ending.log(answer)
 
     def _ending(
         self, session: GpuSession, claim: Claim, result: RunResult, *, release: bool = True
@@ -584,9 +649,10 @@ class Worker:
         device_lock: DeviceLock,
         runner: JobRunner,
         pool: db.Pool,
-    ) -> None:
+    ) -> Handoff | None:
         """Run claims as one pipeline call; each member ends in its own transition, and the
-        GPU lock is released with the last end, once the pipeline has stopped."""
+        GPU lock is released with the last end, once the pipeline has stopped (the last end may
+        carry the next claim, as _process's does)."""
         gates = [StepGate(timeout_s=claim.timeout_s) for claim in claims]
         if self._stop_at is not None:
             for gate in gates:
@@ -594,6 +660,7 @@ class Worker:
         self._running = _Running({str(c.job_id): g for c, g in zip(claims, gates, strict=True)})
         self._watchdog.held(claims[0])
         lost: list[str] = []
+        handoff: Handoff | None = None
         log.debug(
             "batch of %d job(s) processing on GPU %s: %s",
             len(claims),
@@ -624,23 +691,24 @@ class Worker:
                 await self._give_up(session, ends)
             if lost or any(result.reason is Reason.LOST for _, result in ends):
                 await self._lost(session, pool, lost[0] if lost else "while a batch ran")
-                return
+                return None
             if not ends:  # every end was written alone: none of them released the GPU lock
                 try:
                     await session.release_gpu()
                 except SESSION_LOST as exc:
                     await self._lost(session, pool, f"while releasing the GPU lock ({exc})")
-                return
-            for index, (claim, result) in enumerate(ends):
-                try:
-                    await self._record(session, claim, result, release=index == len(ends) - 1)
-                except psycopg.OperationalError as exc:
-                    await self._lost(session, pool, f"while ending job {claim.job_id} ({exc})")
-                    return
+                return None
+            try:
+                handoff = await self._end(session, ends, device_lock)
+            except SESSION_LOST as exc:
+                await self._lost(session, pool, f"while ending the batch's jobs ({exc})")
+                return None
         finally:
             self._watchdog.released()
             self._running = None
-            device_lock.release()
+            if handoff is None or not handoff.claims:
+                device_lock.release()
+        return handoff
 
     # -- side tasks -----------------------------------------------------------------------
 
@@ -649,7 +717,7 @@ class Worker:
             running = self._running
             gate = None if running is None else running.gates.get(payload)
             if gate is not None:
-                log.info("job %s: cancel requested", payload)
+                log.info("job %s: cancel requested", payload, extra={"job_id": payload})
                 gate.flag(Reason.CANCEL)
         elif channel != CHANNEL_GPU or (
             self._device_lock is not None and payload == self._device_lock.gpu

@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from gpu_worker.backends.pipeline_options import ATTENTIONS, DTYPES, OFFLOADS
-from gpuqueue import prune_cli, users_cli
+from gpuqueue import logs, prune_cli, users_cli
 from queueing import db, locate
 from queueing.config import Settings, check_host_id
 
@@ -78,10 +77,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    from gpuqueue.status import show_status
+    from gpuqueue.status import show_status, watch_status
 
     return asyncio.run(
-        show_status(
+        (watch_status if args.watch else show_status)(
             database_url(args, settings),
             as_json=args.json,
             lock_warn_s=settings.lock_warn_s,
@@ -181,6 +180,11 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="the operator's view of the queue")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="redraw every second until Ctrl-C (--json: a line each)",
+    )
     status.set_defaults(func=_status)
     prune_cli.add_parser(sub)
     users_cli.add_parser(sub)
@@ -196,12 +200,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not settings.data_dir.is_absolute():
         settings = dataclasses.replace(settings, data_dir=Path.cwd() / settings.data_dir)
+    try:
+        logs.check_format(settings.log_format)
+    except ValueError as exc:
+        print(f"gpuqueue: {exc}", file=sys.stderr)
+        return 2
     args = build_parser(settings).parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(args.log_level, settings.log_format)
     try:
         return int(args.func(args, settings))
     except KeyboardInterrupt:

@@ -3,13 +3,18 @@
 Counts per status, each model with its workers and jobs, the head of each model's queue in
 claim order with positions and ETAs, the live workers with their GPU (host and device) and model,
 the job each runs and how long it has held its GPU lock, and the oldest queued job's age.
-Everything is read from the database, so it shows the same from any machine.
+Everything is read from the database, so it shows the same from any machine. `--watch` redraws
+it every second until Ctrl-C.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import signal
 import sys
+import time
 from typing import Any, TextIO
 
 import psycopg
@@ -19,6 +24,8 @@ from queueing.config import Settings
 from queueing.states import JobStatus
 
 QUEUE_SHOWN = 50
+WATCH_INTERVAL_S = 1.0
+CLEAR_SCREEN = "\x1b[H\x1b[2J"  # cursor home, erase the screen (ANSI)
 
 
 async def collect(
@@ -97,6 +104,54 @@ async def show_status(
         print(json.dumps(data, indent=2), file=out)
     else:
         print(render(data, lock_warn_s=lock_warn_s), file=out)
+    return 0
+
+
+async def watch_status(
+    url: str,
+    *,
+    as_json: bool = False,
+    out: TextIO | None = None,
+    lock_warn_s: float = Settings.lock_warn_s,
+    default_model: str = Settings.default_model,
+    interval_s: float = WATCH_INTERVAL_S,
+) -> int:
+    """Redraw the status every `interval_s` (--json: one line each) until SIGINT or SIGTERM,
+    then exit 0. A database that stops answering is said on screen and tried again at the next
+    redraw: a watch on a wall outlives a restart of PostgreSQL."""
+    out = out or sys.stdout
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    conn: db.Connection | None = None
+    try:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                conn = conn or await db.connect(url, "gpuqueue-status")
+                data: dict[str, Any] | None = await collect(conn, default_model=default_model)
+                problem = ""
+            except psycopg.Error as exc:
+                data, problem = None, f"cannot read the status ({exc}); trying again"
+                if conn is not None:
+                    await conn.close()
+                    conn = None
+            if as_json:
+                print(json.dumps(data) if data else problem, file=out if data else sys.stderr)
+            else:
+                heading = f"gpuqueue status every {interval_s:g}s, Ctrl-C to stop"
+                body = render(data, lock_warn_s=lock_warn_s) if data else problem
+                out.write(f"{CLEAR_SCREEN}{heading}  {time.strftime('%H:%M:%S')}\n\n{body}\n")
+            out.flush()
+            left = interval_s - (time.monotonic() - started)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(left, 0.0))
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if conn is not None:
+            await conn.close()
     return 0
 
 

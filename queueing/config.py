@@ -87,6 +87,8 @@ class Settings:
     stub_delay_per_work_s: float = 0.0
     run_user: str = field(default="local", metadata=_env("USER"))
     log_level: str = "INFO"
+    # "text" (readable) or "json" (one object per line, for a log store: gpuqueue/logs.py).
+    log_format: str = "text"
     # The web server's defaults: image side when a request names none, and its pool size.
     default_size: int = 512
     web_pool_size: int = 20

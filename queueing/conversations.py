@@ -42,6 +42,41 @@ async def get_conversation(
     return cast(ConversationWithMessages, row)
 
 
+async def rename_conversation(
+    conn: db.Db, conversation_id: UUID | str, title: str, *, actor: Actor
+) -> ConversationRow:
+    row = await db.fetch_one(
+        conn,
+        "conversation_rename",
+        {"conversation_id": conversation_id, "title": title, "owner": actor.owner},
+    )
+    if row is None:
+        raise NotFound(f"conversation {conversation_id} not found")
+    return cast(ConversationRow, row)
+
+
+async def cancel_conversation_jobs(
+    conn: db.Db, conversation_id: UUID | str, *, actor: Actor
+) -> dict[UUID, int]:
+    """A delete's first half: its active jobs end canceled, each with its event; returns each
+    canceled job's event seq. The rows stay, so the fan-out can read the events before
+    delete_conversation removes them."""
+    rows = await db.fetch_all(
+        conn, "conversation_cancel_jobs", {"conversation_id": conversation_id, "owner": actor.owner}
+    )
+    return {row["job_id"]: row["seq"] for row in rows}
+
+
+async def delete_conversation(conn: db.Db, conversation_id: UUID | str, *, actor: Actor) -> None:
+    """The conversation with its messages, jobs, events and images (a running job's worker is
+    told to stop, and its own end of the job is fenced: the row is gone)."""
+    deleted = await db.fetch_value(
+        conn, "conversation_delete", {"conversation_id": conversation_id, "owner": actor.owner}
+    )
+    if not deleted:
+        raise NotFound(f"conversation {conversation_id} not found")
+
+
 async def conversation_visible(conn: db.Db, conversation_id: UUID | str, *, actor: Actor) -> bool:
     row = await db.fetch_one(
         conn, "conversation_owned", {"conversation_id": conversation_id, "owner": actor.owner}

@@ -55,6 +55,7 @@ _BY_SQLSTATE: dict[str, type[QueueError]] = {
     "GQ413": TooLarge,
     "GQ422": UnknownModel,
     "GQ429": QueueFull,
+    "23503": NotFound,  # foreign_key_violation: what it refers to was deleted meanwhile
     "23514": InvalidData,  # check_violation
     "22P02": InvalidData,  # invalid_text_representation
     "22001": InvalidData,  # string_data_right_truncation

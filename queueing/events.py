@@ -25,11 +25,12 @@ async def events_after(
     *,
     conversation_ids: Iterable[UUID] | None = None,
     job_ids: Iterable[UUID] | None = None,
+    until: int | None = None,
     limit: int = 1000,
 ) -> list[EventRow]:
-    """Up to `limit` events with seq > `after` in seq order ('pending' left out), optionally only
-    those of some conversations or jobs. Rows: seq, job_id, conversation_id, event (the dict the
-    WebSocket sends)."""
+    """Up to `limit` events with seq > `after` (and <= `until`) in seq order ('pending' left
+    out), optionally only those of some conversations or jobs. Rows: seq, job_id,
+    conversation_id, event (the dict the WebSocket sends), the job's sort keys."""
     rows = await db.fetch_all(
         conn,
         "events_after",
@@ -37,6 +38,7 @@ async def events_after(
             "after": after,
             "conversation_ids": None if conversation_ids is None else list(conversation_ids),
             "job_ids": None if job_ids is None else list(job_ids),
+            "until": until,
             "limit": limit,
         },
     )
@@ -45,7 +47,7 @@ async def events_after(
 
 async def progress_of(conn: db.Db, job_ids: Iterable[UUID]) -> list[ProgressRow]:
     """The last reported step of those of the jobs that are processing (job_id,
-    conversation_id, progress)."""
+    conversation_id, progress), and the preview stored with that step (else None)."""
     ids = list(job_ids)
     if not ids:
         return []

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from uuid import UUID
 
 from psycopg.types.json import Jsonb
@@ -21,6 +21,7 @@ from .config import Settings
 from .errors import NotFound
 from .eta import EtaModel
 from .positions import eta_model, with_eta
+from .queue_order import Place
 from .rows import ClaimFence, JobJson, JobList, LostJob
 from .states import JobStatus
 
@@ -35,6 +36,24 @@ class JobRequest:
     priority: int = 0
     max_attempts: int = Settings.default_max_attempts
     timeout_s: int = Settings.default_timeout_s
+
+
+class Placer(Protocol):
+    """Where queued jobs' places come from when not counted in SQL: a web process's queue order
+    (web/live/fanout.py), exact at every seq, O(log n) a job."""
+
+    def place(self, job_id: UUID) -> Place | None:
+        """The job's place now, None when the order does not hold it (not queued, or not yet)."""
+        ...
+
+    async def placed(self, seq: int, job_id: UUID) -> Place | None:
+        """The job's place right after event `seq` (its queued event), once the order reached it
+        and the place is written back; None when that did not happen in time."""
+        ...
+
+    async def reached(self, seq: int) -> bool:
+        """Wait until the order holds the state after event `seq` (or a later one)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -100,11 +119,15 @@ async def enqueue(
     max_queued: int,
     default_model: str = Settings.default_model,
     eta: EtaModel | None = None,
+    placer: Placer | None = None,
 ) -> JobJson:
     """pending -> queued; creates the assistant message too. Returns the job as the API shows it.
 
     The model must be one a worker registered, or `default_model` (UnknownModel otherwise). The
     job's estimated cost, which places it among other users' jobs, comes from `eta`'s fits.
+    Without a placer the position is counted in the same transaction (under the event lock:
+    O(jobs ahead), serialised); with one, the enqueue itself is O(1) and the placer gives the
+    place the job took at its queued event's seq.
     """
     if eta is None:
         eta = await eta_model(conn)
@@ -125,33 +148,93 @@ async def enqueue(
             "max_attempts": request.max_attempts,
             "timeout_s": request.timeout_s,
             "max_queued": max_queued,
+            "place": placer is None,
         },
     )
     assert row is not None
-    return await _job_with_eta(conn, row["job"], eta)
+    job: JobJson = row["job"]
+    seq: int = job.pop("event_seq")  # type: ignore[typeddict-item]
+    if placer is not None:
+        job_id = UUID(job["job_id"])
+        place = await placer.placed(seq, job_id)
+        if place is None:
+            place = (await _counted_places(conn, [job_id])).get(job_id, Place(0, 0.0, 0.0))
+        _set_place(job, place)
+    return await _job_with_eta(conn, job, eta)
+
+
+def _set_place(job: JobJson, place: Place) -> None:
+    job["queue_position"] = place.queue_position
+    job["work_ahead"] = place.work_ahead
+
+
+async def _counted_places(conn: db.Db, job_ids: list[UUID]) -> dict[UUID, Place]:
+    if not job_ids:
+        return {}
+    rows = await db.fetch_all(conn, "queue_places", {"job_ids": job_ids})
+    return {r["job_id"]: Place(r["queue_position"], r["work_ahead"], 0.0) for r in rows}
+
+
+async def _placed(conn: db.Db, queued: list[JobJson], placer: Placer, seq: int) -> None:
+    """Fill in the places of queued jobs read at event `seq` from the placer, once it has
+    followed the log that far (so they are of that state or a later one, never an earlier one),
+    counting the few it does not hold (or all, when it did not catch up in time)."""
+    caught_up = await placer.reached(seq)
+    missing: list[tuple[UUID, JobJson]] = []
+    for job in queued:
+        job_id = UUID(job["job_id"])
+        place = placer.place(job_id) if caught_up else None
+        if place is None:
+            missing.append((job_id, job))
+        else:
+            _set_place(job, place)
+    if missing:
+        counted = await _counted_places(conn, [job_id for job_id, _ in missing])
+        for job_id, job in missing:
+            _set_place(job, counted.get(job_id, Place(0, 0.0, 0.0)))
 
 
 async def get_job(
-    conn: db.Db, job_id: UUID | str, *, actor: Actor, eta: EtaModel | None = None
+    conn: db.Db,
+    job_id: UUID | str,
+    *,
+    actor: Actor,
+    eta: EtaModel | None = None,
+    placer: Placer | None = None,
 ) -> JobJson:
-    row = await db.fetch_one(conn, "job_get", {"job_id": job_id, "owner": actor.owner})
+    row = await db.fetch_one(
+        conn, "job_get", {"job_id": job_id, "owner": actor.owner, "count": placer is None}
+    )
     if row is None:
         raise NotFound(f"job {job_id} not found")
-    return await _job_with_eta(conn, row["job"], eta)
+    job: JobJson = row["job"]
+    if placer is not None and job["status"] == JobStatus.QUEUED:
+        await _placed(conn, [job], placer, row["seq"])
+    return await _job_with_eta(conn, job, eta)
 
 
 async def list_jobs(
-    conn: db.Db, conversation_id: UUID | str, *, actor: Actor, eta: EtaModel | None = None
+    conn: db.Db,
+    conversation_id: UUID | str,
+    *,
+    actor: Actor,
+    eta: EtaModel | None = None,
+    placer: Placer | None = None,
 ) -> JobList:
     """A conversation's jobs in queue order, with live positions, and the seq of the state they
     show (read in one statement: since_seq=seq replays exactly what they do not show)."""
     row = await db.fetch_one(
-        conn, "conversation_jobs", {"conversation_id": conversation_id, "owner": actor.owner}
+        conn,
+        "conversation_jobs",
+        {"conversation_id": conversation_id, "owner": actor.owner, "count": placer is None},
     )
     if row is None:
         raise NotFound(f"conversation {conversation_id} not found")
     jobs: list[JobJson] = row["jobs"]
-    if eta is None and any(j["status"] == JobStatus.QUEUED for j in jobs):
+    queued = [j for j in jobs if j["status"] == JobStatus.QUEUED]
+    if placer is not None and queued:
+        await _placed(conn, queued, placer, row["seq"])
+    if eta is None and queued:
         eta = await eta_model(conn)
     return {"jobs": [with_eta(j, eta or EtaModel()) for j in jobs], "seq": row["seq"]}
 
@@ -173,22 +256,44 @@ async def job_image(conn: db.Db, job_id: UUID | str, *, actor: Actor) -> bytes:
 
 
 async def cancel(
-    conn: db.Db, job_id: UUID | str, *, actor: Actor, eta: EtaModel | None = None
+    conn: db.Db,
+    job_id: UUID | str,
+    *,
+    actor: Actor,
+    eta: EtaModel | None = None,
+    placer: Placer | None = None,
 ) -> JobJson:
-    """queued -> canceled now; processing -> cancel requested (its worker ends it canceled)."""
+    """queued -> canceled now; processing -> cancel requested (its worker ends it canceled).
+    With a placer, answers once the placer has followed the cancel (reads after it agree)."""
     row = await db.fetch_one(conn, "job_cancel", {"job_id": job_id, "owner": actor.owner})
     assert row is not None
-    return await _job_with_eta(conn, row["job"], eta)
+    job: JobJson = row["job"]
+    seq: int | None = job.pop("event_seq")  # type: ignore[typeddict-item]
+    if placer is not None and seq is not None:
+        await placer.placed(seq, UUID(job["job_id"]))
+    return await _job_with_eta(conn, job, eta)
 
 
 async def move_to_front(
-    conn: db.Db, job_id: UUID | str, *, actor: Actor, eta: EtaModel | None = None
+    conn: db.Db,
+    job_id: UUID | str,
+    *,
+    actor: Actor,
+    eta: EtaModel | None = None,
+    placer: Placer | None = None,
 ) -> JobJson:
     """A queued job takes the earliest place among its owner's queued jobs of its model (and
-    priority); those shift back one place each and no other user's job moves."""
+    priority); those shift back one place each and no other user's job moves. With a placer,
+    answers once the placer has followed the move, with the place it gives."""
     row = await db.fetch_one(conn, "job_move_to_front", {"job_id": job_id, "owner": actor.owner})
     assert row is not None
-    return await _job_with_eta(conn, row["job"], eta)
+    job: JobJson = row["job"]
+    seq: int = job.pop("event_seq")  # type: ignore[typeddict-item]
+    if placer is not None:
+        place = await placer.placed(seq, UUID(job["job_id"]))
+        if place is not None:
+            _set_place(job, place)
+    return await _job_with_eta(conn, job, eta)
 
 
 async def lock_and_claim(conn: db.Connection, worker_id: UUID) -> Claim | None:
@@ -270,9 +375,16 @@ async def requeue_lost(conn: db.Db) -> list[LostJob]:
     return cast("list[LostJob]", await db.fetch_all(conn, "job_requeue_lost"))
 
 
-async def report_progress(conn: db.Db, claim: Claim, step: int, steps: int) -> bool | None:
-    """Store step i of n; returns whether a cancel was requested, None when the claim is stale."""
-    row = await db.fetch_one(conn, "job_progress", {**claim.fence(), "step": step, "steps": steps})
+async def report_progress(
+    conn: db.Db, claim: Claim, step: int, steps: int, preview: bytes | None = None
+) -> bool | None:
+    """Store step i of n (and the preview of that step, if any); returns whether a cancel was
+    requested, None when the claim is stale."""
+    params = {**claim.fence(), "step": step, "steps": steps}
+    if preview is None:
+        row = await db.fetch_one(conn, "job_progress", params)
+    else:
+        row = await db.fetch_one(conn, "job_progress_with_preview", {**params, "image": preview})
     return None if row is None or row["cancel_requested"] is None else bool(row["cancel_requested"])
 
 

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 CHANNEL_EVENT = "gq_event"  # payload: job id; a transition was committed
 CHANNEL_CANCEL = "gq_cancel"  # payload: job id; a running job's cancel was requested
 CHANNEL_PROGRESS = "gq_progress"  # payload: job id; a running job reported a step
+# payload: conversation id; it was deleted, with its jobs and their events
+CHANNEL_DELETED = "gq_conversation_deleted"
 
 
 class Listener:

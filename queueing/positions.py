@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import cast
-from uuid import UUID
 
 from . import db
 from .cached import Cached
@@ -18,7 +16,6 @@ from .rows import (
     QueueCounts,
     QueuedJob,
     StatusCount,
-    SubscribedPosition,
 )
 from .states import JobStatus
 
@@ -59,20 +56,6 @@ def with_eta(job: JobJson, model: EtaModel) -> JobJson:
         not_before_s=backoff_left_s(job["run_after"]),
     )
     return job
-
-
-async def positions_in_subscriptions(
-    conn: db.Db, *, conversation_ids: Iterable[UUID] = (), job_ids: Iterable[UUID] = ()
-) -> list[SubscribedPosition]:
-    """Queued jobs of some conversations and some job ids, with their positions, and `at_seq`:
-    the newest event the snapshot reflects (rows: job_id, queue_position, at_seq)."""
-    rows = await db.fetch_all(
-        conn,
-        "positions_in_subscriptions",
-        {"conversation_ids": list(conversation_ids), "job_ids": list(job_ids)},
-        prepare=False,
-    )
-    return cast("list[SubscribedPosition]", rows)
 
 
 async def queue_counts(conn: db.Db) -> QueueCounts:

@@ -122,12 +122,19 @@ class EventRow(TypedDict):
     job_id: UUID
     conversation_id: UUID
     event: EventJson
+    # The job's owner and sort keys (queueing/queue_order.py), None once the job is gone.
+    user_id: int | None
+    priority: int | None
+    start_tag: float | None
+    queue_seq: int | None
+    work: float | None
 
 
 class ProgressRow(TypedDict):
     job_id: UUID
     conversation_id: UUID
     progress: dict[str, Any]
+    preview: bytes | None  # PNG or JPEG, stored with this very step (else None: sent once)
 
 
 class WorkerRow(TypedDict):
@@ -188,18 +195,6 @@ class QueuedJob(TypedDict):
     prompt: str
     waiting_s: float
     retry_in_s: float
-
-
-class SubscribedPosition(TypedDict):
-    """positions_in_subscriptions: a followed queued job's position in its model's queue and the
-    work ahead of it, as of event `at_seq`."""
-
-    job_id: UUID
-    model: str
-    queue_position: int
-    work_ahead: float
-    start_tag: float
-    at_seq: int
 
 
 class ModelRow(TypedDict):

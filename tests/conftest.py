@@ -33,6 +33,21 @@ def database_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
     databases.drop_database(pg_admin_url, name)
 
 
+@pytest.fixture(scope="module")
+def module_database_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
+    """A database for every test of the module: they add rows, none relies on an empty one."""
+    name = databases.unique_name("gq_mod")
+    url = databases.create_database(pg_admin_url, name, template=template_db)
+    yield url
+    databases.drop_database(pg_admin_url, name)
+
+
+@pytest.fixture(scope="module")
+async def module_pool(module_database_url: str) -> AsyncIterator[db.Pool]:
+    async with db.make_pool(module_database_url, "gpuqueue-test", min_size=1, max_size=10) as p:
+        yield p
+
+
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[db.Pool]:
     async with db.make_pool(database_url, "gpuqueue-test", min_size=2, max_size=30) as p:

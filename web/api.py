@@ -4,6 +4,7 @@ JSON; the database scopes every read and change to the actor, so another user's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from .keys import (
     POOL,
     SETTINGS,
 )
+from .openapi import openapi
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -126,6 +128,40 @@ async def get_conversation(request: web.Request) -> web.Response:
     return json_response(row)
 
 
+async def rename_conversation(request: web.Request) -> web.Response:
+    conversation_id = validation.parse_uuid(request.match_info["id"], "conversation")
+    actor, pool = _actor(request), request.app[POOL]
+    body = await validation.read_json_object(request)
+    try:
+        title = validation.conversation_title(body, required=True)
+    except ApiError:
+        if not await conversations.conversation_visible(pool, conversation_id, actor=actor):
+            raise not_found(f"conversation {conversation_id} not found") from None  # as any route
+        raise
+    row = await conversations.rename_conversation(pool, conversation_id, title, actor=actor)
+    return json_response(row)
+
+
+async def delete_conversation(request: web.Request) -> web.Response:
+    """Cancel its active jobs, wait (briefly) until this process's fan-out has sent their
+    canceled events, then remove it with everything in it: the events go with the jobs, so
+    they must be out before the rows are. Other web processes read them just as fast."""
+    conversation_id = validation.parse_uuid(request.match_info["id"], "conversation")
+    actor, pool, broadcaster = _actor(request), request.app[POOL], request.app[BROADCASTER]
+    canceled = await conversations.cancel_conversation_jobs(pool, conversation_id, actor=actor)
+    routed = broadcaster.routed_seq
+    waiters = [(j, broadcaster.watch(j)) for j, seq in canceled.items() if seq > routed]
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(request.app[OPTIONS].cancel_wait_s):
+                await asyncio.gather(*(waiter.wait() for _, waiter in waiters))
+    finally:
+        for job_id, waiter in waiters:
+            broadcaster.unwatch(job_id, waiter)
+    await conversations.delete_conversation(pool, conversation_id, actor=actor)
+    return web.Response(status=204)
+
+
 async def merge_metadata(request: web.Request) -> web.Response:
     message_id = validation.parse_uuid(request.match_info["id"], "message")
     patch = validation.metadata_patch(await validation.read_json_object(request))
@@ -156,6 +192,7 @@ async def enqueue(request: web.Request) -> web.Response:
             max_queued=settings.max_queued_per_user,
             default_model=settings.default_model,
             eta=await request.app[ETA_CACHE].get(pool),
+            placer=request.app[BROADCASTER].placing,
         )
     except QueueFull:
         limit = settings.max_queued_per_user
@@ -176,7 +213,11 @@ async def list_jobs(request: web.Request) -> web.Response:
     conversation_id = validation.parse_uuid(request.match_info["id"], "conversation")
     pool = request.app[POOL]
     listed = await jobs.list_jobs(
-        pool, conversation_id, actor=_actor(request), eta=await request.app[ETA_CACHE].get(pool)
+        pool,
+        conversation_id,
+        actor=_actor(request),
+        eta=await request.app[ETA_CACHE].get(pool),
+        placer=request.app[BROADCASTER].placing,
     )
     jobs_out = [_signed(request, row) for row in listed["jobs"]]
     return json_response({"jobs": jobs_out, "seq": listed["seq"]})
@@ -186,7 +227,11 @@ async def get_job(request: web.Request) -> web.Response:
     job_id = validation.parse_uuid(request.match_info["id"], "job")
     pool = request.app[POOL]
     job = await jobs.get_job(
-        pool, job_id, actor=_actor(request), eta=await request.app[ETA_CACHE].get(pool)
+        pool,
+        job_id,
+        actor=_actor(request),
+        eta=await request.app[ETA_CACHE].get(pool),
+        placer=request.app[BROADCASTER].placing,
     )
     return json_response(_signed(request, job))
 
@@ -215,7 +260,13 @@ async def cancel_job(request: web.Request) -> web.Response:
     broadcaster, eta_cache = request.app[BROADCASTER], request.app[ETA_CACHE]
     waiter = broadcaster.watch(job_id)
     try:
-        job = await jobs.cancel(pool, job_id, actor=actor, eta=await eta_cache.get(pool))
+        job = await jobs.cancel(
+            pool,
+            job_id,
+            actor=actor,
+            eta=await eta_cache.get(pool),
+            placer=broadcaster.placing,
+        )
         deadline = time.monotonic() + request.app[OPTIONS].cancel_wait_s
         while job["status"] == JobStatus.PROCESSING:
             remaining = deadline - time.monotonic()
@@ -248,7 +299,11 @@ async def move_job(request: web.Request) -> web.Response:
         await jobs.get_job(pool, job_id, actor=actor)  # another user's job: 404, as any route
         raise
     job = await jobs.move_to_front(
-        pool, job_id, actor=actor, eta=await request.app[ETA_CACHE].get(pool)
+        pool,
+        job_id,
+        actor=actor,
+        eta=await request.app[ETA_CACHE].get(pool),
+        placer=request.app[BROADCASTER].placing,
     )
     return json_response(_signed(request, job))
 
@@ -295,9 +350,12 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/me", me)
+    app.router.add_get("/api/openapi.json", openapi)
     app.router.add_get("/api/conversations", list_conversations)
     app.router.add_post("/api/conversations", create_conversation)
     app.router.add_get("/api/conversations/{id}", get_conversation)
+    app.router.add_patch("/api/conversations/{id}", rename_conversation)
+    app.router.add_delete("/api/conversations/{id}", delete_conversation)
     app.router.add_post("/api/conversations/{id}/images", enqueue)
     app.router.add_get("/api/conversations/{id}/jobs", list_jobs)
     app.router.add_get("/api/jobs/{id}", get_job)

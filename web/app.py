@@ -19,7 +19,7 @@ from queueing.config import Settings
 from queueing.models import CapabilitiesCache, ModelsCache
 from queueing.positions import EtaCache
 
-from . import api, ws
+from . import api, metrics, ws
 from .errors import error_middleware
 from .image_links import SECRET_NAME, ImageLinks
 from .keys import (
@@ -55,6 +55,7 @@ def create_app(settings: Settings, url: str, options: WebOptions | None = None) 
     app[MODELS_CACHE] = ModelsCache(settings.default_model, app[OPTIONS].eta_ttl_s)
     app[CAPABILITIES_CACHE] = CapabilitiesCache(app[OPTIONS].eta_ttl_s)
     app[CLIENTS] = weakref.WeakSet()
+    app[metrics.METRICS] = metrics.Metrics(settings.default_model, app[CLIENTS])
     app.cleanup_ctx.append(_pool_ctx)
     app.cleanup_ctx.append(_image_links_ctx)
     app.cleanup_ctx.append(_broadcaster_ctx)
@@ -62,6 +63,7 @@ def create_app(settings: Settings, url: str, options: WebOptions | None = None) 
     app.on_shutdown.append(_close_websockets)
     app.on_response_prepare.append(_security_headers)
     api.add_routes(app)
+    app.router.add_get("/metrics", metrics.scrape)
     app.router.add_get("/ws", ws.websocket)
     return app
 
@@ -97,6 +99,7 @@ async def _broadcaster_ctx(app: web.Application) -> AsyncIterator[None]:
         outbox_size=app[OPTIONS].outbox_size,
         poll_interval_s=app[SETTINGS].poll_interval_s,
     )
+    broadcaster.stats.deliveries.observer = app[metrics.METRICS].jobs
     await broadcaster.start()
     app[BROADCASTER] = broadcaster
     yield

@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from queueing.config import Settings
+from queueing.session_check import refuse_transaction_pooling
 
 from .app import create_app
 
@@ -74,6 +75,7 @@ def make_runner(app: web.Application) -> web.AppRunner:
 
 def serve(settings: Settings, url: str, *, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Blocks until SIGINT or SIGTERM; open sockets are closed with GOING_AWAY on the way out."""
+    refuse_transaction_pooling(url, "gpuqueue web")
     app = create_app(settings, url)
     _redact_server_logs()
     web.run_app(

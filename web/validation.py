@@ -258,10 +258,14 @@ def move_request(body: Mapping[str, Any]) -> None:
         raise invalid('to must be "front" (the one place a job can move to)')
 
 
-def conversation_title(body: Mapping[str, Any]) -> str:
-    """POST /api/conversations: {"title"?}."""
+def conversation_title(body: Mapping[str, Any], *, required: bool = False) -> str:
+    """POST /api/conversations {"title"?} (none, or only spaces: the first prompt's is taken)
+    and PATCH /api/conversations/{id} {"title"} (required, not blank); stored trimmed."""
     refuse_unknown(body, ("title",))
-    return _string(body, "title", max_chars=MAX_TITLE_CHARS) or ""
+    title = (_string(body, "title", max_chars=MAX_TITLE_CHARS, required=required) or "").strip()
+    if required and not title:
+        raise invalid("title must not be empty")
+    return title
 
 
 def metadata_patch(body: dict[str, Any]) -> dict[str, Any]:

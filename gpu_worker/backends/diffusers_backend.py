@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from gpu_worker.backends.base import ImageRequest, StepCallback
+from gpu_worker.backends.base import (
+    ImageRequest,
+    PreviewCallback,
+    PreviewPacer,
+    StepCallback,
+    preview_size,
+)
 from gpu_worker.backends.pipeline_options import DEFAULT, PipelineOptions
 from queueing.config import BUILTIN_MODEL
 from queueing.models import ModelCapabilities
@@ -66,6 +72,21 @@ DISTILLED_DEFAULTS: dict[str, tuple[int, float]] = {
 FLUX_DEV_DEFAULTS = (28, 3.5)
 
 StepHook = Literal["callback_on_step_end", "callback", "none"]
+
+# Previews (issue 16): SD-style latents have 4 channels that map almost linearly to RGB, so a
+# preview is a 4x3 matrix product on the latents, no VAE decode. These are the "approximate
+# cheap" factors of the Stable Diffusion web UI, fitted for SD 1.x; SD 2.x, SDXL and PixArt
+# (SD-style VAEs) come out close enough for a preview. Other latents (Flux's packed tokens,
+# SD3's 16 channels) get none.
+LATENT_RGB = (
+    (0.298, 0.207, 0.208),
+    (0.187, 0.286, 0.173),
+    (-0.158, 0.189, 0.264),
+    (-0.184, -0.271, -0.473),
+)
+PREVIEW_JPEG_QUALITY = 80
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -129,15 +150,62 @@ def model_capabilities(pipeline: Any, model: str) -> ModelCapabilities:
     )
 
 
+def latent_preview(latents: Any, index: int, width: int, height: int) -> bytes | None:
+    """A small JPEG of the index-th image of SD-style latents (batch, 4, h, w), projected to
+    RGB by LATENT_RGB, at the latents' size or shrunk to fit PREVIEW_SIDE; None for latents of
+    any other shape."""
+    import torch
+    from PIL import Image
+
+    if not isinstance(latents, torch.Tensor) or latents.ndim != 4 or latents.shape[1] != 4:
+        return None
+    matrix = torch.tensor(LATENT_RGB, dtype=torch.float32, device=latents.device)
+    rgb = torch.einsum("chw,cr->rhw", latents[index].float(), matrix)
+    side_w, side_h = preview_size(width, height)
+    if rgb.shape[1] > side_h or rgb.shape[2] > side_w:  # latents are 1/8 of the image: rarely
+        rgb = torch.nn.functional.interpolate(rgb[None], size=(side_h, side_w), mode="area")[0]
+    pixels = ((rgb + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=PREVIEW_JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+class Previewer:
+    """Sends the previews of one call when the pacer says one is due. Best effort: a preview
+    that fails is logged once and the call goes on without previews."""
+
+    def __init__(self, requests: Sequence[ImageRequest], on_preview: PreviewCallback) -> None:
+        self._requests = requests
+        self._on_preview: PreviewCallback | None = on_preview
+        self._pacer = PreviewPacer()
+
+    def step(self, step: int, steps: int, latents: Any) -> None:
+        on_preview = self._on_preview
+        if on_preview is None or not self._pacer.due(step, steps):
+            return
+        try:
+            for index, request in enumerate(self._requests):
+                image = latent_preview(latents, index, request.width, request.height)
+                if image is None:
+                    self._on_preview = None  # latents of another kind: no previews at all
+                    return
+                on_preview(index, image)
+        except Exception:
+            log.exception("previews are off for this call: making one failed")
+            self._on_preview = None
+
+
 def call_kwargs(
     shape: CallShape,
     requests: Sequence[ImageRequest],
     generators: Sequence[Any],
     on_step: StepCallback,
     pipeline: Any,
+    on_preview: PreviewCallback | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments of one pipeline call for these requests (one, or a batch that
-    shares size, steps, guidance and negative prompt), one generator per request."""
+    shares size, steps, guidance and negative prompt), one generator per request; previews
+    from the step hook's latents when `on_preview` is given."""
     first = requests[0]
     batched = len(requests) > 1
     kwargs: dict[str, Any] = {
@@ -162,16 +230,21 @@ def call_kwargs(
         # Multistep schedulers may run more iterations than steps asked for; count those.
         return int(getattr(pipe, "num_timesteps", 0) or first.steps)
 
+    previewer = None if on_preview is None else Previewer(requests, on_preview)
     if shape.step_hook == "callback_on_step_end":
 
         def step_end(pipe: Any, index: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if previewer is not None:
+                previewer.step(index + 1, total(pipe), tensors.get("latents"))
             on_step(index + 1, total(pipe))
             return tensors
 
         kwargs["callback_on_step_end"] = step_end
     elif shape.step_hook == "callback":
 
-        def step(index: int, _t: Any, _latents: Any) -> None:
+        def step(index: int, _t: Any, latents: Any) -> None:
+            if previewer is not None:
+                previewer.step(index + 1, total(pipeline), latents)
             on_step(index + 1, total(pipeline))
 
         kwargs["callback"] = step
@@ -256,7 +329,12 @@ class DiffusersBackend:
         """What the loaded pipeline's call accepts; None before load()."""
         return self._shape
 
-    def generate(self, request: ImageRequest, on_step: StepCallback) -> bytes:
+    def generate(
+        self,
+        request: ImageRequest,
+        on_step: StepCallback,
+        on_preview: PreviewCallback | None = None,
+    ) -> bytes:
         """Render the request and return PNG bytes; an exception from on_step ends the run."""
         import torch
 
@@ -271,7 +349,7 @@ class DiffusersBackend:
             )
         # A CPU generator draws the same noise on every device, so a seed means one image.
         generator = torch.Generator("cpu").manual_seed(request.seed)
-        kwargs = call_kwargs(shape, [request], [generator], on_step, pipeline)
+        kwargs = call_kwargs(shape, [request], [generator], on_step, pipeline, on_preview)
         if shape.step_hook == "none":
             on_step(0, request.steps)
         with torch.inference_mode():
@@ -283,7 +361,10 @@ class DiffusersBackend:
         return buffer.getvalue()
 
     def generate_batch(
-        self, requests: Sequence[ImageRequest], on_step: StepCallback
+        self,
+        requests: Sequence[ImageRequest],
+        on_step: StepCallback,
+        on_preview: PreviewCallback | None = None,
     ) -> list[bytes]:
         """Render compatible requests in one call: a list of prompts and one generator per
         request, seeded as `generate` seeds it, so each image is the one it would get alone
@@ -294,7 +375,7 @@ class DiffusersBackend:
         if pipeline is None or shape is None or self.capabilities is None:
             raise RuntimeError("DiffusersBackend.generate_batch called before load()")
         if len(requests) == 1:
-            return [self.generate(requests[0], on_step)]
+            return [self.generate(requests[0], on_step, on_preview)]
         first = requests[0]
         multiple = self.capabilities.size_multiple
         if first.width % multiple or first.height % multiple:
@@ -303,7 +384,7 @@ class DiffusersBackend:
                 f" multiples of {multiple} only"
             )
         generators = [torch.Generator("cpu").manual_seed(r.seed) for r in requests]
-        kwargs = call_kwargs(shape, requests, generators, on_step, pipeline)
+        kwargs = call_kwargs(shape, requests, generators, on_step, pipeline, on_preview)
         if shape.step_hook == "none":
             on_step(0, first.steps)
         with torch.inference_mode():

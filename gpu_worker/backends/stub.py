@@ -1,5 +1,8 @@
 """A backend that fakes a GPU: it sleeps, reports steps and writes a gradient PNG.
 
+Its previews are placeholders: the final gradient, small, filled in from the top as the steps
+go, so the preview path (worker, database, fan-out, page) is testable without torch.
+
 It exists for load tests and demos, so it imports neither torch nor Pillow. Markers in the
 prompt script the failure modes the worker must survive: `[fail]`, `[hang]`, `[stuck]` and
 `[badpng]` (an output that is not a PNG) and `[badargs]` (a TypeError, as a pipeline raises
@@ -12,7 +15,13 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
-from gpu_worker.backends.base import ImageRequest, StepCallback
+from gpu_worker.backends.base import (
+    ImageRequest,
+    PreviewCallback,
+    PreviewPacer,
+    StepCallback,
+    preview_size,
+)
 from gpu_worker.png import encode_rgb
 from queueing.config import Settings
 
@@ -41,7 +50,19 @@ class StubBackend:
     def load(self) -> None:
         """Nothing to load; present to satisfy the Backend protocol."""
 
-    def generate(self, request: ImageRequest, on_step: StepCallback) -> bytes:
+    def runs_instantly(self, requests: Sequence[ImageRequest]) -> bool:
+        """No delay and no marker that blocks: the call returns at once, so the worker makes
+        it on its event loop instead of handing it to the pipeline thread."""
+        return not (self.delay or self.delay_per_work) and not any(
+            "[hang]" in r.prompt or "[stuck]" in r.prompt for r in requests
+        )
+
+    def generate(
+        self,
+        request: ImageRequest,
+        on_step: StepCallback,
+        on_preview: PreviewCallback | None = None,
+    ) -> bytes:
         """Run the fake steps, then return a PNG that depends only on prompt and seed."""
         steps = request.steps
         if "[stuck]" in request.prompt:
@@ -49,9 +70,11 @@ class StubBackend:
         if "[hang]" in request.prompt:
             _hang(steps, on_step)
         pause = (self.delay + self.delay_per_work * request.work) / max(steps, 1)
+        pacer = PreviewPacer()
         for step in range(1, steps + 1):
             if pause:
                 time.sleep(pause)
+            _send_previews([request], step, pacer, on_preview)
             on_step(step, steps)
             _fail_on_purpose(request.prompt)
         if "[badpng]" in request.prompt:
@@ -59,7 +82,10 @@ class StubBackend:
         return render_png(request.prompt, request.seed, request.width, request.height)
 
     def generate_batch(
-        self, requests: Sequence[ImageRequest], on_step: StepCallback
+        self,
+        requests: Sequence[ImageRequest],
+        on_step: StepCallback,
+        on_preview: PreviewCallback | None = None,
     ) -> list[bytes]:
         """One delay for the whole batch (a GPU steps a batch together); the markers of any
         member act on the whole call, as a bad request would in a real pipeline call."""
@@ -71,9 +97,11 @@ class StubBackend:
         if any("[hang]" in p for p in prompts):
             _hang(steps, on_step)
         pause = (self.delay + self.delay_per_work * head.work) / max(steps, 1)
+        pacer = PreviewPacer()
         for step in range(1, steps + 1):
             if pause:
                 time.sleep(pause)
+            _send_previews(requests, step, pacer, on_preview)
             on_step(step, steps)
             for prompt in prompts:
                 _fail_on_purpose(prompt)
@@ -81,6 +109,18 @@ class StubBackend:
             NOT_A_PNG if "[badpng]" in r.prompt else render_png(r.prompt, r.seed, r.width, r.height)
             for r in requests
         ]
+
+
+def _send_previews(
+    requests: Sequence[ImageRequest],
+    step: int,
+    pacer: PreviewPacer,
+    on_preview: PreviewCallback | None,
+) -> None:
+    if on_preview is None or not pacer.due(step, requests[0].steps):
+        return
+    for index, request in enumerate(requests):
+        on_preview(index, preview_png(request, step))
 
 
 def _fail_on_purpose(prompt: str) -> None:
@@ -107,8 +147,21 @@ def _hang(steps: int, on_step: StepCallback) -> NoReturn:
 
 def render_png(prompt: str, seed: int, width: int, height: int) -> bytes:
     """A colour gradient whose end colours are drawn from a hash of prompt and seed."""
-    digest = hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
-    return encode_rgb(width, height, _gradient_rows(digest, width, height))
+    return encode_rgb(width, height, _gradient_rows(_digest(prompt, seed), width, height))
+
+
+def preview_png(request: ImageRequest, step: int) -> bytes:
+    """The placeholder preview at `step`: the final gradient at preview size, its rows shown
+    down to the share of the steps done, the rest mid grey."""
+    width, height = preview_size(request.width, request.height)
+    rows = list(_gradient_rows(_digest(request.prompt, request.seed), width, height))
+    shown = height * step // max(request.steps, 1)
+    grey = bytes((128,)) * (width * 3)
+    return encode_rgb(width, height, rows[:shown] + [grey] * (height - shown))
+
+
+def _digest(prompt: str, seed: int) -> bytes:
+    return hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
 
 
 def _gradient_rows(digest: bytes, width: int, height: int) -> Iterator[bytes]:

@@ -8,10 +8,14 @@
 --
 -- Advisory lock keys (two-int form, so they read clearly in pg_locks):
 --   (26449, 0)            gpuqueue migrate
---   (26449, 1)            the event lock: held from a transition's event insert to its commit
+--   (26449, 1)            the event lock: held from a transition's event insert to its commit,
+--                         taken as late as the transition can (gq_event_lock)
 --   (26450, hashtext(gq_gpu_lock_name(host, device)))   a GPU's lock, session level, held by
 --                         its worker while a job runs; p_release_device names it
---   (26451, hashtext(user_id::text))   a user's moves to the front, one at a time (xact)
+--   (26451, hashtext(user_id::text))   a user's enqueues and moves to the front, one at a time
+--                         (xact; gq_user_queue_lock)
+--   (26452, pg_backend_pid())   the start-up check for a transaction pooler, session level,
+--                         taken and released at once (queueing/session_check.py)
 --
 -- Errors raised here carry SQLSTATEs the Python side maps: GQ404 not found, GQ409 illegal
 -- transition, GQ413 metadata too large, GQ429 queue limit reached.
@@ -121,6 +125,12 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT p_host || '/' || p_device
 $$;
 
+-- A user's queue changes (enqueues: the per-user limit and fair-share tags; moves to the front)
+-- one at a time, until commit; other users' never wait for it.
+CREATE OR REPLACE FUNCTION gq_user_queue_lock(p_user_id bigint) RETURNS void LANGUAGE sql AS $$
+    SELECT pg_advisory_xact_lock(26451, hashtext(p_user_id::text))
+$$;
+
 -- Serialises event writers from here to commit, so seq order is commit order (a reader that
 -- follows seq never skips a row committed late). Enqueue takes it first, which also makes the
 -- position it returns unique under concurrent enqueues.
@@ -171,10 +181,20 @@ $$;
 -- The job is inserted pending and its pending event written from that row; then it is queued
 -- and its queued event written from the queued row. No other transaction ever sees it pending
 -- (both commit together), which is why the WebSocket never sends a pending event.
+--
+-- What must be serialised, and how little (issue 14): the per-user limit and the user's latest
+-- finish tag (the job's fair-share tags) are read under the user's lock, so only one user's own
+-- enqueues take turns. The event lock comes last, just before the event rows: from there to
+-- commit is the stretch that NOTIFY serialises anyway (PostgreSQL holds a database-wide lock
+-- from a notifying transaction's pre-commit to its end). With p_place the position is counted
+-- under it (exact, unique, O(jobs ahead)); without, queue_position is NULL in the queued event,
+-- the message and the result, and the caller places the job from the ordered event stream and
+-- writes the position back (gq_record_place). The result carries the queued event's seq.
 CREATE OR REPLACE FUNCTION gq_enqueue(
     p_conversation_id uuid, p_owner bigint, p_model text, p_default_model text, p_prompt text,
     p_params jsonb, p_priority integer, p_max_attempts integer, p_timeout_s integer,
-    p_max_queued integer, p_cost_intercept_s double precision, p_cost_slope_s double precision
+    p_max_queued integer, p_cost_intercept_s double precision, p_cost_slope_s double precision,
+    p_place boolean
 ) RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     v_user_id bigint;
@@ -189,7 +209,9 @@ DECLARE
     v_message_id uuid := gen_random_uuid();
     v_job_id uuid := gen_random_uuid();
     v_queue_seq bigint;
-    v_place record;
+    v_position integer;
+    v_work_ahead double precision;
+    v_seq bigint;
 BEGIN
     SELECT c.user_id, u.weight INTO v_user_id, v_weight
     FROM conversations AS c JOIN users AS u ON u.id = c.user_id
@@ -208,7 +230,7 @@ BEGIN
         INSERT INTO models (name) VALUES (p_model) ON CONFLICT (name) DO NOTHING;
         v_virtual_time := 0;
     END IF;
-    PERFORM gq_event_lock();
+    PERFORM gq_user_queue_lock(v_user_id);
     SELECT count(*) INTO v_queued FROM jobs WHERE user_id = v_user_id AND status = 'queued';
     IF v_queued >= p_max_queued THEN
         RAISE EXCEPTION 'you already have % jobs queued and one user may have at most %; wait for some to start',
@@ -222,40 +244,79 @@ BEGIN
     v_estimate := greatest(p_cost_intercept_s + p_cost_slope_s * v_work, 0.001);
     v_start := greatest(v_virtual_time, coalesce(v_last_finish, 0));
     v_queue_seq := nextval('job_queue_seq');
-    SELECT * INTO v_place FROM gq_queue_place(p_model, p_priority, v_start, v_queue_seq);
+    IF p_place THEN
+        PERFORM gq_event_lock();
+        SELECT place.queue_position, place.work_ahead INTO v_position, v_work_ahead
+        FROM gq_queue_place(p_model, p_priority, v_start, v_queue_seq) AS place;
+    END IF;
     INSERT INTO messages (id, conversation_id, role, content, extra_metadata)
     VALUES (v_message_id, p_conversation_id, 'assistant', '', jsonb_build_object(
-        'job_id', v_job_id, 'status', 'queued', 'queue_position', v_place.queue_position,
-        'error', NULL));
+        'job_id', v_job_id, 'status', 'queued', 'queue_position', v_position, 'error', NULL));
     INSERT INTO jobs (id, message_id, conversation_id, user_id, model, prompt, params, work,
                       status, priority, queue_seq, start_tag, finish_tag, estimate_s,
                       max_attempts, timeout_s)
     VALUES (v_job_id, v_message_id, p_conversation_id, v_user_id, p_model, p_prompt, p_params,
             v_work, 'pending', p_priority, v_queue_seq, v_start, v_start + v_estimate / v_weight,
-            v_estimate, p_max_attempts, p_timeout_s)
-    RETURNING * INTO v_job;
-    INSERT INTO job_events (job_id, message_id, conversation_id, model, status, queue_position, at)
-    VALUES (v_job_id, v_message_id, p_conversation_id, p_model, v_job.status, 0, now());
+            v_estimate, p_max_attempts, p_timeout_s);
     UPDATE jobs SET status = 'queued', queued_at = now() WHERE id = v_job_id
     RETURNING * INTO v_job;
-    INSERT INTO job_events (job_id, message_id, conversation_id, model, status, queue_position, at)
-    VALUES (v_job_id, v_message_id, p_conversation_id, p_model, v_job.status,
-            v_place.queue_position, now());
+    -- The stretch NOTIFY serialises anyway: both events (pending first) in one statement.
+    PERFORM gq_event_lock();
+    WITH written AS (
+        INSERT INTO job_events (job_id, message_id, conversation_id, model, status,
+                                queue_position, at)
+        VALUES (v_job_id, v_message_id, p_conversation_id, p_model, 'pending', 0, now()),
+               (v_job_id, v_message_id, p_conversation_id, p_model, v_job.status, v_position,
+                now())
+        RETURNING seq)
+    SELECT max(seq) INTO v_seq FROM written;
     PERFORM pg_notify('gq_event', v_job_id::text);
-    RETURN gq_job_json(v_job, v_place.queue_position, v_place.work_ahead);
+    RETURN gq_job_json(v_job, coalesce(v_position, 0), coalesce(v_work_ahead, 0))
+        || jsonb_build_object('queue_position', v_position, 'event_seq', v_seq);
 END
+$$;
+
+-- The position a caller placed a job at (gq_enqueue without p_place), written back where
+-- gq_enqueue left it NULL: the queued event of that seq, and the message while the job is still
+-- queued there (a later transition already wrote its own). Idempotent: several web processes
+-- may place the same event, always at the same rank (each applies the log in seq order). Rows
+-- are locked in one order (events by seq, then messages by id), so two processes writing the
+-- same places never deadlock; it never takes the event lock, so no transition waits on it.
+CREATE OR REPLACE FUNCTION gq_record_place(p_seqs bigint[], p_positions integer[])
+RETURNS void LANGUAGE sql AS $$
+    WITH placed AS (
+        SELECT e.seq, e.message_id, p.position
+        FROM job_events AS e JOIN unnest(p_seqs, p_positions) AS p (seq, position) USING (seq)
+        WHERE e.queue_position IS NULL
+        ORDER BY e.seq
+        FOR UPDATE OF e),
+    events AS (
+        UPDATE job_events AS e SET queue_position = placed.position
+        FROM placed WHERE e.seq = placed.seq),
+    messages AS (
+        SELECT m.id, placed.position
+        FROM messages AS m JOIN placed ON placed.message_id = m.id
+        WHERE m.extra_metadata ->> 'status' = 'queued'
+          AND m.extra_metadata -> 'queue_position' = 'null'::jsonb
+        ORDER BY m.id
+        FOR UPDATE OF m)
+    UPDATE messages AS m
+    SET extra_metadata = m.extra_metadata || jsonb_build_object('queue_position', messages.position)
+    FROM messages WHERE m.id = messages.id;
 $$;
 
 -- A user's "move to the front": the queued job takes the earliest slot (tags and queue_seq)
 -- among its owner's queued jobs of its model and priority, and those jobs each take the next
 -- one's slot. The set of slots is unchanged, so no other user's job changes position. The move
 -- is recorded as a queued event of the moved job (its new position), which also tells the
--- fan-out that the followed positions may have moved. Not queued: GQ409.
+-- fan-out that the followed positions may have moved. Not queued: GQ409. The result carries the
+-- event's seq (event_seq), so a web process can answer once its queue order has followed it.
 CREATE OR REPLACE FUNCTION gq_move_to_front(p_job_id uuid, p_owner bigint) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
     v_job jobs;
     v_user_id bigint;
+    v_seq bigint;
 BEGIN
     SELECT user_id INTO v_user_id FROM jobs
     WHERE id = p_job_id AND (p_owner IS NULL OR user_id = p_owner);
@@ -264,7 +325,7 @@ BEGIN
     END IF;
     -- Each move locks a range of its owner's queued jobs, in scan order, after the moved one:
     -- two moves of one user whose ranges overlap would deadlock, so they take turns.
-    PERFORM pg_advisory_xact_lock(26451, hashtext(v_user_id::text));
+    PERFORM gq_user_queue_lock(v_user_id);
     SELECT * INTO v_job FROM jobs WHERE id = p_job_id FOR UPDATE;
     IF NOT FOUND THEN  -- deleted meanwhile, with its conversation
         RAISE EXCEPTION 'job % not found', p_job_id USING ERRCODE = 'GQ404';
@@ -288,8 +349,8 @@ BEGIN
     SET start_tag = moved.start_tag, finish_tag = moved.finish_tag, queue_seq = moved.queue_seq
     FROM moved WHERE j.id = moved.id AND j.status = 'queued';
     SELECT * INTO v_job FROM jobs WHERE id = p_job_id;
-    PERFORM gq_record_transition(v_job, NULL, '{"reason": "moved to the front"}');
-    RETURN gq_job_json(v_job);
+    v_seq := gq_record_transition(v_job, NULL, '{"reason": "moved to the front"}');
+    RETURN gq_job_json(v_job) || jsonb_build_object('event_seq', v_seq);
 END
 $$;
 
@@ -603,10 +664,12 @@ END
 $$;
 
 -- A user's cancel: queued -> canceled at once; processing -> cancel requested (its worker hears
--- the NOTIFY or sees the flag at the next step and ends it canceled); finished -> GQ409.
+-- the NOTIFY or sees the flag at the next step and ends it canceled); finished -> GQ409. The
+-- result carries the canceled event's seq (event_seq; null when only a cancel was requested).
 CREATE OR REPLACE FUNCTION gq_cancel(p_job_id uuid, p_owner bigint) RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     v_job jobs;
+    v_seq bigint;
 BEGIN
     SELECT * INTO v_job FROM jobs
     WHERE id = p_job_id AND (p_owner IS NULL OR user_id = p_owner) FOR UPDATE;
@@ -616,14 +679,14 @@ BEGIN
     IF v_job.status IN ('pending', 'queued') THEN
         UPDATE jobs SET status = 'canceled', finished_at = now()
         WHERE id = p_job_id RETURNING * INTO v_job;
-        PERFORM gq_record_transition(v_job, 0, '{"reason": "canceled by user"}');
+        v_seq := gq_record_transition(v_job, 0, '{"reason": "canceled by user"}');
     ELSIF v_job.status = 'processing' THEN
         UPDATE jobs SET cancel_requested = true WHERE id = p_job_id RETURNING * INTO v_job;
         PERFORM pg_notify('gq_cancel', p_job_id::text);
     ELSE
         RAISE EXCEPTION 'job % is already %', p_job_id, v_job.status USING ERRCODE = 'GQ409';
     END IF;
-    RETURN gq_job_json(v_job);
+    RETURN gq_job_json(v_job) || jsonb_build_object('event_seq', v_seq);
 END
 $$;
 

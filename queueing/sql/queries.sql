@@ -95,12 +95,27 @@ WHERE c.id = %(conversation_id)s AND (%(owner)s::bigint IS NULL OR c.user_id = %
 SELECT c.id FROM conversations AS c
 WHERE c.id = %(conversation_id)s AND (%(owner)s::bigint IS NULL OR c.user_id = %(owner)s)
 
+-- name: conversation_rename
+UPDATE conversations SET title = %(title)s
+WHERE id = %(conversation_id)s AND (%(owner)s::bigint IS NULL OR user_id = %(owner)s)
+RETURNING id, title, created_at
+
+-- name: conversation_cancel_jobs
+-- A delete's first half (R__conversations.sql): its active jobs canceled, each with its event.
+SELECT job_id, seq FROM gq_cancel_conversation(%(conversation_id)s, %(owner)s)
+
+-- name: conversation_delete
+SELECT gq_delete_conversation(%(conversation_id)s, %(owner)s) AS deleted
+
 -- name: conversation_jobs
--- A conversation's jobs in the order the queue accepted them (queue_seq, taken under the event
--- lock, so commit order; created_at is the transaction's start and is not), positions live; no
--- row when not visible. seq is the newest event of the same snapshot: seq order is commit order,
--- so the jobs are exactly the state after every event up to it and before any later one.
-SELECT (SELECT coalesce(jsonb_agg(gq_job_json(j) ORDER BY j.queue_seq), '[]'::jsonb)
+-- A conversation's jobs in the order the queue accepted them (queue_seq: a conversation is one
+-- user's, and a user's enqueues take queue_seq under that user's lock, held to commit, so in
+-- commit order; created_at is the transaction's start and is not); no row when not visible.
+-- Positions are counted here unless %(count)s is false (the caller places the queued jobs from
+-- its queue order; they show 0 here). seq is the newest event of the same snapshot: seq order
+-- is commit order, so the jobs are exactly the state after every event up to it.
+SELECT (SELECT coalesce(jsonb_agg(gq_job_json(j, CASE WHEN %(count)s THEN NULL ELSE 0 END)
+                                  ORDER BY j.queue_seq), '[]'::jsonb)
         FROM jobs AS j WHERE j.conversation_id = c.id) AS jobs,
        (SELECT coalesce(max(seq), 0) FROM job_events) AS seq
 FROM conversations AS c
@@ -115,13 +130,22 @@ SELECT gq_merge_metadata(%(message_id)s, %(owner)s, %(patch)s, %(max_bytes)s) AS
 -- name: job_enqueue
 SELECT gq_enqueue(%(conversation_id)s, %(owner)s, %(model)s, %(default_model)s, %(prompt)s,
                   %(params)s, %(priority)s, %(max_attempts)s, %(timeout_s)s, %(max_queued)s,
-                  %(cost_intercept_s)s, %(cost_slope_s)s) AS job
+                  %(cost_intercept_s)s, %(cost_slope_s)s, %(place)s) AS job
+
+-- name: job_record_place
+-- Positions placed from the queue order written back to the queued events (and messages) that
+-- gq_enqueue left unplaced.
+SELECT gq_record_place(%(seqs)s, %(positions)s)
 
 -- name: job_move_to_front
 SELECT gq_move_to_front(%(job_id)s, %(owner)s) AS job
 
 -- name: job_get
-SELECT gq_job_json(j) AS job FROM jobs AS j
+-- Its position counted here unless %(count)s is false (as conversation_jobs).
+-- seq: the newest event of the same snapshot (a placer answers once it has followed it).
+SELECT gq_job_json(j, CASE WHEN %(count)s THEN NULL ELSE 0 END) AS job,
+       (SELECT coalesce(max(seq), 0) FROM job_events) AS seq
+FROM jobs AS j
 WHERE j.id = %(job_id)s AND (%(owner)s::bigint IS NULL OR j.user_id = %(owner)s)
 
 -- name: job_image
@@ -146,6 +170,12 @@ FROM gq_lock_and_claim_batch(%(worker_id)s, %(max_batch)s)
 
 -- name: job_complete
 SELECT id, status FROM gq_complete(%(job_id)s, %(claim_id)s, %(png)s, %(release_device)s)
+
+-- name: gpu_shared
+-- Whether another live worker names this worker's GPU (host, device): the GPU then changes hands
+-- between its jobs, and the worker sends no claim with its completions (gpu_worker/worker.py).
+SELECT EXISTS (SELECT 1 FROM live_workers AS o JOIN workers AS w ON w.id = %(worker_id)s
+               WHERE o.host = w.host AND o.device = w.device AND o.id <> w.id) AS shared
 
 -- name: job_fail
 SELECT id, status FROM gq_fail(%(job_id)s, %(claim_id)s, %(error)s, %(retryable)s,
@@ -190,6 +220,23 @@ SELECT (SELECT id FROM batch ORDER BY id DESC LIMIT 1) AS last_id,
 SELECT now() - %(age_s)s * interval '1 second' AS cutoff
 
 -- name: job_progress
+SELECT gq_progress(%(job_id)s, %(claim_id)s, %(step)s, %(steps)s) AS cancel_requested
+
+-- name: job_progress_with_preview
+-- A progress report that carries a preview (issue 16): the preview is stored in the same
+-- statement, fenced by the claim like the step and named by it, so the fan-out woken by
+-- gq_progress's NOTIFY finds it; previews of jobs no longer running are removed on the way.
+WITH stale AS (
+    DELETE FROM job_previews p USING jobs j
+    WHERE j.id = p.job_id AND p.job_id <> %(job_id)s
+      AND (j.status <> 'processing' OR j.claim_id IS DISTINCT FROM p.claim_id)
+), stored AS (
+    INSERT INTO job_previews (job_id, claim_id, step, image)
+    SELECT id, claim_id, %(step)s, %(image)s FROM jobs
+    WHERE id = %(job_id)s AND claim_id = %(claim_id)s AND status = 'processing'
+    ON CONFLICT (job_id) DO UPDATE
+        SET claim_id = EXCLUDED.claim_id, step = EXCLUDED.step, image = EXCLUDED.image
+)
 SELECT gq_progress(%(job_id)s, %(claim_id)s, %(step)s, %(steps)s) AS cancel_requested
 
 -- name: job_claim_state
@@ -244,10 +291,16 @@ LEFT JOIN jobs AS j ON j.worker_id = w.id AND j.status = 'processing'
 GROUP BY w.id, w.model, w.host, w.device
 
 -- name: events_after
--- Transition events after a seq, as the WebSocket sends them ('pending' is not sent).
-SELECT e.seq, e.job_id, e.conversation_id, gq_event_json(e) AS event
+-- Transition events after a seq, as the WebSocket sends them ('pending' is not sent), with the
+-- job's owner and sort keys, from which the web process keeps its queue order (NULL once the
+-- job is gone). Tags and queue_seq are fixed at enqueue and kept on a retry; only a move to the
+-- front changes them, and its event tells the reader to re-read that user's keys.
+SELECT e.seq, e.job_id, e.conversation_id, gq_event_json(e) AS event,
+       j.user_id, j.priority, j.start_tag, j.queue_seq, j.work
 FROM job_events AS e
+LEFT JOIN jobs AS j ON j.id = e.job_id
 WHERE e.seq > %(after)s AND e.status <> 'pending'
+  AND (%(until)s::bigint IS NULL OR e.seq <= %(until)s)
   AND (%(conversation_ids)s::uuid[] IS NULL OR e.conversation_id = ANY(%(conversation_ids)s))
   AND (%(job_ids)s::uuid[] IS NULL OR e.job_id = ANY(%(job_ids)s))
 ORDER BY e.seq
@@ -255,6 +308,32 @@ LIMIT %(limit)s
 
 -- name: events_last_seq
 SELECT coalesce(max(seq), 0) AS seq FROM job_events
+
+-- name: queue_order_load
+-- Every queued job's sort keys and the newest event of the same snapshot: seq order is commit
+-- order, so these are exactly the queue after every event up to `seq` (the web process's queue
+-- order starts here and follows the log).
+SELECT coalesce(jsonb_agg(jsonb_build_array(id, conversation_id, model, user_id, priority,
+                                            start_tag, queue_seq, work)), '[]'::jsonb) AS jobs,
+       (SELECT coalesce(max(seq), 0) FROM job_events) AS seq
+FROM jobs WHERE status = 'queued'
+
+-- name: queue_order_of_user
+-- One user's queued jobs of one model with their sort keys (a move to the front rotated them).
+SELECT id AS job_id, conversation_id, model, user_id, priority, start_tag, queue_seq, work
+FROM jobs WHERE user_id = %(user_id)s AND model = %(model)s AND status = 'queued'
+
+-- name: conversations_gone
+-- Which of these conversations no longer exist (deleted while a web process was not listening).
+SELECT c AS conversation_id FROM unnest(%(ids)s::uuid[]) AS c
+WHERE NOT EXISTS (SELECT 1 FROM conversations WHERE id = c)
+
+-- name: queue_places
+-- The live places of some queued jobs, counted here (for the few that a web process's queue
+-- order has not reached yet, and for callers without one).
+SELECT j.id AS job_id, p.queue_position, p.work_ahead
+FROM jobs AS j, gq_queue_place(j.model, j.priority, j.start_tag, j.queue_seq) AS p
+WHERE j.id = ANY(%(job_ids)s) AND j.status = 'queued'
 
 -- name: jobs_visible
 -- Which of these jobs the owner may see (NULL owner: an admin sees all).
@@ -302,28 +381,14 @@ SELECT (SELECT count(*) FROM jobs WHERE status = 'queued')::integer AS queued,
 SELECT status, jobs::integer AS jobs, extract(epoch FROM oldest_queued_age)::float8 AS oldest_queued_s
 FROM queue_overview
 
--- name: positions_in_subscriptions
--- The queued jobs that WebSocket subscriptions follow (those of some conversations, and some
--- jobs by id) with their live positions within their model and the work ahead of them, from one
--- ranking of the queue; the ids are matched as hashed sets, so thousands of them stay cheap.
--- at_seq is the newest event this snapshot reflects: one statement sees one snapshot, and seq
--- order is commit order, so these positions are exactly the state after every event up to it.
-SELECT q.job_id, q.model, q.queue_position::integer AS queue_position, q.work_ahead, q.start_tag,
-       (SELECT coalesce(max(seq), 0) FROM job_events) AS at_seq
-FROM (SELECT id AS job_id, conversation_id, model, start_tag,
-             row_number() OVER place AS queue_position,
-             sum(work) OVER place - work AS work_ahead
-      FROM jobs WHERE status = 'queued'
-      WINDOW place AS (PARTITION BY model ORDER BY priority DESC, start_tag, queue_seq
-                       ROWS UNBOUNDED PRECEDING)) AS q
-WHERE q.conversation_id IN (SELECT unnest(%(conversation_ids)s::uuid[]))
-   OR q.job_id IN (SELECT unnest(%(job_ids)s::uuid[]))
-
 -- name: progress_of_jobs
 -- The last reported step of those of the jobs that are processing, with the conversation, so
--- the WebSocket fan-out can route it.
-SELECT id AS job_id, conversation_id, progress FROM jobs
-WHERE id = ANY(%(job_ids)s::uuid[]) AND status = 'processing' AND progress IS NOT NULL
+-- the WebSocket fan-out can route it, and the preview stored with that very step (else NULL:
+-- a preview is sent once).
+SELECT j.id AS job_id, j.conversation_id, j.progress, p.image AS preview FROM jobs j
+LEFT JOIN job_previews p
+    ON p.job_id = j.id AND p.claim_id = j.claim_id AND p.step = (j.progress->>'step')::integer
+WHERE j.id = ANY(%(job_ids)s::uuid[]) AND j.status = 'processing' AND j.progress IS NOT NULL
 
 -- name: queue_head_with_users
 -- The first jobs of each model's queue in the order they will be taken, with their owners'
@@ -385,3 +450,47 @@ SELECT current_user AS role,
 FROM workers AS w
 JOIN pg_stat_activity AS a ON a.pid = w.session_pid AND a.backend_start IS NULL
 WHERE w.stopped_at IS NULL
+
+-- name: session_check_begin
+-- The start-up check for a transaction pooler (queueing/session_check.py), first transaction:
+-- this connection's backend, and a session-level advisory lock keyed by it (26452, its pid).
+SELECT pg_backend_pid() AS pid, pg_try_advisory_lock(26452, pg_backend_pid()) AS locked
+
+-- name: session_check_other
+-- Another connection's backend, asked inside a transaction that stays open meanwhile, so a
+-- pooler must serve the first connection's next transaction from some other backend.
+SELECT pg_backend_pid() AS pid
+
+-- name: session_check_end
+-- The first connection's second transaction: its backend, and whether the lock of its first
+-- transaction is still this session's (unlocking answers false when it is not).
+SELECT pg_backend_pid() AS pid, pg_advisory_unlock(26452, %(pid)s::integer) AS held
+
+-- name: metrics_snapshot
+-- What GET /metrics reads from the database, in one statement that web/metrics.py shares among
+-- the scrapes of a second. models: every model a request may name, with its queued jobs
+-- (counted in jobs_queued_idx alone), processing jobs and live workers. gpus: the live workers
+-- of each GPU (host, device) and model: whether they run a job, and how long the GPU lock has
+-- been held (0 while it is free).
+WITH live AS (
+    SELECT w.id AS worker_id, w.host, w.device, w.model, j.id AS job_id, j.started_at
+    FROM live_workers AS w
+    LEFT JOIN jobs AS j ON j.worker_id = w.id AND j.status = 'processing'
+)
+SELECT
+    (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                'model', m.name, 'queued', coalesce(q.jobs, 0),
+                'processing', coalesce(p.jobs, 0), 'workers', coalesce(w.workers, 0))
+            ORDER BY m.name), '[]')
+     FROM (SELECT name FROM models UNION SELECT %(default_model)s) AS m
+     LEFT JOIN (SELECT model, count(*) AS jobs FROM jobs WHERE status = 'queued'
+                GROUP BY model) AS q ON q.model = m.name
+     LEFT JOIN (SELECT model, count(*) AS jobs FROM jobs WHERE status = 'processing'
+                GROUP BY model) AS p ON p.model = m.name
+     LEFT JOIN (SELECT model, count(DISTINCT worker_id) AS workers FROM live
+                GROUP BY model) AS w ON w.model = m.name) AS models,
+    (SELECT coalesce(jsonb_agg(g ORDER BY g.host, g.device, g.model), '[]')
+     FROM (SELECT host, device, model, count(job_id) > 0 AS busy,
+                  coalesce(extract(epoch FROM now() - min(started_at))::float8, 0)
+                      AS lock_held_s
+           FROM live GROUP BY host, device, model) AS g) AS gpus

@@ -22,10 +22,13 @@ C = "11111111-1111-1111-1111-111111111111"
 OTHER = "22222222-2222-2222-2222-222222222222"
 J1 = "aaaaaaaa-0000-0000-0000-000000000001"
 J2 = "aaaaaaaa-0000-0000-0000-000000000002"
+J3 = "aaaaaaaa-0000-0000-0000-000000000003"
+J4 = "aaaaaaaa-0000-0000-0000-000000000004"
 
 SETUP = f"""async () => {{
   const m = await import("/static/imageJobsStore.js");
   const f = await import("/static/format.js");
+  const a = await import("/static/jobAnnouncer.js");
   const at = (s) => `2025-01-01T12:00:${{String(s).padStart(2, "0")}}.000000+00:00`;
   const job = (id, status, position, t, extra = {{}}) => ({{
     job_id: id, conversation_id: "{C}", status, queue_position: position, eta_s: null,
@@ -38,8 +41,13 @@ SETUP = f"""async () => {{
     type: status, seq, job_id: id, message_id: "m", conversation_id: "{C}", status,
     queue_position: position, at: at(t), ...extra,
   }});
-  window.t = {{ m, f, at, job, list, event, store: m.createImageJobsStore() }};
-  window.t.store.reset("{C}");
+  const store = m.createImageJobsStore();
+  // What the announcer says, with the ids of the finished jobs; flushed by hand, not by time.
+  const said = [];
+  const announcer = new a.JobAnnouncer(store, ({{ text, finished }}) =>
+    said.push([text, finished.map((j) => j.job_id)]), {{ windowMs: 3600000 }});
+  window.t = {{ m, f, at, job, list, event, store, said, announcer }};
+  store.reset("{C}");
 }}"""
 
 
@@ -82,7 +90,7 @@ async def page(blank_page: Any) -> Any:
 
 
 async def run(page: Any, body: str) -> Any:
-    prelude = "const { store, job, list, event, m, f } = window.t;"
+    prelude = "const { store, job, list, event, m, f, said, announcer } = window.t;"
     return await page.evaluate(f"() => {{ {prelude} {body} }}")
 
 
@@ -191,3 +199,80 @@ async def test_ordinals_and_eta_read_naturally(page: Any) -> None:
         "starts in about 3 min",
         "",
     ]
+
+
+async def test_one_queue_move_is_one_announcement_naming_the_front_image(page: Any) -> None:
+    """Issue 16 item 3: what the page opened on is not announced; then the first job starting
+    and the three behind it moving up a place is one announcement, naming the images."""
+    result = await run(
+        page,
+        f"""
+      const p = (prompt) => ({{ prompt }});
+      store.applySnapshot(list(1, job("{J1}", "queued", 1, 0, p("a red fox")),
+        job("{J2}", "queued", 2, 0, p("a grey wolf")), job("{J3}", "queued", 3, 0, p("an owl")),
+        job("{J4}", "queued", 4, 0, p("a hare"))));
+      announcer.flush();
+      const atOpen = said.length;
+      store.applyMessage(event("{J1}", "processing", 2, 1));
+      for (const [id, place] of [["{J2}", 1], ["{J3}", 2], ["{J4}", 3]]) {{
+        store.applyMessage({{ type: "position", job_id: id, queue_position: place, eta_s: 9 }});
+      }}
+      announcer.flush();
+      return [atOpen, ...said];
+    """,
+    )
+    assert result == [
+        0,
+        [
+            "Your image 'a red fox' is being generated. 3 of your images moved in line; your"
+            " image 'a grey wolf' is now 1st in line.",
+            [],
+        ],
+    ]
+
+
+async def test_done_and_failed_are_announced_with_the_reason_and_only_the_latest_place(
+    page: Any,
+) -> None:
+    """Issue 16 item 3: a job that moves twice in one window is announced once, at its latest
+    place; a finished job "is done", a failed one says why; a long prompt is named in a few
+    words; a job whose details are not read yet waits until they are."""
+    long_prompt = "a lighthouse on a cliff at dusk, oil painting, stormy sea, seagulls"
+    result = await run(
+        page,
+        f"""
+      store.applySnapshot(list(1, job("{J1}", "processing", 0, 1, {{ prompt: "{long_prompt}" }}),
+        job("{J2}", "processing", 0, 1, {{ prompt: "a cat" }}),
+        job("{J3}", "queued", 3, 0, {{ prompt: "a dog" }})));
+      store.applyMessage({{ type: "position", job_id: "{J3}", queue_position: 2, eta_s: 5 }});
+      store.applyMessage({{ type: "position", job_id: "{J3}", queue_position: 1, eta_s: 1 }});
+      store.applyMessage(event("{J1}", "complete", 2, 5, 0, {{ image_url: "/x" }}));
+      store.applyMessage(event("{J2}", "error", 3, 5, 0, {{ error: "out of GPU memory" }}));
+      store.applyMessage(event("{J4}", "complete", 4, 5));
+      announcer.flush();
+      return said;
+    """,
+    )
+    assert result == [
+        [
+            "Your image 'a lighthouse on a cliff at dusk, oil…' is done. Your image 'a cat'"
+            " failed: out of GPU memory. Your image 'a dog' is now 1st in line.",
+            [J1, J2],
+        ]
+    ]
+
+
+async def test_opening_another_conversation_drops_what_was_not_said_yet(page: Any) -> None:
+    """Issue 16 item 3: changes pending in the window belong to the conversation they were of;
+    opening another (reset) says nothing of them."""
+    result = await run(
+        page,
+        f"""
+      store.applySnapshot(list(1, job("{J1}", "queued", 2, 0)));
+      store.applyMessage({{ type: "position", job_id: "{J1}", queue_position: 1, eta_s: 1 }});
+      store.reset("{OTHER}");
+      announcer.flush();
+      return said.length;
+    """,
+    )
+    assert result == 0

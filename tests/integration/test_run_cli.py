@@ -9,10 +9,10 @@ import re
 import signal
 import sys
 
-import aiohttp
 import pytest
 
 from gpuqueue.cli import build_parser
+from gpuqueue.client import Client
 from gpuqueue.run import page_url, run_settings
 from harness.ports import free_port
 from harness.waiting import eventually
@@ -114,29 +114,16 @@ async def test_run_serves_the_page_runs_a_job_and_stops_cleanly_on_sigint(
         assert int(match.group(1)) == port
         token = match.group(2)
         base = f"http://127.0.0.1:{port}"
-        headers = {"Authorization": f"Bearer {token}"}
-        async with aiohttp.ClientSession(base) as http:
-            async with http.get(f"/?token={token}") as page:
+        async with Client(base, token) as gq:
+            async with gq.session.get(f"{base}/?token={token}") as page:
                 assert page.status == 200 and page.content_type == "text/html"
-            async with http.get("/api/me", headers=headers) as me:
-                assert await me.json() == {**(await me.json()), "user": "tester", "is_admin": True}
-            async with http.post("/api/conversations", json={}, headers=headers) as created:
-                conversation_id = (await created.json())["id"]
-            async with http.post(
-                f"/api/conversations/{conversation_id}/images",
-                json={"prompt": "a test"},
-                headers=headers,
-            ) as posted:
-                assert posted.status == 202
-                job = await posted.json()
+            me = await gq.request("GET", "/api/me")
+            assert me == {**me, "user": "tester", "is_admin": True}
+            conversation = await gq.create_conversation()
+            job = await gq.submit(conversation["id"], "a test")
             # The stub backend gives no tiny-model size: the default stays 512 unless diffusers.
             assert job["params"]["width"] == 512
-
-            async def completed() -> bool:
-                async with http.get(f"/api/jobs/{job['job_id']}", headers=headers) as read:
-                    return (await read.json())["status"] == "complete"
-
-            await eventually(completed, within=60, interval=0.1)
+            assert (await gq.wait(job["job_id"], timeout=60))["status"] == "complete"
             [first] = await workers.live_workers(pool)
 
         # A worker that dies is started again.

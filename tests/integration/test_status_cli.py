@@ -8,16 +8,22 @@ import asyncio
 import io
 import json
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
-from gpuqueue.status import render, show_status
+from gpuqueue.status import CLEAR_SCREEN, render, show_status
+from harness.children import Child
+from harness.commands import gpuqueue_argv
 from queueing import db, jobs
+from queueing.actors import Actor
 from queueing.conversations import create_conversation
 from queueing.jobs import JobRequest
 from tests.integration.web_support import PARAMS, HandWorker, User, make_user
+from tests.integration.worker_support import submit
 
 
 @pytest.fixture
@@ -143,3 +149,44 @@ async def test_an_unreachable_database_is_exit_1(tmp_path: object) -> None:
     """Status says so, and exits 1, when the database does not answer."""
     url = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2"
     assert await show_status(url, out=io.StringIO()) == 1
+
+
+async def test_watch_redraws_every_second_and_ctrl_c_exits_0(
+    database_url: str, pool: db.Pool, alice: Actor, conversation_id: str, tmp_path: Path
+) -> None:
+    """Issue 15, item 5: `gpuqueue status --watch` clears the screen and draws the table again
+    each second, read afresh each time (a job queued meanwhile shows), until Ctrl-C (SIGINT),
+    which ends it with exit code 0."""
+    watch = Child(
+        gpuqueue_argv(database_url, "status", "--watch"), tmp_path / "watch.log", pipes=True
+    )
+    screens: list[list[str]] = []  # each one's lines
+
+    async def screen_showing(text: str) -> list[str]:
+        """Read until a screen that contains `text` has been drawn in full (the next began)."""
+        while True:
+            line = await watch.read_line(within=15)
+            assert line is not None, watch.log_tail()
+            if line.startswith(CLEAR_SCREEN):
+                if screens and any(text in x for x in screens[-1]):
+                    return screens[-1]
+                screens.append([line.removeprefix(CLEAR_SCREEN)])
+            elif screens:
+                screens[-1].append(line)
+
+    try:
+        first = await screen_showing("queued 0")
+        assert first[0].startswith("gpuqueue status every 1s, Ctrl-C to stop")
+        assert "workers (0 live)" in first
+        await submit(pool, conversation_id, alice)
+        later = await screen_showing("queued 1")
+        assert any(line.startswith("queue of tiny (1 queued") for line in later), later
+        assert any(line.endswith("a red fox") for line in later), later
+        # Each heading ends with the time it was drawn: a second apart at least, so distinct.
+        drawn = [lines[0].rsplit(" ", 1)[1] for lines in screens]
+        assert len(set(drawn)) == len(drawn) >= 2, drawn
+        watch.signal(signal.SIGINT)
+        assert await watch.wait(within=10) == 0
+        assert "Traceback" not in watch.log()
+    finally:
+        await watch.stop()

@@ -192,6 +192,12 @@ async def stored_events(pool: db.Db, conversation_id: str) -> list[int]:
     rows = await db.fetch_all(
         pool,
         "events_after",
-        {"after": 0, "conversation_ids": [conversation_id], "job_ids": None, "limit": 1_000_000},
+        {
+            "after": 0,
+            "conversation_ids": [conversation_id],
+            "job_ids": None,
+            "until": None,
+            "limit": 1_000_000,
+        },
     )
     return [row["seq"] for row in rows]

@@ -395,7 +395,7 @@ async def test_a_subscribe_storm_leaves_one_subscription_and_no_duplicate(world:
         if reply["type"] == "subscribed" or (reply["type"] == "error" and "job_id" not in reply):
             answers.append(reply)
     last = answers[-1]
-    assert last["type"] == "subscribed" and last["conversation_id"] == world.conversation_id
+    assert last["type"] == "subscribed" and last["conversation_id"] == world.conversation_id, last
     job = await enqueue(world.client, world.alice, world.conversation_id)
     got = await frames_until(ws, lambda f: f.get("job_id") == job["job_id"] and "seq" in f)
     await ws.send_json({"op": "ping"})

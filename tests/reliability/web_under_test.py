@@ -28,7 +28,8 @@ from aiohttp import web
 from harness.commands import WebChild
 from queueing.config import Settings
 from web.app import create_app
-from web.keys import CLIENTS
+from web.keys import BROADCASTER, CLIENTS
+from web.live.placing import Placing
 from web.server import AccessLogger
 
 
@@ -42,18 +43,30 @@ def _trim() -> bool:
         return False
 
 
+def _queue_order_objects(placing: Placing) -> set[int]:
+    held: set[int] = set()
+    for keys in placing.order._jobs.values():
+        held.update((id(keys), id(keys.job_id), id(keys.conversation_id)))
+    held.update(id(place) for place in placing._recent.values())
+    return held
+
+
 async def state(request: web.Request) -> web.Response:
     gc.collect()
     trimmed = _trim()
     tasks = Counter(t.get_name().rstrip("0123456789-") for t in asyncio.all_tasks())
+    # What the queue order holds is one entry per queued job (and a bounded window of recent
+    # places), by design: counted apart, so what grows with clients stands out.
+    held = _queue_order_objects(request.app[BROADCASTER].placing)
     objects = Counter(f"{getattr(type(o), '__module__', '?')}.{type(o).__qualname__}"
-                      for o in gc.get_objects())  # fmt: skip
+                      for o in gc.get_objects() if id(o) not in held)  # fmt: skip
     return web.json_response({
         "tasks": sum(tasks.values()),
         "task_names": dict(tasks),
         "clients": len(request.app[CLIENTS]),
         "trimmed": trimmed,
         "objects": dict(objects),
+        "queue_order_objects": len(held),
         "heap": sys.getallocatedblocks(),
     })  # fmt: skip
 

@@ -84,3 +84,33 @@ SELECT status::text AS status, count(*)::integer AS n FROM jobs GROUP BY 1 ORDER
 UPDATE jobs SET started_at = finished_at - make_interval(secs => %(run_s)s)
 WHERE id = %(job_id)s AND status = 'complete'
 RETURNING id
+
+-- name: conversation_transitions
+-- Every event a subscriber of the conversation is sent, in seq order (pending never is sent).
+SELECT seq, job_id::text AS job_id, status FROM job_events
+WHERE conversation_id = %(conversation_id)s AND status <> 'pending'
+ORDER BY seq
+
+-- name: hosts_that_ran
+-- The hosts whose workers completed these jobs.
+SELECT DISTINCT host FROM jobs WHERE id = ANY(%(ids)s::uuid[]) AND status = 'complete'
+
+-- name: event_log_with_keys
+-- Every transition (pending left out) with its job's sort keys, in seq order, and the position
+-- its message holds: the log a queue order is replayed from.
+SELECT e.seq, e.job_id, e.status, e.queue_position, j.model, j.priority, j.start_tag,
+       j.queue_seq, m.extra_metadata -> 'queue_position' AS message_position
+FROM job_events AS e JOIN jobs AS j ON j.id = e.job_id JOIN messages AS m ON m.id = e.message_id
+WHERE e.status <> 'pending'
+ORDER BY e.seq
+
+-- name: job_previews_count
+-- How many previews are stored (issue 16: the latest per running job, about one per GPU).
+SELECT count(*)::integer AS previews FROM job_previews
+
+-- name: job_writers
+-- Each job's status and the transaction that last wrote its row (xmin), in claim order.
+SELECT id::text AS job_id, status, xmin::text AS writer FROM jobs ORDER BY started_at
+
+-- name: gpu_locks_held
+SELECT count(*)::integer AS held FROM gpu_locks

@@ -65,6 +65,24 @@ async def test_waiters_take_turns_with_a_holder_that_takes_it_straight_back(
     second.close()
 
 
+async def test_a_holder_sees_a_waiter_so_it_hands_the_gpu_over_between_jobs(
+    tmp_path: Path, pipeline: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    """The worker keeps its lock for a claim sent with a completion only while nobody waits."""
+    first, second = DeviceLock(tmp_path, GPU, pipeline), DeviceLock(tmp_path, GPU, pipeline)
+    stopping, wake = asyncio.Event(), asyncio.Event()
+    assert await first.acquire(stopping, wake)
+    assert not first.awaited()
+    waiting = asyncio.create_task(second.acquire(stopping, wake))
+    await eventually(lambda: _queued(second), within=2)
+    assert first.awaited()
+    first.release()
+    assert await asyncio.wait_for(waiting, 1) is True
+    assert not second.awaited()  # the waiter that got it no longer queues
+    first.close()
+    second.close()
+
+
 async def test_a_release_handed_to_a_busy_pipeline_waits_until_its_step_returns(
     tmp_path: Path, pipeline: concurrent.futures.ThreadPoolExecutor
 ) -> None:

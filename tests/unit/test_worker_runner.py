@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import logging
 import uuid
@@ -11,9 +12,11 @@ from typing import Any
 
 import pytest
 
+from gpu_worker.backends.stub import StubBackend
 from gpu_worker.gpu_lock import LockWatchdog
 from gpu_worker.runner import (
     Interrupted,
+    JobRunner,
     Reason,
     StepGate,
     _interrupt_in_chain,
@@ -193,3 +196,45 @@ def test_errors_that_cannot_succeed_on_retry_are_not_retryable(kind: type[Except
 
     assert issubclass(kind, NOT_RETRYABLE)
     assert not issubclass(RuntimeError, NOT_RETRYABLE)
+
+
+class NoThread(concurrent.futures.ThreadPoolExecutor):
+    """A pipeline executor that counts what is handed to it."""
+
+    handed = 0
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        self.handed += 1
+        return super().submit(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("delay", "prompt", "hops"),
+    [(0.0, "a fox", 0), (0.0, "a fox [fail]", 0), (0.001, "a fox", 1)],
+)
+async def test_an_instant_stub_call_skips_the_pipeline_thread_and_ends_the_same(
+    delay: float, prompt: str, hops: int
+) -> None:
+    """At zero delay the stub's call is made on the loop (no thread hop); its result, image or
+    error, is what the pipeline thread would have given."""
+    pipeline = NoThread(1)
+
+    async def never_probed(claim: Claim) -> tuple[bool, bool]:
+        raise AssertionError("an instant job is never probed")
+
+    runner = JobRunner(
+        StubBackend(delay=delay),
+        pipeline,
+        None,  # type: ignore[arg-type]  # progress is never reported this fast
+        probe_interval_s=60.0,
+        stuck_grace_s=1.0,
+        progress_interval_s=60.0,
+    )
+    claim = dataclasses.replace(make_claim({"width": 8, "height": 8, "steps": 2}), prompt=prompt)
+    result = await runner.run(claim, StepGate(timeout_s=5), never_probed)
+    pipeline.shutdown()
+    assert pipeline.handed == hops
+    if "[fail]" in prompt:
+        assert result.png is None and result.error and "on purpose" in result.error
+    else:
+        assert result.reason is None and result.png is not None

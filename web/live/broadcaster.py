@@ -20,6 +20,7 @@ from queueing.positions import EtaCache
 from ..image_links import ImageLinks
 from .fanout import Fanout
 from .outbox import Client
+from .placing import Placing
 from .replay import Replayer
 from .stats import FanoutStats
 from .subscriptions import Subscription, Subscriptions
@@ -59,6 +60,11 @@ class Broadcaster:
     @property
     def listener(self) -> Listener:
         return self._fanout.listener
+
+    @property
+    def placing(self) -> Placing:
+        """The queue order: queued jobs' places, exact as of the newest event routed."""
+        return self._fanout.placing
 
     @property
     def routed_seq(self) -> int:

@@ -2,10 +2,11 @@
 
 NOTIFY only wakes us (its payload is a job id); the job_events table is the truth. A burst of
 notifications sets a flag, and one task then reads every event after `last_seq` once for all
-sockets, routes each to the subscribers of its conversation or job (its JSON serialised once,
-the same str sent to every socket), and advances `last_seq`. When an event may have moved a
-followed job, positions are read once for every queued job some socket follows, and a
-`position` message goes only where a position (or the ETA's bucket) changed. Seq is global and
+sockets, applies it to the queue order (web/live/placing.py: a queued event's position is the
+rank it gives), routes each to the subscribers of its conversation or job (its JSON serialised
+once, the same str sent to every socket), and advances `last_seq`. When an event may have moved
+a followed job, every followed queued job's place is looked up in the queue order (no SQL), and
+a `position` message goes only where a position (or the ETA's bucket) changed. Seq is global and
 commit-ordered, so several web processes each doing this agree.
 """
 
@@ -19,18 +20,20 @@ from uuid import UUID
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from queueing import db, events, positions
+from queueing import db, events
 from queueing.cancellation import cancel_and_wait
-from queueing.listener import CHANNEL_EVENT, CHANNEL_PROGRESS, Listener
+from queueing.eta import EtaModel
+from queueing.listener import CHANNEL_DELETED, CHANNEL_EVENT, CHANNEL_PROGRESS, Listener
 from queueing.positions import EtaCache
 from queueing.rows import EventRow
 from queueing.states import FINAL, JobStatus
 
 from ..image_links import ImageLinks
+from .placing import Placing
 from .stats import FanoutStats
 from .subscriptions import Subscriptions
 from .waiters import CancelWaiters
-from .wire import eta_bucket, event_of, position_message, progress_message
+from .wire import eta_bucket, event_of, position_message, preview_message, progress_message
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +65,18 @@ class Fanout:
         self._poll_interval_s = poll_interval_s
         self.listener = Listener(
             url,
-            (CHANNEL_EVENT, CHANNEL_PROGRESS),
+            (CHANNEL_EVENT, CHANNEL_PROGRESS, CHANNEL_DELETED),
             self._on_notify,
             on_connect=self._on_connect,
             app="gpuqueue-web-listen",
         )
         self.last_seq = 0
+        self.placing = Placing(pool)
         self._wake = asyncio.Event()
         self._events_due = False
         self._progress_due: set[UUID] = set()
         self._positions_due = False
+        self._deletions_due = False
         self._last_positions = 0.0
         self._positions_interval_s = POSITIONS_MIN_INTERVAL_S
         self._tasks: list[asyncio.Task[None]] = []
@@ -79,7 +84,7 @@ class Fanout:
     # -- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.last_seq = await events.last_seq(self._pool)
+        self.last_seq = await self.placing.load()
         self._tasks = [
             asyncio.create_task(self._listen(), name="gpuqueue-listen"),
             asyncio.create_task(self._run(), name="gpuqueue-fanout"),
@@ -97,19 +102,24 @@ class Fanout:
     # -- notifications ------------------------------------------------------------------------
 
     def _on_notify(self, channel: str, payload: str) -> None:
-        if channel == CHANNEL_PROGRESS:
+        if channel in (CHANNEL_PROGRESS, CHANNEL_DELETED):
             try:
-                self._progress_due.add(UUID(payload))
+                about = UUID(payload)
             except ValueError:
                 log.warning("ignoring a %s notification with payload %r", channel, payload[:80])
                 return
+            if channel == CHANNEL_PROGRESS:
+                self._progress_due.add(about)
+            elif self.placing.forget_conversation(about):
+                self._positions_due = True  # the jobs behind its queued ones moved up
         else:
             self._events_due = True
         self._wake.set()
 
     def _on_connect(self) -> None:
-        # Whatever was committed while we were not listening is in the table: catch up.
-        self._events_due = True
+        # Whatever was committed while we were not listening is in the table: catch up (and
+        # a conversation deleted meanwhile took its events with it: look for those).
+        self._events_due = self._deletions_due = True
         self._wake.set()
 
     async def _listen(self) -> None:
@@ -153,6 +163,10 @@ class Fanout:
                 await asyncio.sleep(1.0)
 
     async def _tick(self) -> None:
+        if self._deletions_due:
+            self._deletions_due = False
+            if await self.placing.forget_deleted_conversations():
+                self._positions_due = True
         while self._events_due:
             self._events_due = False
             if await self._pump_events():
@@ -180,6 +194,7 @@ class Fanout:
         while True:
             rows = await events.events_after(self._pool, self.last_seq, limit=PAGE)
             if rows:
+                await self.placing.follow(rows)
                 moved = self._route(rows) or moved
             if len(rows) < PAGE:
                 return moved
@@ -217,12 +232,14 @@ class Fanout:
             if in_conversation or of_job:
                 event = event_of(row, self._links)  # serialised once for every socket
                 self._stats.events_routed += 1
+                self._stats.deliveries.routing(event[4], row["event"]["at"])
                 for sub in in_conversation or ():
                     sub.deliver(event)
                 for sub in of_job or ():
                     sub.deliver(event)
             if waiters and row["event"]["status"] in FINAL:
                 waiters.ended(job_id)
+            self._stats.deliveries.routed(row["event"])
             self.last_seq = row["seq"]
         return moved
 
@@ -230,33 +247,26 @@ class Fanout:
         if not self._subs.all:
             return
         for row in await events.progress_of(self._pool, job_ids):
-            job_id = row["job_id"]
-            text: str | None = None
+            job_id, preview = row["job_id"], row["preview"]
+            texts: list[str] | None = None
             for sub in self._subs.following(row["conversation_id"], job_id):
                 if sub.live:
-                    if text is None:
-                        text = progress_message(job_id, row["progress"])
-                    sub.client.offer(text)
+                    if texts is None:
+                        texts = [progress_message(job_id, row["progress"])]
+                        if preview is not None:  # stored with this step: sent once, first
+                            texts.insert(0, preview_message(job_id, preview))
+                    sub.client.offer(texts[0] if len(texts) == 1 else texts)
 
     async def _refresh_positions(self) -> None:
-        """One read of positions for every followed queued job; messages only where they moved."""
+        """Positions of every followed queued job from the queue order; messages only where
+        they moved."""
         subs = [s for s in self._subs.all if s.live and s.tracked and not s.client.closed]
         if not subs:
             return
         self._stats.position_passes += 1
-        conversation_ids = {s.conversation_id for s in subs if s.conversation_id is not None}
-        job_ids = {j for s in subs if s.conversation_id is None for j in s.tracked}
-        rows = await positions.positions_in_subscriptions(
-            self._pool, conversation_ids=conversation_ids, job_ids=job_ids
-        )
         model = await self._eta.get(self._pool, max_age_s=0.25)
         # Each job's state is computed once; sockets only compare it with what they last got.
-        current: dict[UUID, tuple[tuple[int, int | None], float | None]] = {}
-        for row in rows:
-            eta = model.eta_s(
-                row["model"], row["queue_position"], row["work_ahead"], row["start_tag"]
-            )
-            current[row["job_id"]] = ((row["queue_position"], eta_bucket(eta)), eta)
+        current: dict[UUID, tuple[tuple[int, int | None], float | None] | None] = {}
         texts: dict[UUID, str] = {}
         for sub in subs:
             if sub.client.closed or sub.client.subscription is not sub:
@@ -264,7 +274,10 @@ class Fanout:
             batch: list[str] = []
             tracked = sub.tracked
             for job_id, last in tracked.items():
-                state = current.get(job_id)
+                if job_id in current:
+                    state = current[job_id]
+                else:
+                    state = current[job_id] = self._state(model, job_id)
                 if state is None or state[0] == last:
                     continue  # unchanged, or no longer queued (its event is on the way)
                 tracked[job_id] = state[0]
@@ -274,3 +287,15 @@ class Fanout:
                 batch.append(text)
             if batch:
                 sub.client.offer(batch[0] if len(batch) == 1 else batch)
+
+    def _state(
+        self, model: EtaModel, job_id: UUID
+    ) -> tuple[tuple[int, int | None], float | None] | None:
+        order = self.placing.order
+        place = order.place(job_id)
+        if place is None:
+            return None
+        eta = model.eta_s(
+            order.model_of(job_id), place.queue_position, place.work_ahead, place.start_tag
+        )
+        return (place.queue_position, eta_bucket(eta)), eta

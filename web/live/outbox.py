@@ -65,6 +65,7 @@ class Client:
             return
         try:
             self.outbox.put_nowait(item)
+            self.stats.deliveries.offered(item)
         except asyncio.QueueFull:
             log.info("closing a WebSocket whose outbox is full (%d)", self.outbox.maxsize)
             self.stats.clients_dropped += 1
@@ -90,8 +91,7 @@ class Client:
         self.closed = True
         self.close_code = code
         self._sender.cancel()
-        while not self.outbox.empty():  # wakes a handler waiting in send()
-            self.outbox.get_nowait()
+        self._drop_queued()  # wakes a handler waiting in send()
         self._closer = asyncio.create_task(self._close_now(code, reason))
 
     async def wait_closed(self) -> None:
@@ -104,25 +104,33 @@ class Client:
         self._sender.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._sender
+        self._drop_queued()
         if self._closer is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._closer
+
+    def _drop_queued(self) -> None:
+        while not self.outbox.empty():
+            self.stats.deliveries.done(self.outbox.get_nowait())
 
     async def _send_loop(self) -> None:
         ws = self.ws
         try:
             while True:
                 item = await self.outbox.get()
-                if isinstance(item, str):
-                    await ws.send_str(item)
-                elif isinstance(item, list):
-                    for text in item:
-                        await ws.send_str(text)
-                else:
-                    self.closed = True
-                    self.close_code = item.code
-                    await ws.close(code=item.code, message=item.reason.encode())
-                    return
+                try:
+                    if isinstance(item, str):
+                        await ws.send_str(item)
+                    elif isinstance(item, list):
+                        for text in item:
+                            await ws.send_str(text)
+                    else:
+                        self.closed = True
+                        self.close_code = item.code
+                        await ws.close(code=item.code, message=item.reason.encode())
+                        return
+                finally:
+                    self.stats.deliveries.done(item)
         except ConnectionError:
             self.closed = True  # the peer went away; the handler's receive sees it too
         except Exception:

@@ -2,8 +2,8 @@
 
 A replay reads job_events while live events for the subscription wait in its `pending`; the
 two are joined without a gap or a duplicate, and the subscription goes live in the same step
-that finds nothing left. The positions snapshot is one statement, so it is exactly the queue
-after every event up to its `at_seq`; an event delivered while it was read wins over it.
+that finds nothing left. The positions come from the fan-out's queue order, so they are exactly
+the queue after the newest event routed, all of which the subscription has been sent.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from uuid import UUID
 
-from queueing import db, events, positions
+from queueing import db, events
 from queueing.positions import EtaCache
 
 from ..image_links import ImageLinks
@@ -79,16 +79,20 @@ class Replayer:
             while sub.needs_replay:
                 sub.needs_replay = False
                 while True:
+                    # Only what the fan-out has routed (and so placed); later events reach
+                    # the subscription live, through `pending`.
                     rows = await events.events_after(
                         self._pool,
                         sub.delivered,
                         conversation_ids=conversation_ids,
                         job_ids=job_ids,
+                        until=self._fanout.last_seq,
                         limit=PAGE,
                     )
                     batch = []
                     for row in rows:
                         if row["seq"] > sub.delivered:
+                            self._fanout.placing.fill(row)
                             event = event_of(row, self._links)
                             sub.apply(event)
                             batch.append(event[4])
@@ -111,25 +115,27 @@ class Replayer:
                 return
 
     async def _positions_snapshot(self, sub: Subscription) -> list[str]:
-        """A position message for each queued job of the subscription, as of now."""
-        sub.recording = {}
-        try:
-            rows = await positions.positions_in_subscriptions(
-                self._pool,
-                conversation_ids=() if sub.conversation_id is None else (sub.conversation_id,),
-                job_ids=sub.job_ids,
-            )
-            model = await self._eta.get(self._pool) if rows else None
-        finally:
-            recording, sub.recording = sub.recording, None
+        """A position message for each queued job of the subscription, from the queue order:
+        read with no await in between, so it is the queue right after the newest event routed,
+        and every event up to that one has been sent to the subscription already."""
+        if not self._queued_of(sub):
+            return []
+        model = await self._eta.get(self._pool)
+        order = self._fanout.placing.order
         batch: list[str] = []
-        for row in rows:
-            job_id = row["job_id"]
-            if recording.get(job_id, 0) > row["at_seq"]:
-                continue  # a newer event for it was already delivered
-            assert model is not None
-            queue_position = row["queue_position"]
-            eta = model.eta_s(row["model"], queue_position, row["work_ahead"], row["start_tag"])
-            sub.tracked[job_id] = (queue_position, eta_bucket(eta))
-            batch.append(position_message(job_id, queue_position, eta))
+        for job_id in self._queued_of(sub):
+            place = order.place(job_id)
+            assert place is not None
+            eta = model.eta_s(
+                order.model_of(job_id), place.queue_position, place.work_ahead, place.start_tag
+            )
+            sub.tracked[job_id] = (place.queue_position, eta_bucket(eta))
+            batch.append(position_message(job_id, place.queue_position, eta))
         return batch
+
+    def _queued_of(self, sub: Subscription) -> list[UUID]:
+        order = self._fanout.placing.order
+        followed = set(sub.job_ids)
+        if sub.conversation_id is not None:
+            followed |= order.in_conversation(sub.conversation_id)
+        return sorted(j for j in followed if order.is_queued(j))

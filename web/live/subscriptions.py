@@ -34,8 +34,6 @@ class Subscription:
     pending: deque[Event] = field(default_factory=deque)
     # Queued jobs this client knows about, with the (position, ETA bucket) it last got.
     tracked: dict[UUID, tuple[int, int | None]] = field(default_factory=dict)
-    # While a positions snapshot is read: job id -> seq of events delivered meanwhile.
-    recording: dict[UUID, int] | None = None
 
     def describe(self) -> dict[str, Any]:
         if self.conversation_id is not None:
@@ -50,8 +48,6 @@ class Subscription:
             self.tracked[job_id] = (queue_position, None)
         else:
             self.tracked.pop(job_id, None)
-        if self.recording is not None:
-            self.recording[job_id] = seq
 
     def deliver(self, event: Event) -> None:
         """A live event: sent now, or held in `pending` while the subscription replays."""

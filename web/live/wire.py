@@ -7,6 +7,7 @@ per-event `seq`; `subscribed` carries the seq up to which the subscription has b
 
 from __future__ import annotations
 
+import base64
 from typing import Any, TypeAlias
 from uuid import UUID
 
@@ -44,6 +45,14 @@ def position_message(job_id: UUID, queue_position: int, eta_s: float | None) -> 
 def progress_message(job_id: UUID, progress: dict[str, Any]) -> str:
     step, steps = progress.get("step"), progress.get("steps")
     return dumps({"type": "progress", "job_id": str(job_id), "step": step, "steps": steps})
+
+
+def preview_message(job_id: UUID, image: bytes) -> str:
+    """A running job's latest preview (issue 16), a small PNG or JPEG as a data URL the page
+    draws as it is (its CSP allows data: images)."""
+    kind = "png" if image.startswith(b"\x89PNG") else "jpeg"
+    url = f"data:image/{kind};base64,{base64.b64encode(image).decode('ascii')}"
+    return dumps({"type": "preview", "job_id": str(job_id), "image": url})
 
 
 def subscribed_message(follows: dict[str, Any], seq: int) -> str:

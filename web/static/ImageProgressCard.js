@@ -2,7 +2,7 @@
 // changed, so a focused button keeps its focus while positions and progress tick.
 
 import { h, setText, show } from "./dom.js";
-import { durationText, etaText, ordinal, positionText } from "./format.js";
+import { durationText, etaText, ordinal, positionText, shortPrompt } from "./format.js";
 
 /** @typedef {import("./imageJobsStore.js").StoredJob} StoredJob */
 /** @typedef {import("./jobStatus.js").JobStatus} JobStatus */
@@ -10,11 +10,15 @@ import { durationText, etaText, ordinal, positionText } from "./format.js";
 /**
  * What the card's buttons ask for, and what it asks the page. onImageError: the image did not
  * load, a fresh image_url is wanted; workersFor: how many live workers serve a model (null:
- * not known).
+ * not known); onView: the full-size view of the image (opener gets the focus back);
+ * onUseSettings: the prompt form takes the job's request; onCopySeed: the seed to the clipboard.
  * @typedef {{ onCancel: (job: StoredJob) => Promise<void>,
  *   onRetry: (job: StoredJob) => Promise<void>,
  *   onMove: (job: StoredJob) => Promise<void>,
  *   onImageError: (job: StoredJob) => void,
+ *   onView: (job: StoredJob, image: HTMLImageElement, opener: HTMLElement) => void,
+ *   onUseSettings: (job: StoredJob) => void,
+ *   onCopySeed: (job: StoredJob) => Promise<boolean>,
  *   workersFor: (model: string) => number | null }} CardActions
  */
 
@@ -107,14 +111,29 @@ export class ImageProgressCard {
       this.ordinalCaption,
     );
     this.img = h("img", { class: "card-image", alt: "", decoding: "async" });
-    this.img.hidden = true;
-    this.media = h("div", { class: "card-media" }, this.placeholder, this.img);
+    // The image opens its full-size view: a button, so the keyboard reaches it too.
+    this.imageButton = h("button", {
+      type: "button", class: "card-image-button",
+      onclick: () => this.actions.onView(this.job, this.img, this.imageButton),
+    }, this.img);
+    this.imageButton.hidden = true;
+    // While the job runs: the latest preview the worker sent (issue 16), drawn as it comes;
+    // in the card only then, so a finished card holds one image.
+    this.previewImg = h("img", { class: "card-preview", alt: "", "aria-hidden": "true" });
+    /** @type {string | null} */
+    this._preview = null;
+    this._which = ""; // which image, for the buttons' names: " 'a red fox'"
+    this._seedCopied = false;
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    this._seedCopiedTimer = undefined;
+    this.media = h("div", { class: "card-media" }, this.placeholder, this.imageButton);
 
     this.badge = h("span", { class: "badge" });
     this.statusEl = h("span", { class: "status-text" });
     this.statusLine = h(
       "p",
-      { class: "card-status", "aria-live": "polite", "aria-atomic": "true", id: `${id}-status` },
+      // Not a live region: the page's one announcer (jobAnnouncer.js) speaks of changes.
+      { class: "card-status", id: `${id}-status` },
       this.badge,
       " ",
       this.statusEl,
@@ -127,13 +146,21 @@ export class ImageProgressCard {
     this.progressRow = h("div", { class: "card-progress-row" }, this.progressBar, this.stepEl);
     this.errorEl = h("p", { class: "card-error" });
     this.promptEl = h("p", { class: "card-prompt", id: `${id}-prompt` });
+    // A long prompt is cut to a few lines; this shows the rest (only when something is cut).
+    this.promptToggle = h("button", {
+      type: "button", class: "prompt-toggle", "aria-expanded": "false",
+      "aria-controls": `${id}-prompt`, text: "Show more", onclick: () => this._togglePrompt(),
+    });
+    this.promptToggle.hidden = true;
+    this._resizes = new ResizeObserver(() => this._measurePrompt());
+    this._resizes.observe(this.promptEl);
     this.negativeEl = h("p", { class: "card-negative" });
     this.modelEl = h("span", { class: "card-model" });
     this.paramsEl = h("span", { class: "card-params" });
     this.metaEl = h("p", { class: "card-meta" }, this.modelEl, this.paramsEl);
 
     this.cancelButton = h("button", {
-      type: "button", class: "button button-quiet cancel", "aria-describedby": `${id}-prompt`,
+      type: "button", class: "button button-quiet cancel",
       text: "Cancel", onclick: () => this._cancel(),
     });
     // Its name stays "Move to front"; the prompt describes which job.
@@ -147,9 +174,18 @@ export class ImageProgressCard {
       text: "Retry", onclick: () => this._retry(),
     });
     this.downloadLink = h("a", { class: "button button-quiet download", text: "Download" });
+    this.useButton = h("button", {
+      type: "button", class: "button button-quiet use-settings", text: "Use these settings",
+      onclick: () => this.actions.onUseSettings(this.job),
+    });
+    this.copySeedButton = h("button", {
+      type: "button", class: "button button-quiet copy-seed", text: "Copy seed",
+      onclick: () => this._copySeed(),
+    });
     this.actionsEl = h(
       "div", { class: "card-actions" },
-      this.moveButton, this.cancelButton, this.retryButton, this.downloadLink,
+      this.moveButton, this.cancelButton, this.retryButton, this.downloadLink, this.useButton,
+      this.copySeedButton,
     );
 
     this.element = h(
@@ -165,6 +201,7 @@ export class ImageProgressCard {
         this.progressRow,
         this.errorEl,
         this.promptEl,
+        this.promptToggle,
         this.negativeEl,
         this.metaEl,
         this.actionsEl,
@@ -206,7 +243,18 @@ export class ImageProgressCard {
     show(this.errorEl, Boolean(failed));
     this.errorEl.classList.toggle("is-soft", status !== "error");
 
-    setText(this.promptEl, job.prompt || (job._partial ? "Loading…" : ""));
+    const promptText = job.prompt || (job._partial ? "Loading…" : "");
+    const promptChanged = this.promptEl.textContent !== promptText;
+    setText(this.promptEl, promptText);
+    // Short names that say which image, not the whole prompt read out again.
+    const which = job.prompt ? ` '${shortPrompt(job.prompt)}'` : "";
+    this.cancelButton.setAttribute("aria-label", `Cancel${which}`);
+    this.downloadLink.setAttribute("aria-label", `Download${which}`);
+    this._which = which;
+    this.imageButton.setAttribute("aria-label", `View${which} full size`);
+    this.useButton.setAttribute("aria-label", `Use these settings${which}`);
+    this._labelCopySeed(this._seedCopied);
+    if (promptChanged) this._measurePrompt();
     const negative = job.params && job.params.negative_prompt;
     setText(this.negativeEl, negative ? `Without: ${negative}` : "");
     show(this.negativeEl, Boolean(negative));
@@ -227,6 +275,9 @@ export class ImageProgressCard {
     show(this.moveButton, status === "queued" && job.queue_position !== 1);
     show(this.retryButton, status === "error" || status === "canceled");
     this.retryButton.disabled = Boolean(job._partial);
+    const seed = job.params && job.params.seed;
+    show(this.useButton, status === "complete" && !job._partial);
+    show(this.copySeedButton, status === "complete" && seed !== undefined && seed !== null);
 
     // A failed link is tried again when a fresh one comes, or after 5 s.
     const retryDue = job.image_url !== this._imageFailedUrl ||
@@ -239,8 +290,64 @@ export class ImageProgressCard {
     // The newest link, so a download long after the image appeared is not an expired one.
     if (hasImage && job.image_url) this.downloadLink.href = job.image_url;
     show(this.img, hasImage);
-    show(this.placeholder, !hasImage);
+    show(this.imageButton, hasImage);
+    if (status !== "processing") this._preview = null; // a new attempt starts without one
+    const previewing = status === "processing" && this._preview !== null;
+    if (previewing && !this.previewImg.isConnected) {
+      this.media.insertBefore(this.previewImg, this.imageButton);
+    } else if (!previewing && this.previewImg.isConnected) {
+      this.previewImg.remove();
+      this.previewImg.removeAttribute("src");
+    }
+    show(this.placeholder, !hasImage && !previewing);
     show(this.downloadLink, hasImage);
+  }
+
+  /** The card is gone for good: stop watching its size. */
+  dispose() {
+    this._resizes.disconnect();
+    clearTimeout(this._seedCopiedTimer);
+  }
+
+  /**
+   * A preview frame of this job (a data: URL): drawn while the job runs, dropped when it ends.
+   * @param {string} image
+   */
+  showPreview(image) {
+    if (this.job.status !== "processing") return;
+    this._preview = image;
+    this.previewImg.src = image;
+    this.update(this.job);
+  }
+
+  // Whether the clamped prompt hides something: only then is there a "Show more". Measured as
+  // laid out (a prompt of few long words wraps differently on a phone).
+  _measurePrompt() {
+    const el = this.promptEl;
+    const expanded = el.classList.contains("is-expanded");
+    show(this.promptToggle, expanded || el.scrollHeight > el.clientHeight + 1);
+  }
+
+  _togglePrompt() {
+    const expanded = this.promptEl.classList.toggle("is-expanded");
+    this.promptToggle.setAttribute("aria-expanded", String(expanded));
+    setText(this.promptToggle, expanded ? "Show less" : "Show more");
+    this._measurePrompt();
+  }
+
+  async _copySeed() {
+    if (!(await this.actions.onCopySeed(this.job))) return;
+    this._labelCopySeed(true);
+    clearTimeout(this._seedCopiedTimer);
+    this._seedCopiedTimer = setTimeout(() => this._labelCopySeed(false), 2000);
+  }
+
+  /** @param {boolean} copied the button says so for a moment */
+  _labelCopySeed(copied) {
+    this._seedCopied = copied;
+    const words = copied ? "Seed copied" : "Copy seed";
+    setText(this.copySeedButton, words);
+    this.copySeedButton.setAttribute("aria-label", `${words}${this._which}`);
   }
 
   // What changes with time alone, refreshed every second by the page: the server's ETA less

@@ -87,6 +87,17 @@ export function setToken(token) {
   else localStorage.removeItem(TOKEN_KEY);
 }
 
+/** @type {(message: string) => void} */
+let onUnauthorized = () => {};
+
+/**
+ * Who hears of a 401 (the token stopped working): whatever the request was, the page signs out.
+ * @param {(message: string) => void} handler given the server's message
+ */
+export function setUnauthorizedHandler(handler) {
+  onUnauthorized = handler;
+}
+
 export class ApiError extends Error {
   /**
    * @param {number} status the HTTP status (0: the server could not be reached)
@@ -133,11 +144,13 @@ async function request(method, path, body) {
   }
   if (!response.ok) {
     const error = (data && data.error) || {};
-    throw new ApiError(
+    const failure = new ApiError(
       response.status,
       error.code || `http_${response.status}`,
       error.message || `The server answered ${response.status}.`,
     );
+    if (response.status === 401) onUnauthorized(failure.message);
+    throw failure;
   }
   return data;
 }
@@ -153,6 +166,11 @@ export const api = {
   createConversation: (title) => request("POST", "/api/conversations", { title }),
   /** @param {string} id @returns {Promise<Conversation>} (with its messages, unused here) */
   getConversation: (id) => request("GET", `/api/conversations/${enc(id)}`),
+  // P2 (conversationList.js) added these two: rename, and delete with everything in it.
+  /** @param {string} id @param {string} title @returns {Promise<Conversation>} */
+  renameConversation: (id, title) => request("PATCH", `/api/conversations/${enc(id)}`, { title }),
+  /** @param {string} id @returns {Promise<null>} 204: its jobs canceled, it and they gone */
+  deleteConversation: (id) => request("DELETE", `/api/conversations/${enc(id)}`),
   /** @param {string} conversationId @returns {Promise<JobList>} the reload snapshot */
   listJobs: (conversationId) => request("GET", `/api/conversations/${enc(conversationId)}/jobs`),
   /** @param {string} jobId @returns {Promise<Job>} */

@@ -7,6 +7,12 @@ import { ImageProgressCard } from "./ImageProgressCard.js";
 /** @typedef {import("./imageJobsStore.js").ImageJobsStore} ImageJobsStore */
 /** @typedef {import("./jobActions.js").JobActions} JobActions */
 /** @typedef {import("./models.js").Models} Models */
+/**
+ * What a finished card offers that the page does (the full-size view, the prompt form, the
+ * clipboard).
+ * @typedef {Pick<import("./ImageProgressCard.js").CardActions,
+ *   "onView" | "onUseSettings" | "onCopySeed">} ResultActions
+ */
 
 export class CardList {
   /**
@@ -15,8 +21,9 @@ export class CardList {
    * @param {ImageJobsStore} store
    * @param {JobActions} actions what the cards' buttons do
    * @param {Models} models which models have a live worker (a card says when its has none)
+   * @param {ResultActions} results
    */
-  constructor(container, empty, store, actions, models) {
+  constructor(container, empty, store, actions, models, results) {
     this.container = container;
     this.empty = empty;
     this.store = store;
@@ -26,6 +33,7 @@ export class CardList {
       onCancel: actions.onCancel.bind(actions),
       onImageError: actions.onImageError.bind(actions),
       onMove: actions.onMove.bind(actions),
+      ...results,
       /** @param {string} model */
       workersFor: (model) => models.workers(model),
       /** @param {import("./api.js").Job} job */
@@ -62,6 +70,7 @@ export class CardList {
     for (const [id, card] of this.cards) {
       if (!wanted.has(id)) {
         card.element.remove();
+        card.dispose();
         this.cards.delete(id);
       }
     }
@@ -86,6 +95,16 @@ export class CardList {
     show(this.empty, this.store.conversationId !== null && jobs.length === 0);
     // Jobs known only from an event: their details have to be read.
     for (const id of this.store.partialJobIds()) this.jobActions.fetchDetails(id);
+  }
+
+  /**
+   * A preview frame: drawn on its job's card while the job runs (a frame for a card not built
+   * yet is dropped: the next one comes in a moment).
+   * @param {{ job_id: string, image: string }} frame
+   */
+  preview(frame) {
+    const card = this.cards.get(String(frame.job_id));
+    if (card) card.showPreview(frame.image);
   }
 
   /**

@@ -18,16 +18,34 @@ import { LiveSocket } from "./liveSocket.js";
 /** @typedef {import("./liveSocket.js").SocketState} SocketState */
 /** @typedef {import("./liveSocket.js").StateDetail} StateDetail */
 
+/**
+ * A running job's latest preview (web/live/wire.py preview_message): a small data: image URL.
+ * @typedef {{ type: "preview", job_id: string, image: string }} PreviewFrame
+ */
+
+/**
+ * @param {unknown} message
+ * @returns {message is PreviewFrame}
+ */
+function isPreviewFrame(message) {
+  if (typeof message !== "object" || message === null) return false;
+  const frame = /** @type {Record<string, unknown>} */ (message);
+  return frame.type === "preview" && typeof frame.image === "string" &&
+    frame.image.startsWith("data:image/");
+}
+
 export class CatchUp {
   /**
    * @param {ImageJobsStore} store holds the followed conversation (store.conversationId)
    * @param {{ url: () => string, onRefused: (message: string) => void,
    *   onRetryQueued: (jobId: string) => void,
+   *   onPreview: (frame: PreviewFrame) => void,
    *   onState: (state: SocketState, detail: StateDetail) => void }} hooks onRefused: the server
    *   refused the subscription; onRetryQueued: a job went back in line to retry (its event
-   *   does not say when it may run again; the job does)
+   *   does not say when it may run again; the job does); onPreview: a running job's preview
+   *   image (not the store's: it is drawn, not kept)
    */
-  constructor(store, { url, onRefused, onRetryQueued, onState }) {
+  constructor(store, { url, onRefused, onRetryQueued, onPreview, onState }) {
     this.store = store;
     this.onRefused = onRefused;
     this.onRetryQueued = onRetryQueued;
@@ -35,7 +53,10 @@ export class CatchUp {
     this.socket = new LiveSocket({
       url,
       onOpen: (send) => this._onOpen(send),
-      onMessage: (message) => this._onMessage(/** @type {ServerFrame} */ (message)),
+      onMessage: (message) => {
+        if (isPreviewFrame(message)) onPreview(message);
+        else this._onMessage(/** @type {ServerFrame} */ (message));
+      },
       onState,
     });
   }

@@ -54,3 +54,16 @@ export function whenText(iso) {
   if (date.toDateString() === yesterday.toDateString()) return `Yesterday ${time}`;
   return date.toLocaleDateString(undefined, { month: "short", day: "numeric" }) + ` ${time}`;
 }
+
+/**
+ * A prompt short enough to name an image by (a button's name, an announcement): its first
+ * words, up to about 40 characters.
+ * @param {string} prompt
+ */
+export function shortPrompt(prompt) {
+  const text = prompt.trim().replace(/\s+/g, " ");
+  if (text.length <= 40) return text;
+  const cut = text.slice(0, 40);
+  const space = cut.lastIndexOf(" ");
+  return `${(space > 20 ? cut.slice(0, space) : cut).replace(/[\s,.;:]+$/, "")}…`;
+}

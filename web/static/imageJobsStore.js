@@ -96,6 +96,8 @@ export class ImageJobsStore {
     /** @type {string | null} */
     this.conversationId = null;
     this.lastSeq = 0; // the highest seq the store includes: a reconnect asks for what follows
+    // Whether the first snapshot of the conversation is in: what changes after it is news.
+    this.loaded = false;
     /** @type {Map<string, StoredJob>} */
     this._jobs = new Map();
     /** @type {Set<(store: ImageJobsStore) => void>} */
@@ -110,6 +112,7 @@ export class ImageJobsStore {
   reset(conversationId = null) {
     this.conversationId = conversationId;
     this.lastSeq = 0;
+    this.loaded = false;
     this._jobs.clear();
     this._nextOrder = 0;
     this._emit();
@@ -167,6 +170,7 @@ export class ImageJobsStore {
     for (const job of list.jobs) changed = this._merge(job, list.seq) || changed;
     if (list.seq > this.lastSeq) this.lastSeq = list.seq;
     if (changed) this._emit();
+    this.loaded = true;
     return changed;
   }
 

@@ -1,13 +1,17 @@
-// The models a request may name (GET /api/models), with how many live workers serve each. Read
-// on load and after every reconnect, and every few seconds only while a job of the open
-// conversation waits in line: that is when "no GPU runs this model" can change what a card
-// says. One read at a time; a call made while one is under way waits for one more after it.
+// The models a request may name (GET /api/models), with how many live workers serve each and
+// how many jobs are queued and running for each (everyone's). Read on load, after every
+// reconnect, when one of the person's jobs changes state, and every few seconds while the page
+// is visible: the line above the cards (fleetStatus.js) and a queued card's "waiting for a GPU"
+// follow it. One read at a time; a call made while one is under way waits for one more after it.
 
 import { api } from "./api.js";
 
 /** @typedef {import("./api.js").Model} Model */
 
 const POLL_MS = 5000;
+// The server keeps a list for up to a second (web/keys.py eta_ttl_s): a read this long after a
+// change sees it.
+const AFTER_CHANGE_MS = 1200;
 
 export class Models {
   constructor() {
@@ -19,6 +23,8 @@ export class Models {
     this._readAt = 0; // when the last read that worked ended (performance.now())
     /** @type {Set<(models: Models) => void>} */
     this._listeners = new Set();
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    this._afterChange = undefined;
   }
 
   /**
@@ -63,6 +69,16 @@ export class Models {
     return this._reading;
   }
 
+  /**
+   * Something the counts follow changed (a job started, ended, joined the line): read now, and
+   * once more when the server's cached list has surely caught up (one read after a burst).
+   */
+  refreshAfterChange() {
+    this.refresh({ unlessWithinMs: 1000 });
+    clearTimeout(this._afterChange);
+    this._afterChange = setTimeout(() => this.refresh(), AFTER_CHANGE_MS);
+  }
+
   async _read() {
     let changed = false;
     do {
@@ -99,6 +115,7 @@ export class Models {
 function sameModels(a, b) {
   return a.length === b.length && a.every((m, i) => {
     const n = b[i];
-    return m.name === n.name && m.default === n.default && m.workers === n.workers;
+    return m.name === n.name && m.default === n.default && m.workers === n.workers &&
+      m.queued === n.queued && m.processing === n.processing;
   });
 }

@@ -28,12 +28,19 @@ export class SignIn {
 
   /** @param {string} [reason] why the form shows (the default text when none) */
   show(reason) {
+    if (reason) setText(this.ui.reason, reason);
+    if (!this.ui.section.hidden) return; // a second refused request: already here
     this.onSignedOut();
     show(this.ui.workspace, false);
     show(this.ui.section, true);
     document.body.classList.add("signed-out");
-    if (reason) setText(this.ui.reason, reason);
     this.ui.input.focus();
+  }
+
+  /** The token stopped working (a 401 on any request, the socket closed 4401): ask for another. */
+  expired() {
+    setToken("");
+    this.show("Your token was revoked or has expired. Paste a valid one to go on.");
   }
 
   /** @param {Me | null} me null: /api/me did not answer, the rest can still work */
@@ -53,7 +60,6 @@ export class SignIn {
       return { me: await api.me(), refused: false };
     } catch (err) {
       if (err instanceof ApiError && err.status === 401) {
-        setToken("");
         this.show("That token was not accepted. Paste a valid one, or open a fresh link.");
         return { me: null, refused: true };
       }
@@ -62,19 +68,21 @@ export class SignIn {
   }
 
   /**
-   * A socket refused for its token (close 4401, or an upgrade that keeps failing) will never
-   * come back by retrying: ask the API once, and sign out if the token is no longer valid.
+   * A socket closed for its token (4401) will never come back by retrying: sign out. One whose
+   * upgrade keeps failing may have been refused for it too: ask the API, whose 401 signs out
+   * (api.js setUnauthorizedHandler).
    * @param {{ code?: number | null, attempt?: number }} detail
    */
   async recheck(detail) {
-    if (detail.code !== CLOSE_UNAUTHORIZED && (detail.attempt || 0) < 2) return;
+    if (detail.code === CLOSE_UNAUTHORIZED) {
+      this.expired();
+      return;
+    }
+    if ((detail.attempt || 0) < 2) return;
     try {
       await api.me();
-    } catch (err) {
-      if (err instanceof ApiError && err.status === 401) {
-        setToken("");
-        this.show("Your token was revoked or has expired. Paste a valid one to go on.");
-      }
+    } catch {
+      // a 401 has signed out already; anything else is the outage the socket retries through
     }
   }
 }

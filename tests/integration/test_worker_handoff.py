@@ -1,0 +1,90 @@
+"""Completions sent with the next claim (GpuSession.complete_and_claim): one round trip, one
+transaction, so either all of it is committed or none of it, and the session goes on."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gpu_worker.gpu_lock import GpuSession
+from gpu_worker.png import encode_rgb
+from queueing import db
+from queueing.actors import Actor
+from queueing.config import BUILTIN_MODEL
+from tests.integration.worker_support import status_of, submit_many
+from tests.queries import fetch_all, fetch_value
+
+PNG = encode_rgb(8, 8, [bytes(range(24))] * 8)
+
+
+@pytest.fixture
+async def session(database_url: str) -> AsyncIterator[GpuSession]:
+    opened = await GpuSession.open(
+        database_url,
+        host="box",
+        device="cuda:0",
+        backend="stub",
+        model=BUILTIN_MODEL,
+        deadline_s=5.0,
+    )
+    yield opened
+    await opened.close()
+
+
+async def test_a_batch_completes_and_the_next_jobs_are_claimed_in_one_commit(
+    pool: db.Pool, conversation_id: str, alice: Actor, session: GpuSession
+) -> None:
+    first, second, third = await submit_many(pool, conversation_id, alice, 3)
+    batch = await session.claim_batch(2)
+    assert [str(c.job_id) for c in batch] == [first, second]
+    handoff = await session.complete_and_claim([(c, PNG) for c in batch], 2)
+    assert handoff.committed and handoff.stored == [True, True]
+    assert [str(c.job_id) for c in handoff.claims] == [third]
+    written = await fetch_all(pool, "job_writers")
+    assert [(r["job_id"], r["status"]) for r in written] == [
+        (first, "complete"),
+        (second, "complete"),
+        (third, "processing"),
+    ]
+    assert len({r["writer"] for r in written}) == 1  # one transaction
+    for job_id in (first, second, third):  # each its own transition
+        events = await fetch_all(pool, "job_events_of", {"job_id": job_id})
+        assert events[-1]["status"] == ("processing" if job_id == third else "complete")
+    assert await fetch_value(pool, "gpu_locks_held") == 1  # taken again, for the third job
+    last = await session.complete_and_claim([(handoff.claims[0], PNG)], 2)
+    assert last.stored == [True] and last.claims == []
+    assert await fetch_value(pool, "gpu_locks_held") == 0  # nothing left: the GPU is free
+
+
+async def test_a_refused_completion_commits_nothing_and_the_session_goes_on(
+    pool: db.Pool, conversation_id: str, alice: Actor, session: GpuSession
+) -> None:
+    first, second, third = await submit_many(pool, conversation_id, alice, 3)
+    good, bad = await session.claim_batch(2)
+    # Not a PNG: the image table's CHECK refuses the second completion.
+    handoff = await session.complete_and_claim([(good, PNG), (bad, b"GIF89a")], 2)
+    assert not handoff.committed and handoff.claims == []
+    assert [await status_of(pool, j) for j in (first, second, third)] == [
+        "processing",
+        "processing",
+        "queued",
+    ]
+    assert await session.complete(good, PNG, release=False)  # the session is idle again
+    assert await session.complete(bad, PNG)
+    assert [await status_of(pool, j) for j in (first, second)] == ["complete", "complete"]
+    assert await fetch_value(pool, "gpu_locks_held") == 0
+
+
+async def test_a_refused_claim_commits_nothing_and_the_session_goes_on(
+    pool: db.Pool, conversation_id: str, alice: Actor, session: GpuSession
+) -> None:
+    first, second = await submit_many(pool, conversation_id, alice, 2)
+    claim = await session.claim()
+    assert claim is not None
+    handoff = await session.complete_and_claim([(claim, PNG)], 0)  # a batch of 0: refused
+    assert not handoff.committed and handoff.claims == []
+    assert [await status_of(pool, j) for j in (first, second)] == ["processing", "queued"]
+    assert await session.complete(claim, PNG)
+    again = await session.claim()
+    assert again is not None and str(again.job_id) == second
