@@ -11,7 +11,7 @@ it: the seeded jobs have no events to follow). One job: queueing.jobs.get_job wi
 what GET /api/jobs/{id} runs (the job's JSON, its position and the work ahead from the order,
 then eta_s from the ETA model, passed in as the web server's one-second cache does; a
 registered worker session and the finished jobs' run times make that model real). Every
-position: QueueOrder.place for every queued job, the fan-out's position pass following the one
+position: QueueOrder.places for every queued job, the fan-out's position pass following the one
 conversation all the queued jobs are in (no SQL). The ceilings are raw counts and a raw
 row_number() over the same index, with the job's sort keys already known; the all-positions
 rows also show the window query the fan-out ran before (bench/sql/positions_before.sql).
@@ -175,7 +175,7 @@ async def _one_job(
 async def _all_positions(
     ctx: Context, bdb: BenchDb, conn: db.Connection, placing: Placing, size: int, finished: int
 ) -> list[Figure]:
-    """Ours: QueueOrder.place for every job of the conversation every queued job is in, what
+    """Ours: QueueOrder.places for every job of the conversation every queued job is in, what
     the WebSocket fan-out's position pass reads for the jobs it follows."""
     samples = 6 if size >= 100_000 else 12 if size >= 10_000 else 20
     if ctx.quick:
@@ -191,7 +191,7 @@ async def _all_positions(
     mismatches = 0
     for i in range(samples + 2):  # two warm-up rounds
         started = time.perf_counter()
-        got = [(job_id, order.place(job_id)) for job_id in followed]
+        got = list(order.places(followed).items())  # the fan-out's one call per pass
         t_ours = time.perf_counter() - started
         t_ceiling, raw = await _timed(conn, ceiling_sql, {})
         t_before, _ = await _timed(conn, before_sql, before_params)
@@ -209,7 +209,7 @@ async def _all_positions(
             ceiling.append(t_ceiling)
             before.append(t_before)
     note = (
-        f"ours: QueueOrder.place for every queued job (position, work ahead: the fan-out's "
+        f"ours: QueueOrder.places for every queued job (position, work ahead: the fan-out's "
         f"position pass, no SQL); before, the window query the fan-out ran: "
         f"{ms(p50(before)):.1f} ms p50; {samples} samples"
     )

@@ -10,7 +10,7 @@ each size, in this order:
   counted path (p_place true, information), interleaved with the raw CTE ceiling (enqueue_one).
   Every round's jobs are taken out again (bookkeeping, no events), so each round runs at its
   size.
-- the fan-out's position pass: QueueOrder.place for 1,000 followed jobs spread through the
+- the fan-out's position pass: QueueOrder.places for 1,000 followed jobs spread through the
   queue (all of them below 1,000), the order loaded as a web process loads it (Placing.load),
   against the window query the product ran before (bench/sql/positions_before.sql).
 - through `gpuqueue web`, started now so that its queue order holds the seeded jobs (they have
@@ -269,7 +269,7 @@ async def _position_pass(
         rows: list[dict[str, Any]] = []
         for i in range(samples + 2):  # two warm-up rounds
             started = time.perf_counter()
-            places = [order.place(job_id) for job_id in followed]
+            places = order.places(followed)  # the fan-out's one call per pass
             t_ours = time.perf_counter() - started
             started = time.perf_counter()
             cur = await conn.execute(BENCH_SQL["position_pass_before"], params, prepare=False)
@@ -281,8 +281,8 @@ async def _position_pass(
     theirs = {r["job_id"]: r["queue_position"] for r in rows}
     mismatches = sum(
         1
-        for job_id, place in zip(followed, places, strict=True)
-        if place is None or theirs.get(job_id) != place.queue_position
+        for job_id in followed
+        if job_id not in places or theirs.get(job_id) != places[job_id].queue_position
     )
     note = (
         f"{len(followed):,} followed jobs spread through the queue; the order loaded as "

@@ -72,6 +72,15 @@ def test_places_match_the_ranking_after_any_history(ops: list[tuple]) -> None:
                 queued[k.job_id] = k._replace(priority=p, start_tag=t, queue_seq=q)
             order.replace_user(moved.user_id, moved.model, [queued[k.job_id] for k in mine])
     assert len(order) == len(queued)
+    # Many at once (a walk of each model's queue) and a few (a rank each) agree with one by one.
+    for asked in (list(queued) + list(left), sorted(queued)[:2]):
+        got_all = order.places(asked)
+        assert set(got_all) == {j for j in asked if j in queued}
+        for job_id, place in got_all.items():
+            one = order.place(job_id)
+            assert one is not None and place.queue_position == one.queue_position
+            assert abs(place.work_ahead - one.work_ahead) < 1e-9
+            assert place.start_tag == one.start_tag
     for job_id in queued:
         got = order.place(job_id)
         assert got is not None

@@ -22,7 +22,6 @@ from psycopg_pool import PoolTimeout
 
 from queueing import db, events
 from queueing.cancellation import cancel_and_wait
-from queueing.eta import EtaModel
 from queueing.listener import CHANNEL_DELETED, CHANNEL_EVENT, CHANNEL_PROGRESS, Listener
 from queueing.positions import EtaCache
 from queueing.rows import EventRow
@@ -258,15 +257,22 @@ class Fanout:
                     sub.client.offer(texts[0] if len(texts) == 1 else texts)
 
     async def _refresh_positions(self) -> None:
-        """Positions of every followed queued job from the queue order; messages only where
-        they moved."""
+        """Positions of every followed queued job from the queue order (one pass for all of
+        them); messages only where they moved."""
         subs = [s for s in self._subs.all if s.live and s.tracked and not s.client.closed]
         if not subs:
             return
         self._stats.position_passes += 1
         model = await self._eta.get(self._pool, max_age_s=0.25)
+        order = self.placing.order
+        places = order.places({job_id for sub in subs for job_id in sub.tracked})
         # Each job's state is computed once; sockets only compare it with what they last got.
-        current: dict[UUID, tuple[tuple[int, int | None], float | None] | None] = {}
+        current: dict[UUID, tuple[tuple[int, int | None], float | None]] = {}
+        for job_id, place in places.items():
+            eta = model.eta_s(
+                order.model_of(job_id), place.queue_position, place.work_ahead, place.start_tag
+            )
+            current[job_id] = ((place.queue_position, eta_bucket(eta)), eta)
         texts: dict[UUID, str] = {}
         for sub in subs:
             if sub.client.closed or sub.client.subscription is not sub:
@@ -274,10 +280,7 @@ class Fanout:
             batch: list[str] = []
             tracked = sub.tracked
             for job_id, last in tracked.items():
-                if job_id in current:
-                    state = current[job_id]
-                else:
-                    state = current[job_id] = self._state(model, job_id)
+                state = current.get(job_id)
                 if state is None or state[0] == last:
                     continue  # unchanged, or no longer queued (its event is on the way)
                 tracked[job_id] = state[0]
@@ -287,15 +290,3 @@ class Fanout:
                 batch.append(text)
             if batch:
                 sub.client.offer(batch[0] if len(batch) == 1 else batch)
-
-    def _state(
-        self, model: EtaModel, job_id: UUID
-    ) -> tuple[tuple[int, int | None], float | None] | None:
-        order = self.placing.order
-        place = order.place(job_id)
-        if place is None:
-            return None
-        eta = model.eta_s(
-            order.model_of(job_id), place.queue_position, place.work_ahead, place.start_tag
-        )
-        return (place.queue_position, eta_bucket(eta)), eta

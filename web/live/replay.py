@@ -123,9 +123,7 @@ class Replayer:
         model = await self._eta.get(self._pool)
         order = self._fanout.placing.order
         batch: list[str] = []
-        for job_id in self._queued_of(sub):
-            place = order.place(job_id)
-            assert place is not None
+        for job_id, place in sorted(order.places(self._queued_of(sub)).items()):
             eta = model.eta_s(
                 order.model_of(job_id), place.queue_position, place.work_ahead, place.start_tag
             )
