@@ -50,6 +50,10 @@ EXIT_FAILED = 1  # a side task died, or the backend could not load
 EXIT_WEDGED = 75  # a pipeline step never returned: the process ends so its GPU is freed
 
 # What says a session is gone (or must be taken for gone: a claim past its deadline).
+# A worker whose GPU another live worker also names waits this long after a job before it
+# claims again (_let_others_claim): GPU jobs take seconds, so the turn costs the GPU little.
+SHARED_GPU_YIELD_S = 0.05
+
 SESSION_LOST = (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError)
 
 
@@ -262,6 +266,8 @@ class Worker:
                     handoff = await self._process_batch(session, claims, device_lock, runner, pool)
                 if handoff is not None:
                     handed = await self._handed_over(handoff, device_lock)
+                elif self._shared:
+                    await self._let_others_claim()
         finally:
             if self._session is not None:
                 await self._session.close()
@@ -346,6 +352,14 @@ class Worker:
             self._shared = await session.gpu_shared()
             self._shared_read_at = now
         return not self._shared
+
+    async def _let_others_claim(self) -> None:
+        """Another live worker names this GPU: it was woken by our release (NOTIFY gq_gpu) and
+        claims in a round trip; give it that long before claiming again, or the worker that
+        just finished would win every time and the other never run a job (they take turns)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHARED_GPU_YIELD_S):
+                await self._stopping.wait()
 
     async def _handed_over(self, handoff: Handoff, device_lock: DeviceLock) -> list[Claim]:
         """The claims a completion brought back, to run next with the device lock still held;

@@ -216,12 +216,15 @@ async def test_malformed_ids_and_paths_are_404(world: World, data: st.DataObject
     wrong = data.draw(mutated_ids(real))
     segment = quote(wrong.encode("utf-8", "surrogatepass"), safe="")
     path = URL(template.replace("{id}", segment), encoded=True)
-    status, body = await send(world, method, path, body=encode({"prompt": "x"}))
     try:
-        if uuid.UUID(wrong) == real:
-            return  # another spelling of the real id (urn:, braces, no dashes) may be found
+        same = uuid.UUID(wrong) == real
     except ValueError:
-        pass
+        same = False
+    if same and method == "DELETE":
+        return  # the real id spelled otherwise would delete the module's world for real
+    status, body = await send(world, method, path, body=encode({"prompt": "x"}))
+    if same:
+        return  # another spelling of the real id (urn:, braces, no dashes) may be found
     if "/" in wrong or wrong in (".", "..") or "%" in wrong:
         assert status in (404, 405), (path, status, body)
     else:
