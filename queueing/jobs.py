@@ -153,14 +153,22 @@ async def enqueue(
     )
     assert row is not None
     job: JobJson = row["job"]
-    seq: int = job.pop("event_seq")  # type: ignore[typeddict-item]
-    if placer is not None:
-        job_id = UUID(job["job_id"])
-        place = await placer.placed(seq, job_id)
+    place = await _followed(job, placer)
+    if placer is not None:  # else gq_enqueue counted the place
         if place is None:
+            job_id = UUID(job["job_id"])
             place = (await _counted_places(conn, [job_id])).get(job_id, Place(0, 0.0, 0.0))
         _set_place(job, place)
     return await _job_with_eta(conn, job, eta)
+
+
+async def _followed(job: JobJson, placer: Placer | None) -> Place | None:
+    """Take a transition's event_seq out of its job, and with a placer wait until it has
+    followed that event: the job's place then (None without a queued event, or in time)."""
+    seq: int | None = job.pop("event_seq")  # type: ignore[typeddict-item]
+    if placer is None or seq is None:
+        return None
+    return await placer.placed(seq, UUID(job["job_id"]))
 
 
 def _set_place(job: JobJson, place: Place) -> None:
@@ -268,9 +276,7 @@ async def cancel(
     row = await db.fetch_one(conn, "job_cancel", {"job_id": job_id, "owner": actor.owner})
     assert row is not None
     job: JobJson = row["job"]
-    seq: int | None = job.pop("event_seq")  # type: ignore[typeddict-item]
-    if placer is not None and seq is not None:
-        await placer.placed(seq, UUID(job["job_id"]))
+    await _followed(job, placer)
     return await _job_with_eta(conn, job, eta)
 
 
@@ -288,11 +294,9 @@ async def move_to_front(
     row = await db.fetch_one(conn, "job_move_to_front", {"job_id": job_id, "owner": actor.owner})
     assert row is not None
     job: JobJson = row["job"]
-    seq: int = job.pop("event_seq")  # type: ignore[typeddict-item]
-    if placer is not None:
-        place = await placer.placed(seq, UUID(job["job_id"]))
-        if place is not None:
-            _set_place(job, place)
+    place = await _followed(job, placer)
+    if place is not None:
+        _set_place(job, place)
     return await _job_with_eta(conn, job, eta)
 
 

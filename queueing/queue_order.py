@@ -180,16 +180,8 @@ class QueueOrder:
     def is_queued(self, job_id: UUID) -> bool:
         return job_id in self._jobs
 
-    def __contains__(self, job_id: object) -> bool:
-        return job_id in self._jobs
-
     def __len__(self) -> int:
         return len(self._jobs)
-
-    def depth(self, model: str) -> int:
-        """How many jobs of the model are queued."""
-        order = self._models.get(model)
-        return 0 if order is None else len(order)
 
     def _add(self, keys: Keys) -> None:
         order = self._models.get(keys.model)

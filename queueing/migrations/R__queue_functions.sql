@@ -271,6 +271,7 @@ BEGIN
         RETURNING seq)
     SELECT max(seq) INTO v_seq FROM written;
     PERFORM pg_notify('gq_event', v_job_id::text);
+    -- A place given to gq_job_json keeps it from counting one; an unplaced job shows null.
     RETURN gq_job_json(v_job, coalesce(v_position, 0), coalesce(v_work_ahead, 0))
         || jsonb_build_object('queue_position', v_position, 'event_seq', v_seq);
 END

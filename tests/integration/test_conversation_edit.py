@@ -23,18 +23,6 @@ from tests.integration.worker_support import gpu_locks, rows, wait_status
 Json = dict[str, Any]
 
 
-@pytest.fixture(scope="module")
-async def web(
-    module_database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[WebChild]:
-    process = WebChild(module_database_url, tmp_path_factory.mktemp("conv-web") / "web.log")
-    try:
-        await process.ready()
-        yield process
-    finally:
-        await process.stop()
-
-
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:

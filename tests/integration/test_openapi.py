@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +30,6 @@ CHECKS = "not_a_server_error,status_code_conformance,response_schema_conformance
 async def fuzz_user(module_database_url: str) -> User:
     async with db.make_pool(module_database_url, "gpuqueue-test", min_size=1, max_size=2) as pool:
         return await make_user(pool, "fuzzer")
-
-
-@pytest.fixture(scope="module")
-async def web(
-    module_database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[WebChild]:
-    process = WebChild(module_database_url, tmp_path_factory.mktemp("openapi-web") / "web.log")
-    try:
-        await process.ready()
-        yield process
-    finally:
-        await process.stop()
 
 
 async def served_document(web: WebChild, user: User) -> dict[str, Any]:

@@ -94,7 +94,7 @@ class Placing:
                     self._recent[seq] = self.order.place(job_id)
             if status != JobStatus.QUEUED:
                 continue
-            place = self._recent[seq] if seq in self._recent else self.order.place(job_id)
+            place = self._place_at(seq, job_id)
             if event["queue_position"] is None:
                 position = 0 if place is None else place.queue_position
                 event["queue_position"] = position
@@ -146,7 +146,7 @@ class Placing:
         event = row["event"]
         if event["status"] == JobStatus.QUEUED and event["queue_position"] is None:
             seq = row["seq"]
-            place = self._recent[seq] if seq in self._recent else self.order.place(row["job_id"])
+            place = self._place_at(seq, row["job_id"])
             event["queue_position"] = 0 if place is None else place.queue_position
 
     async def placed(self, seq: int, job_id: UUID) -> Place | None:
@@ -171,6 +171,11 @@ class Placing:
         except TimeoutError:
             return False
         return True
+
+    def _place_at(self, seq: int, job_id: UUID) -> Place | None:
+        """The place the job took at its queued event `seq` while that is still known, else
+        (an event older than the window, or than this process) its place now."""
+        return self._recent[seq] if seq in self._recent else self.order.place(job_id)
 
     async def _reread_user(self, keys: Keys) -> None:
         rows = await db.fetch_all(

@@ -116,24 +116,21 @@ class Replayer:
 
     async def _positions_snapshot(self, sub: Subscription) -> list[str]:
         """A position message for each queued job of the subscription, from the queue order:
-        read with no await in between, so it is the queue right after the newest event routed,
-        and every event up to that one has been sent to the subscription already."""
-        if not self._queued_of(sub):
+        placed with no await in between, so it is the queue right after the newest event routed,
+        and every event up to that one has been sent to the subscription already (a job queued
+        while the ETA is read reaches it by its own event)."""
+        order = self._fanout.placing.order
+        followed = set(sub.job_ids)
+        if sub.conversation_id is not None:
+            followed |= order.in_conversation(sub.conversation_id)
+        if not any(order.is_queued(job_id) for job_id in followed):
             return []
         model = await self._eta.get(self._pool)
-        order = self._fanout.placing.order
         batch: list[str] = []
-        for job_id, place in sorted(order.places(self._queued_of(sub)).items()):
+        for job_id, place in sorted(order.places(followed).items()):
             eta = model.eta_s(
                 order.model_of(job_id), place.queue_position, place.work_ahead, place.start_tag
             )
             sub.tracked[job_id] = (place.queue_position, eta_bucket(eta))
             batch.append(position_message(job_id, place.queue_position, eta))
         return batch
-
-    def _queued_of(self, sub: Subscription) -> list[UUID]:
-        order = self._fanout.placing.order
-        followed = set(sub.job_ids)
-        if sub.conversation_id is not None:
-            followed |= order.in_conversation(sub.conversation_id)
-        return sorted(j for j in followed if order.is_queued(j))
