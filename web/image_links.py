@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -46,7 +47,7 @@ class ImageLinks:
 
     def url(self, job_id: UUID | str) -> str:
         job = str(UUID(str(job_id)))
-        exp = -(-(int(self._clock()) + self._ttl_s) // self._step) * self._step
+        exp = math.ceil((self._clock() + self._ttl_s) / self._step) * self._step
         return f"/api/jobs/{job}/image?exp={exp}&sig={self._sig(job, exp)}"
 
     def sign(self, value: JobJson | EventJson) -> dict[str, Any]:
