@@ -1,13 +1,15 @@
 """Enqueue: one job's latency from one connection, and throughput from 8 connections.
 
 Ours is what `POST /api/conversations/{id}/images` runs against the database:
-queueing.jobs.enqueue with the web process's placer, so gq_enqueue runs with p_place false
-(conversation and model check, the per-user lock with the limit, the user's latest finish tag,
-the fair-share tags cut from the cost model's estimate, message + job, then the event lock only
-for the two events + NOTIFY; no position counted: the web process places the job from its
-in-memory queue order). The wait for that placing is the web's, not the database's, and is left
-out here (`Unwaited`); the http and scaling families measure it through HTTP. The counted path
-(no placer: p_place true, the position counted under the event lock, O(jobs ahead)) is shown as
+queueing.jobs.enqueue with the web process's placer and its sequencer (conversation and model
+check, the per-user lock with the limit, the user's latest finish tag, the fair-share tags cut
+from the cost model's estimate, message + job; a lone enqueue then takes the event lock for its
+two events + NOTIFY in the same transaction (gq_enqueue 'place'), while enqueues beside others
+commit pending and the sequencer queues them together (gq_enqueue 'sequence', then gq_sequence:
+queueing/sequencer.py); no position counted: the web process places the job from its in-memory
+queue order). The wait for that placing is the web's, not the database's, and is left out here
+(`Unwaited`); the http and scaling families measure it through HTTP. The counted path (no
+placer: 'count', the position counted under the event lock, O(jobs ahead)) is shown as
 information. The ETA model is read once and passed in, as the web server's one-second cache does.
 
 Two baselines. "Before": the enqueue as it was before fair share, 011's FIFO gq_enqueue, kept in
@@ -41,6 +43,7 @@ from queueing import db, jobs
 from queueing.eta import EtaModel
 from queueing.positions import eta_model, with_eta
 from queueing.queue_order import Place
+from queueing.sequencer import Sequencer
 
 FAMILY = "enqueue"
 BEFORE = "011's FIFO gq_enqueue, same run"
@@ -54,8 +57,11 @@ Op = Callable[[db.Connection], Awaitable[Any]]
 
 
 class Unwaited:
-    """The web's placer without its wait: gq_enqueue runs with p_place false, and the place the
+    """The web's placer without its wait: its sequencer, as in the web process; the place the
     fan-out would fill in (from the web process's queue order) is left out of the figure."""
+
+    def __init__(self, sequencer: Sequencer) -> None:
+        self.sequencer = sequencer
 
     def place(self, job_id: UUID) -> Place | None:
         return None
@@ -70,18 +76,21 @@ class Unwaited:
 class Enqueuers:
     """Round-robin over users, so that no user's queued count grows without bound."""
 
-    def __init__(self, users: list[User], eta: EtaModel, prompt: str = "bench enqueue") -> None:
+    def __init__(
+        self, users: list[User], eta: EtaModel, sequencer: Sequencer, prompt: str = "bench enqueue"
+    ) -> None:
         self._users = itertools.cycle(users)
+        self._unwaited = Unwaited(sequencer)
         self._eta = eta
         self.prompt = prompt
         self._request = jobs.JobRequest(prompt=prompt, params=PARAMS)
 
     async def ours(self, conn: db.Connection) -> Any:
-        """The web's database call: queueing.jobs.enqueue with a placer (p_place false)."""
-        return await self._enqueue(conn, Unwaited())
+        """The web's database call: queueing.jobs.enqueue with a placer and its sequencer."""
+        return await self._enqueue(conn, self._unwaited)
 
     async def counted(self, conn: db.Connection) -> Any:
-        """Without a placer: the position counted under the event lock (p_place true)."""
+        """Without a placer: the position counted under the event lock ('count')."""
         return await self._enqueue(conn, None)
 
     async def _enqueue(self, conn: db.Connection, placer: Unwaited | None) -> Any:
@@ -194,6 +203,11 @@ def summarize(counts: dict[str, int], top: int = 3) -> str:
     return ", ".join(f"{100 * n / total:.0f} % {k}" for k, n in ranked)
 
 
+def sequencer_pool(bdb: BenchDb) -> db.Pool:
+    """The web process's sequencer connections: its calls queue the pending jobs ours leaves."""
+    return db.make_pool(bdb.url, env.APP, min_size=1, max_size=2)
+
+
 async def empty_queue(bdb: BenchDb) -> None:
     """Cancel every queued job (no events: bookkeeping, not a transition) and vacuum."""
     conn = await bdb.connect()
@@ -207,11 +221,13 @@ async def empty_queue(bdb: BenchDb) -> None:
 async def run(ctx: Context) -> list[Figure]:
     singles = 200 if ctx.quick else 400
     seconds = 1.5 if ctx.quick else 3.0
-    async with ctx.database(FAMILY) as bdb:
+    async with ctx.database(FAMILY) as bdb, sequencer_pool(bdb) as pool:
         conn = await bdb.connect()
         try:
             await env.execute(conn, "enqueue_before_function")
-            enqueuers = Enqueuers(await users(bdb, conn, USERS), await eta_model(conn))
+            enqueuers = Enqueuers(
+                await users(bdb, conn, USERS), await eta_model(conn), Sequencer(pool)
+            )
             single_ops = {
                 "ours": enqueuers.ours,
                 "counted": enqueuers.counted,
@@ -283,7 +299,7 @@ async def run(ctx: Context) -> list[Figure]:
             ms(p50(ceiling)),
             CEILING,
             (),
-            f"queueing.jobs.enqueue without a placer (p_place true: O(jobs ahead) under the "
+            f"queueing.jobs.enqueue without a placer ('count': O(jobs ahead) under the "
             f"event lock), as a caller without a web process gets it; p99 "
             f"{ms(p99(counted)):.2f} ms; {samples}",
         ),
@@ -309,7 +325,7 @@ async def run(ctx: Context) -> list[Figure]:
             mean["ceiling"],
             CEILING,
             (),
-            f"p_place true (rounds {spread('counted')}); its connections were: "
+            f"'count' (rounds {spread('counted')}); its connections were: "
             f"{summarize(waits['counted'])}",
         ),
         Figure(

@@ -2,12 +2,12 @@
 
 `gpuqueue web` runs in a subprocess; the clients are aiohttp in this process. Enqueue: 16 users,
 each with a token and a conversation, one client each, keep-alive, back to back. Ours is the
-whole product path: gq_enqueue with p_place false, then the answer waits until the web
-process's fan-out has followed the job's queued event and placed it from its in-memory queue
-order (web/live/placing.py). The baseline is the direct queueing call without a web process
-(queueing.jobs.enqueue on a pool of 16, 16 concurrent callers, no placer, so the position is
-counted in SQL; the ETA cached for a second as the server does). Rounds alternate and start from
-an empty queue.
+whole product path: queueing.jobs.enqueue with the web's placer and sequencer, then the answer
+waits until the web process's fan-out has followed the job's queued event and placed it from its
+in-memory queue order (web/live/placing.py). The baseline is the direct queueing call without a
+web process (queueing.jobs.enqueue on a pool of 16, 16 concurrent callers, no placer, so the
+position is counted in SQL; the ETA cached for a second as the server does). Rounds alternate
+and start from an empty queue.
 
 GET /api/jobs/{id}: 10,000 queued jobs, seeded, then a fresh `gpuqueue web` so that its queue
 order holds them (seeded jobs have no events to follow); the position comes from that order.

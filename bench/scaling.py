@@ -6,10 +6,10 @@ of each size in a conversation of their own: the "20 jobs at the tail" a listing
 each size, in this order:
 
 - enqueue from the database side, no web process running: one job's p50 from one connection and
-  the rate from 8, ours (the web's call, p_place false, bench/enqueue.py `Unwaited`) and the
-  counted path (p_place true, information), interleaved with the raw CTE ceiling (enqueue_one).
-  Every round's jobs are taken out again (bookkeeping, no events), so each round runs at its
-  size.
+  the rate from 8, ours (the web's call with its sequencer, bench/enqueue.py `Unwaited`) and
+  the counted path (gq_enqueue 'count', information), interleaved with the raw CTE ceiling
+  (enqueue_one). Every round's jobs are taken out again (bookkeeping, no events), so each
+  round runs at its size.
 - the fan-out's position pass: QueueOrder.places for 1,000 followed jobs spread through the
   queue (all of them below 1,000), the order loaded as a web process loads it (Placing.load),
   against the window query the product ran before (bench/sql/positions_before.sql).
@@ -40,7 +40,7 @@ from uuid import UUID
 import aiohttp
 
 from bench import env
-from bench.enqueue import Enqueuers, latencies, summarize, throughput, users
+from bench.enqueue import Enqueuers, latencies, sequencer_pool, summarize, throughput, users
 from bench.env import BenchDb, Context, User
 from bench.http import BODY, CLIENTS, WEB_ENV, get_job_latency, http_enqueue
 from bench.queries import BENCH_SQL
@@ -48,6 +48,7 @@ from bench.report import Figure, Target, at_least, at_most, not_run, ratio_at_le
 from bench.stats import ms, p50, p99
 from queueing import db
 from queueing.positions import eta_model
+from queueing.sequencer import Sequencer
 from web.live.placing import Placing
 
 FAMILY = "scaling"
@@ -133,7 +134,7 @@ async def run(ctx: Context) -> list[Figure]:
     finished = 100_000 if ctx.quick else 1_000_000
     sizes = (100, 1_000, 10_000) if ctx.quick else (100, 1_000, 10_000, 100_000)
     figures: list[Figure] = []
-    async with ctx.database(FAMILY) as bdb:
+    async with ctx.database(FAMILY) as bdb, sequencer_pool(bdb) as pool:
         env.log(f"scaling: seeding {finished:,} finished jobs")
         seeded_s = await env.seed(bdb, finished, status="complete", connections=3)
         ctx.notes.append(
@@ -142,7 +143,9 @@ async def run(ctx: Context) -> list[Figure]:
         conn = await bdb.connect()
         try:
             people = await users(bdb, conn, USERS)
-            enqueuers = Enqueuers(people, await eta_model(conn), prompt=LOAD_PROMPT)
+            enqueuers = Enqueuers(
+                people, await eta_model(conn), Sequencer(pool), prompt=LOAD_PROMPT
+            )
             queued = 0
             for size in sizes:
                 started = time.perf_counter()
@@ -214,7 +217,7 @@ async def _enqueue(
             finished,
             ms(p50(single["ours"])),
             ms(p50(single["ceiling"])),
-            f"queueing.jobs.enqueue with a placer (p_place false), the wait for the web's "
+            f"queueing.jobs.enqueue with a placer and sequencer, the wait for the web's "
             f"placing left out; p99 {ms(p99(single['ours'])):.2f} ms; {samples}",
         ),
         _figure(
@@ -223,7 +226,7 @@ async def _enqueue(
             finished,
             ms(p50(single["counted"])),
             ms(p50(single["ceiling"])),
-            f"no placer (p_place true: O(jobs ahead) under the event lock); p99 "
+            f"no placer ('count': O(jobs ahead) under the event lock); p99 "
             f"{ms(p99(single['counted'])):.2f} ms; {samples}",
         ),
         _figure(
@@ -244,7 +247,7 @@ async def _enqueue(
             finished,
             rate["counted"],
             rate["ceiling"],
-            f"p_place true (rounds {rounds('counted')}); connections were: "
+            f"'count' (rounds {rounds('counted')}); connections were: "
             f"{summarize(waits['counted'])}",
         ),
     ]

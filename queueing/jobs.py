@@ -8,6 +8,7 @@ claim makes them return False and write nothing.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, cast
@@ -23,6 +24,7 @@ from .eta import EtaModel
 from .positions import eta_model, with_eta
 from .queue_order import Place
 from .rows import ClaimFence, JobJson, JobList, LostJob
+from .sequencer import EnqueueMode, Sequencer
 from .states import JobStatus
 
 
@@ -40,7 +42,10 @@ class JobRequest:
 
 class Placer(Protocol):
     """Where queued jobs' places come from when not counted in SQL: a web process's queue order
-    (web/live/fanout.py), exact at every seq, O(log n) a job."""
+    (web/live/fanout.py), exact at every seq, O(log n) a job; and its sequencer, which queues
+    the jobs its enqueues leave pending (queueing/sequencer.py)."""
+
+    sequencer: Sequencer
 
     def place(self, job_id: UUID) -> Place | None:
         """The job's place now, None when the order does not hold it (not queued, or not yet)."""
@@ -125,34 +130,44 @@ async def enqueue(
 
     The model must be one a worker registered, or `default_model` (UnknownModel otherwise). The
     job's estimated cost, which places it among other users' jobs, comes from `eta`'s fits.
-    Without a placer the position is counted in the same transaction (under the event lock:
-    O(jobs ahead), serialised); with one, the enqueue itself is O(1) and the placer gives the
-    place the job took at its queued event's seq.
+    Without a placer the job is queued and its position counted in the same transaction
+    (under the event lock: O(jobs ahead), serialised). With one, the placer gives the place the
+    job took at its queued event; the job is queued in its own transaction when no other
+    enqueue of the process is in flight, else it commits pending (no event lock: enqueues commit
+    side by side) and the placer's sequencer queues it with the other pending jobs at once.
     """
     if eta is None:
         eta = await eta_model(conn)
     cost = eta.cost(request.model)
-    row = await db.fetch_one(
-        conn,
-        "job_enqueue",
-        {
-            "conversation_id": conversation_id,
-            "owner": actor.owner,
-            "model": request.model,
-            "default_model": default_model,
-            "cost_intercept_s": cost.intercept_s,
-            "cost_slope_s": cost.slope_s,
-            "prompt": request.prompt,
-            "params": Jsonb(request.params),
-            "priority": request.priority,
-            "max_attempts": request.max_attempts,
-            "timeout_s": request.timeout_s,
-            "max_queued": max_queued,
-            "place": placer is None,
-        },
-    )
-    assert row is not None
-    job: JobJson = row["job"]
+    admitted = nullcontext(EnqueueMode.COUNT) if placer is None else placer.sequencer.admitted()
+    with admitted as mode:
+        row = await db.fetch_one(
+            conn,
+            "job_enqueue",
+            {
+                "conversation_id": conversation_id,
+                "owner": actor.owner,
+                "model": request.model,
+                "default_model": default_model,
+                "cost_intercept_s": cost.intercept_s,
+                "cost_slope_s": cost.slope_s,
+                "prompt": request.prompt,
+                "params": Jsonb(request.params),
+                "priority": request.priority,
+                "max_attempts": request.max_attempts,
+                "timeout_s": request.timeout_s,
+                "max_queued": max_queued,
+                "mode": mode,
+            },
+        )
+        assert row is not None
+        job: JobJson = row["job"]
+        if placer is not None and mode is EnqueueMode.SEQUENCE:
+            sequenced = await placer.sequencer.sequenced(UUID(job["job_id"]))
+            if sequenced is None:  # its conversation was deleted meanwhile
+                raise NotFound(f"conversation {conversation_id} not found")
+            job = sequenced.job
+            job["event_seq"] = sequenced.seq  # type: ignore[typeddict-unknown-key]
     place = await _followed(job, placer)
     if placer is not None:  # else gq_enqueue counted the place
         if place is None:

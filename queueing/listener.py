@@ -18,7 +18,7 @@ from . import db
 
 log = logging.getLogger(__name__)
 
-CHANNEL_EVENT = "gq_event"  # payload: job id; a transition was committed
+CHANNEL_EVENT = "gq_event"  # payload: job id, or empty for a batch; transitions were committed
 CHANNEL_CANCEL = "gq_cancel"  # payload: job id; a running job's cancel was requested
 CHANNEL_PROGRESS = "gq_progress"  # payload: job id; a running job reported a step
 # payload: conversation id; it was deleted, with its jobs and their events

@@ -41,12 +41,21 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'conversation % not found', p_conversation_id USING ERRCODE = 'GQ404';
     END IF;
+    -- Every active job locked first, in id order, before the event lock is taken: a worker
+    -- ending one of them takes its row, then the event lock, so the two never wait in a circle.
+    PERFORM 1 FROM jobs
+    WHERE conversation_id = p_conversation_id AND status IN ('pending', 'queued', 'processing')
+    ORDER BY id FOR UPDATE;
     FOR v_job IN
         SELECT * FROM jobs
         WHERE conversation_id = p_conversation_id AND status IN ('pending', 'queued', 'processing')
         ORDER BY id FOR UPDATE
     LOOP
-        CONTINUE WHEN v_job.status NOT IN ('pending', 'queued', 'processing');
+        IF v_job.status = 'pending' THEN  -- queued first, as all are (gq_cancel)
+            PERFORM gq_sequence_pending();
+            SELECT * INTO v_job FROM jobs WHERE id = v_job.id;
+        END IF;
+        CONTINUE WHEN v_job.status NOT IN ('queued', 'processing');
         v_was := v_job.status;
         UPDATE jobs SET status = 'canceled', finished_at = now()
         WHERE id = v_job.id RETURNING * INTO v_job;

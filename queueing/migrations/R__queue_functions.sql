@@ -172,29 +172,31 @@ BEGIN
 END
 $$;
 
--- pending -> queued, in one transaction. p_owner is the acting user (NULL for an admin, who may
--- enqueue into any conversation); the job belongs to the conversation's owner. p_model must be
--- one a worker has registered, or p_default_model (the deployment's default, always accepted):
--- else GQ422 naming the known ones. The job's estimate is the cost model's
--- p_cost_intercept_s + p_cost_slope_s * work (queueing/cost_model.py fits them), and its fair-
--- share tags are cut from it (see 007_models_and_fair_share.sql).
--- The job is inserted pending and its pending event written from that row; then it is queued
--- and its queued event written from the queued row. No other transaction ever sees it pending
--- (both commit together), which is why the WebSocket never sends a pending event.
+-- A new job. p_owner is the acting user (NULL for an admin, who may enqueue into any
+-- conversation); the job belongs to the conversation's owner. p_model must be one a worker has
+-- registered, or p_default_model (the deployment's default, always accepted): else GQ422 naming
+-- the known ones. The job's estimate is the cost model's p_cost_intercept_s + p_cost_slope_s *
+-- work (queueing/cost_model.py fits them), and its fair-share tags are cut from it (see
+-- 007_models_and_fair_share.sql). The per-user limit and the user's latest finish tag are read
+-- under the user's lock, so only one user's own enqueues take turns; the job's queue_seq is
+-- drawn there too, so one user's jobs keep their submission order.
 --
--- What must be serialised, and how little (issue 14): the per-user limit and the user's latest
--- finish tag (the job's fair-share tags) are read under the user's lock, so only one user's own
--- enqueues take turns. The event lock comes last, just before the event rows: from there to
--- commit is the stretch that NOTIFY serialises anyway (PostgreSQL holds a database-wide lock
--- from a notifying transaction's pre-commit to its end). With p_place the position is counted
--- under it (exact, unique, O(jobs ahead)); without, queue_position is NULL in the queued event,
--- the message and the result, and the caller places the job from the ordered event stream and
--- writes the position back (gq_record_place). The result carries the queued event's seq.
+-- Then, by p_mode (issue 14):
+-- * 'count': pending -> queued in this transaction. The event lock comes last, just before the
+--   two event rows, and the position is counted under it (exact, unique, O(jobs ahead)). The
+--   path of a caller without a web process (queueing.jobs.enqueue without a placer).
+-- * 'place': the same without the count: the queued event's position is NULL, and the web
+--   process that follows the log places the job from its queue order and writes it back
+--   (gq_record_place). One commit; the web's path when it has no other enqueue in flight.
+-- * 'sequence': the job commits `pending` (message and job row, no event, no lock beyond the
+--   user's, no NOTIFY), so enqueues commit and flush their WAL side by side; gq_sequence then
+--   queues every committed pending job at once. The web's path under load.
+-- The result carries the queued event's seq (NULL while pending).
 CREATE OR REPLACE FUNCTION gq_enqueue(
     p_conversation_id uuid, p_owner bigint, p_model text, p_default_model text, p_prompt text,
     p_params jsonb, p_priority integer, p_max_attempts integer, p_timeout_s integer,
     p_max_queued integer, p_cost_intercept_s double precision, p_cost_slope_s double precision,
-    p_place boolean
+    p_mode text
 ) RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     v_user_id bigint;
@@ -213,6 +215,9 @@ DECLARE
     v_work_ahead double precision;
     v_seq bigint;
 BEGIN
+    IF p_mode NOT IN ('count', 'place', 'sequence') THEN
+        RAISE EXCEPTION 'unknown enqueue mode %', quote_literal(p_mode) USING ERRCODE = '22023';
+    END IF;
     SELECT c.user_id, u.weight INTO v_user_id, v_weight
     FROM conversations AS c JOIN users AS u ON u.id = c.user_id
     WHERE c.id = p_conversation_id AND (p_owner IS NULL OR c.user_id = p_owner);
@@ -231,53 +236,113 @@ BEGIN
         v_virtual_time := 0;
     END IF;
     PERFORM gq_user_queue_lock(v_user_id);
-    SELECT count(*) INTO v_queued FROM jobs WHERE user_id = v_user_id AND status = 'queued';
+    SELECT (SELECT count(*) FROM jobs WHERE user_id = v_user_id AND status = 'queued')
+         + (SELECT count(*) FROM jobs WHERE user_id = v_user_id AND status = 'pending')
+    INTO v_queued;
     IF v_queued >= p_max_queued THEN
         RAISE EXCEPTION 'you already have % jobs queued and one user may have at most %; wait for some to start',
             v_queued, p_max_queued
             USING ERRCODE = 'GQ429';
     END IF;
     SELECT finish_tag INTO v_last_finish FROM jobs
-    WHERE user_id = v_user_id AND model = p_model AND status IN ('queued', 'processing')
+    WHERE user_id = v_user_id AND model = p_model AND status IN ('pending', 'queued', 'processing')
     ORDER BY finish_tag DESC LIMIT 1;
     v_work := gq_job_work(p_params);
     v_estimate := greatest(p_cost_intercept_s + p_cost_slope_s * v_work, 0.001);
     v_start := greatest(v_virtual_time, coalesce(v_last_finish, 0));
     v_queue_seq := nextval('job_queue_seq');
-    IF p_place THEN
+    IF p_mode = 'count' THEN
         PERFORM gq_event_lock();
         SELECT place.queue_position, place.work_ahead INTO v_position, v_work_ahead
         FROM gq_queue_place(p_model, p_priority, v_start, v_queue_seq) AS place;
     END IF;
     INSERT INTO messages (id, conversation_id, role, content, extra_metadata)
     VALUES (v_message_id, p_conversation_id, 'assistant', '', jsonb_build_object(
-        'job_id', v_job_id, 'status', 'queued', 'queue_position', v_position, 'error', NULL));
+        'job_id', v_job_id, 'status', CASE p_mode WHEN 'sequence' THEN 'pending' ELSE 'queued' END,
+        'queue_position', v_position, 'error', NULL));
     INSERT INTO jobs (id, message_id, conversation_id, user_id, model, prompt, params, work,
                       status, priority, queue_seq, start_tag, finish_tag, estimate_s,
                       max_attempts, timeout_s)
     VALUES (v_job_id, v_message_id, p_conversation_id, v_user_id, p_model, p_prompt, p_params,
             v_work, 'pending', p_priority, v_queue_seq, v_start, v_start + v_estimate / v_weight,
-            v_estimate, p_max_attempts, p_timeout_s);
-    UPDATE jobs SET status = 'queued', queued_at = now() WHERE id = v_job_id
+            v_estimate, p_max_attempts, p_timeout_s)
     RETURNING * INTO v_job;
-    -- The stretch NOTIFY serialises anyway: both events (pending first) in one statement.
-    PERFORM gq_event_lock();
-    WITH written AS (
-        INSERT INTO job_events (job_id, message_id, conversation_id, model, status,
-                                queue_position, at)
-        VALUES (v_job_id, v_message_id, p_conversation_id, p_model, 'pending', 0, now()),
-               (v_job_id, v_message_id, p_conversation_id, p_model, v_job.status, v_position,
-                now())
-        RETURNING seq)
-    SELECT max(seq) INTO v_seq FROM written;
-    PERFORM pg_notify('gq_event', v_job_id::text);
+    IF p_mode <> 'sequence' THEN
+        UPDATE jobs SET status = 'queued', queued_at = now() WHERE id = v_job_id
+        RETURNING * INTO v_job;
+        -- The stretch NOTIFY serialises anyway: both events (pending first) in one statement.
+        PERFORM gq_event_lock();
+        WITH written AS (
+            INSERT INTO job_events (job_id, message_id, conversation_id, model, status,
+                                    queue_position, at)
+            VALUES (v_job_id, v_message_id, p_conversation_id, p_model, 'pending', 0, now()),
+                   (v_job_id, v_message_id, p_conversation_id, p_model, v_job.status,
+                    v_position, now())
+            RETURNING seq)
+        SELECT max(seq) INTO v_seq FROM written;
+        PERFORM pg_notify('gq_event', v_job_id::text);
+    END IF;
     -- A place given to gq_job_json keeps it from counting one; an unplaced job shows null.
     RETURN gq_job_json(v_job, coalesce(v_position, 0), coalesce(v_work_ahead, 0))
         || jsonb_build_object('queue_position', v_position, 'event_seq', v_seq);
 END
 $$;
 
--- The position a caller placed a job at (gq_enqueue without p_place), written back where
+-- The sequencer's step: every committed pending job -> queued, in one transaction that holds
+-- the event lock once for all of them, so `seq` still rises in commit order while the enqueues
+-- themselves commit side by side. Each job gets its pending and queued events (in queue_seq
+-- order, the queued event's position NULL: the web process that follows the log places it and
+-- writes it back, gq_record_place), its message says queued, and one NOTIFY wakes the
+-- listeners for the whole batch. A pending job another transaction holds (a cancel) is skipped,
+-- never waited for under the lock; one this transaction holds is queued with the rest. Returns
+-- how many it queued.
+CREATE OR REPLACE FUNCTION gq_sequence_pending() RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_queued integer;
+BEGIN
+    PERFORM gq_event_lock();
+    WITH due AS (
+        SELECT id FROM jobs WHERE status = 'pending' ORDER BY queue_seq FOR UPDATE SKIP LOCKED),
+    queued AS (
+        UPDATE jobs AS j SET status = 'queued', queued_at = now()
+        FROM due WHERE j.id = due.id
+        RETURNING j.id, j.message_id, j.conversation_id, j.model, j.queue_seq),
+    told AS (
+        UPDATE messages AS m SET extra_metadata = m.extra_metadata || '{"status": "queued"}'
+        FROM queued WHERE m.id = queued.message_id),
+    written AS (
+        INSERT INTO job_events (job_id, message_id, conversation_id, model, status,
+                                queue_position, at)
+        SELECT q.id, q.message_id, q.conversation_id, q.model, e.status, e.position, now()
+        FROM queued AS q
+        CROSS JOIN (VALUES (1, 'pending'::job_status, 0), (2, 'queued'::job_status, NULL))
+            AS e (step, status, position)
+        ORDER BY q.queue_seq, e.step
+        RETURNING 1)
+    SELECT count(*) / 2 INTO v_queued FROM written;
+    IF v_queued > 0 THEN
+        PERFORM pg_notify('gq_event', '');
+    END IF;
+    RETURN v_queued;
+END
+$$;
+
+-- queueing/sequencer.py's call: every pending job queued, then, for each of p_job_ids that
+-- still exists, its state now and the seq of its first queued event (NULL while it is pending:
+-- another transaction held it).
+CREATE OR REPLACE FUNCTION gq_sequence(p_job_ids uuid[])
+RETURNS TABLE (job_id uuid, seq bigint, job jsonb) LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM gq_sequence_pending();
+    RETURN QUERY
+    SELECT j.id,
+           (SELECT min(e.seq) FROM job_events AS e WHERE e.job_id = j.id AND e.status = 'queued'),
+           gq_job_json(j, 0, 0)
+    FROM jobs AS j WHERE j.id = ANY(p_job_ids);
+END
+$$;
+
+-- The position a caller placed a job at (gq_enqueue 'place' or 'sequence'), written back where
 -- gq_enqueue left it NULL: the queued event of that seq, and the message while the job is still
 -- queued there (a later transition already wrote its own). Idempotent: several web processes
 -- may place the same event, always at the same rank (each applies the log in seq order). Rows
@@ -677,7 +742,11 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'job % not found', p_job_id USING ERRCODE = 'GQ404';
     END IF;
-    IF v_job.status IN ('pending', 'queued') THEN
+    IF v_job.status = 'pending' THEN  -- accepted, not sequenced yet: queued first, as all are
+        PERFORM gq_sequence_pending();
+        SELECT * INTO v_job FROM jobs WHERE id = p_job_id;
+    END IF;
+    IF v_job.status = 'queued' THEN
         UPDATE jobs SET status = 'canceled', finished_at = now()
         WHERE id = p_job_id RETURNING * INTO v_job;
         v_seq := gq_record_transition(v_job, 0, '{"reason": "canceled by user"}');

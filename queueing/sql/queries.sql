@@ -130,7 +130,17 @@ SELECT gq_merge_metadata(%(message_id)s, %(owner)s, %(patch)s, %(max_bytes)s) AS
 -- name: job_enqueue
 SELECT gq_enqueue(%(conversation_id)s, %(owner)s, %(model)s, %(default_model)s, %(prompt)s,
                   %(params)s, %(priority)s, %(max_attempts)s, %(timeout_s)s, %(max_queued)s,
-                  %(cost_intercept_s)s, %(cost_slope_s)s, %(place)s) AS job
+                  %(cost_intercept_s)s, %(cost_slope_s)s, %(mode)s) AS job
+
+-- name: jobs_sequence
+-- Every committed pending job queued at once (queueing/sequencer.py); the asked ones' states.
+SELECT job_id, seq, job FROM gq_sequence(%(job_ids)s::uuid[])
+
+-- name: jobs_pending_stale
+-- Whether a pending job has waited a second unsequenced (its web process died): the sweep's
+-- test, over the small pending index.
+SELECT EXISTS (SELECT 1 FROM jobs
+               WHERE status = 'pending' AND created_at < now() - interval '1 second')
 
 -- name: job_record_place
 -- Positions placed from the queue order written back to the queued events (and messages) that

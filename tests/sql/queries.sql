@@ -114,3 +114,22 @@ SELECT id::text AS job_id, status, xmin::text AS writer FROM jobs ORDER BY start
 
 -- name: gpu_locks_held
 SELECT count(*)::integer AS held FROM gpu_locks
+
+-- name: enqueue_pending
+-- The first half of the web's enqueue under load (gq_enqueue's 'sequence' mode): the job committed pending,
+-- as a web process that died before its sequencer ran leaves it.
+SELECT gq_enqueue(%(conversation_id)s, NULL, 'tiny', 'tiny', %(prompt)s, '{}'::jsonb, 0, 3, 600,
+                  %(max_queued)s, 1.0, 0.0, 'sequence') AS job
+
+-- name: sequenced_jobs
+-- Jobs with their queue keys and the events of each, in seq order.
+SELECT j.id AS job_id, j.status, j.queue_seq, j.start_tag, j.finish_tag, j.queued_at,
+       m.extra_metadata ->> 'status' AS message_status,
+       coalesce((SELECT array_agg(e.status || ':' || e.seq ORDER BY e.seq)
+                 FROM job_events AS e WHERE e.job_id = j.id), '{}') AS events
+FROM jobs AS j JOIN messages AS m ON m.id = j.message_id
+WHERE j.conversation_id = %(conversation_id)s
+ORDER BY j.queue_seq
+
+-- name: job_row_lock
+SELECT id FROM jobs WHERE id = %(job_id)s FOR UPDATE

@@ -87,6 +87,7 @@ class Fanout:
         self._tasks = [
             asyncio.create_task(self._listen(), name="gpuqueue-listen"),
             asyncio.create_task(self._run(), name="gpuqueue-fanout"),
+            asyncio.create_task(self.placing.sequencer.sweep(), name="gpuqueue-sequencer-sweep"),
         ]
         try:
             async with asyncio.timeout(10):

@@ -3,11 +3,11 @@
 The fan-out reads every event in seq order anyway; before routing a page of them it passes it
 here, so the order (queueing/queue_order.py) is exactly the queue after the newest routed event,
 and a queued event's `queue_position` is filled in from it: the rank the job had at that seq.
-gq_enqueue without p_place leaves that position NULL in the table (counting it there would be
-O(jobs ahead) under the event lock); the first web process to route the event writes it back,
-and the request that enqueued the job waits for that (`placed`), so its answer, the event and
-the message all hold the same position. Every process applies the same log in the same order,
-so they all agree on every rank.
+gq_enqueue's place and sequence modes leave that position NULL in the table (counting it there
+would be O(jobs ahead) under the event lock); the first web process to route the event writes it
+back, and the request that enqueued the job waits for that (`placed`), so its answer, the event
+and the message all hold the same position. Every process applies the same log in the same
+order, so they all agree on every rank.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from uuid import UUID
 from queueing import db
 from queueing.queue_order import Keys, Place, QueueOrder
 from queueing.rows import EventRow
+from queueing.sequencer import Sequencer
 from queueing.states import JobStatus
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Placing:
 
     def __init__(self, pool: db.Pool) -> None:
         self._pool = pool
+        self.sequencer = Sequencer(pool)
         self.order = QueueOrder()
         self.seq = 0  # the order is the queue right after this event
         self._settled = 0  # every queued event up to this seq is placed and written back
