@@ -189,8 +189,11 @@ $$;
 --   process that follows the log places the job from its queue order and writes it back
 --   (gq_record_place). One commit; the web's path when it has no other enqueue in flight.
 -- * 'sequence': the job commits `pending` (message and job row, no event, no lock beyond the
---   user's, no NOTIFY), so enqueues commit and flush their WAL side by side; gq_sequence then
---   queues every committed pending job at once. The web's path under load.
+--   user's, no NOTIFY), so enqueues commit side by side; gq_sequence then queues every
+--   committed pending job at once. This commit does not wait for its WAL flush: nobody is told
+--   of the job before gq_sequence's commit, whose flush covers every WAL record before it, this
+--   one included (a crash before that loses only a job no one was answered for). The web's path
+--   under load.
 -- The result carries the queued event's seq (NULL while pending).
 CREATE OR REPLACE FUNCTION gq_enqueue(
     p_conversation_id uuid, p_owner bigint, p_model text, p_default_model text, p_prompt text,
@@ -267,7 +270,9 @@ BEGIN
             v_work, 'pending', p_priority, v_queue_seq, v_start, v_start + v_estimate / v_weight,
             v_estimate, p_max_attempts, p_timeout_s)
     RETURNING * INTO v_job;
-    IF p_mode <> 'sequence' THEN
+    IF p_mode = 'sequence' THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+    ELSE
         UPDATE jobs SET status = 'queued', queued_at = now() WHERE id = v_job_id
         RETURNING * INTO v_job;
         -- The stretch NOTIFY serialises anyway: both events (pending first) in one statement.
