@@ -60,6 +60,8 @@ class Unwaited:
     """The web's placer without its wait: its sequencer, as in the web process; the place the
     fan-out would fill in (from the web process's queue order) is left out of the figure."""
 
+    seq = 0
+
     def __init__(self, sequencer: Sequencer) -> None:
         self.sequencer = sequencer
 

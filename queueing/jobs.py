@@ -60,6 +60,15 @@ class Placer(Protocol):
         """Wait until the order holds the state after event `seq` (or a later one)."""
         ...
 
+    @property
+    def seq(self) -> int:
+        """The event the order is the state right after."""
+        ...
+
+
+# Reads a placer gets to catch the state it is exactly at, before the places are counted in SQL.
+PLACED_READS = 3
+
 
 @dataclass(frozen=True)
 class Backoff:
@@ -198,23 +207,34 @@ async def _counted_places(conn: db.Db, job_ids: list[UUID]) -> dict[UUID, Place]
     return {r["job_id"]: Place(r["queue_position"], r["work_ahead"], 0.0) for r in rows}
 
 
-async def _placed(conn: db.Db, queued: list[JobJson], placer: Placer, seq: int) -> None:
-    """Fill in the places of queued jobs read at event `seq` from the placer, once it has
-    followed the log that far (so they are of that state or a later one, never an earlier one),
-    counting the few it does not hold (or all, when it did not catch up in time)."""
-    caught_up = await placer.reached(seq)
-    missing: list[tuple[UUID, JobJson]] = []
-    for job in queued:
-        job_id = UUID(job["job_id"])
-        place = placer.place(job_id) if caught_up else None
-        if place is None:
-            missing.append((job_id, job))
-        else:
-            _set_place(job, place)
-    if missing:
-        counted = await _counted_places(conn, [job_id for job_id, _ in missing])
-        for job_id, job in missing:
-            _set_place(job, counted.get(job_id, Place(0, 0.0, 0.0)))
+async def _placed_read(
+    conn: db.Db, query: str, params: dict[str, Any], placer: Placer | None
+) -> db.Row | None:
+    """A read of jobs (job_get, conversation_jobs) whose queued jobs' places are of the very
+    state the read shows, the one after its `seq`: one statement that counts them without a
+    placer; with one, places from the placer once it is exactly at that seq. The placer follows
+    the log in pages, so it may pass the read's seq: then the read is made again (the placer is
+    usually at the newest seq by then), and after PLACED_READS tries counted in SQL after all.
+    A page must never mix the jobs of one state with the places of another."""
+    if placer is not None:
+        for _ in range(PLACED_READS):
+            row = await db.fetch_one(conn, query, {**params, "count": False})
+            if row is None:
+                return None
+            queued = [j for j in _jobs_of(row) if j["status"] == JobStatus.QUEUED]
+            if not queued:
+                return row
+            if await placer.reached(row["seq"]) and placer.seq == row["seq"]:
+                places = {UUID(j["job_id"]): placer.place(UUID(j["job_id"])) for j in queued}
+                if None not in places.values():
+                    for job in queued:
+                        _set_place(job, cast(Place, places[UUID(job["job_id"])]))
+                    return row
+    return await db.fetch_one(conn, query, {**params, "count": True})
+
+
+def _jobs_of(row: db.Row) -> list[JobJson]:
+    return cast("list[JobJson]", row["jobs"]) if "jobs" in row else [row["job"]]
 
 
 async def get_job(
@@ -225,14 +245,10 @@ async def get_job(
     eta: EtaModel | None = None,
     placer: Placer | None = None,
 ) -> JobJson:
-    row = await db.fetch_one(
-        conn, "job_get", {"job_id": job_id, "owner": actor.owner, "count": placer is None}
-    )
+    row = await _placed_read(conn, "job_get", {"job_id": job_id, "owner": actor.owner}, placer)
     if row is None:
         raise NotFound(f"job {job_id} not found")
     job: JobJson = row["job"]
-    if placer is not None and job["status"] == JobStatus.QUEUED:
-        await _placed(conn, [job], placer, row["seq"])
     return await _job_with_eta(conn, job, eta)
 
 
@@ -246,18 +262,16 @@ async def list_jobs(
 ) -> JobList:
     """A conversation's jobs in queue order, with live positions, and the seq of the state they
     show (read in one statement: since_seq=seq replays exactly what they do not show)."""
-    row = await db.fetch_one(
+    row = await _placed_read(
         conn,
         "conversation_jobs",
-        {"conversation_id": conversation_id, "owner": actor.owner, "count": placer is None},
+        {"conversation_id": conversation_id, "owner": actor.owner},
+        placer,
     )
     if row is None:
         raise NotFound(f"conversation {conversation_id} not found")
     jobs: list[JobJson] = row["jobs"]
-    queued = [j for j in jobs if j["status"] == JobStatus.QUEUED]
-    if placer is not None and queued:
-        await _placed(conn, queued, placer, row["seq"])
-    if eta is None and queued:
+    if eta is None and any(j["status"] == JobStatus.QUEUED for j in jobs):
         eta = await eta_model(conn)
     return {"jobs": [with_eta(j, eta or EtaModel()) for j in jobs], "seq": row["seq"]}
 
