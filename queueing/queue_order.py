@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate, chain, compress, count, repeat
 from operator import add, attrgetter, itemgetter, mul
@@ -70,18 +70,21 @@ class Keys(NamedTuple):
 
 
 class _Queued(NamedTuple):
-    """What the order holds of a queued job: its keys and its sort key, computed once."""
+    """What the order holds of a queued job: its sort key (computed once), its start tag and
+    its keys. A pass gets the first two with itemgetter, cheaper than an attribute's lookup."""
 
-    keys: Keys
     key: Key
+    start_tag: float
+    keys: Keys
 
 
 # A pass that wants at least 1/WALK_SHARE of a model's queue walks it instead of ranking each.
 WALK_SHARE = 8
 
-_KEY = attrgetter("key")
+_KEY = itemgetter(0)
+_TAG = itemgetter(1)
 _MODEL = attrgetter("keys.model")
-_TAG = attrgetter("keys.start_tag")
+_INT = attrgetter("int")
 
 
 def _bisected(lst: SortedList, keys: list[Key]) -> list[int]:
@@ -120,12 +123,13 @@ class _Model:
             work_ahead += ahead * work
         return Place(position, work_ahead, start_tag)
 
-    def places(self, keys: list[Key], tags: list[float]) -> list[Place]:
+    def places(self, keys: list[Key], tags: Iterable[float]) -> Iterator[Place]:
         """The places of many of the model's queued jobs, in `keys`' order, each equal to
         place()'s. A job's rank in each work list comes from bisects on that list's sublists
         while the asked are few of the queue, from one claim-order index of all of it once they
         are many; either way the loops over jobs run in C (map, zip, accumulate), not in Python,
-        which is what a pass over thousands of jobs costs."""
+        which is what a pass over thousands of jobs costs. Lazy: a list of them would be one
+        more big list for the garbage collector to traverse while they are made."""
         if len(keys) * WALK_SHARE < len(self):
             ranks = [_bisected(lst, keys) for lst in self.by_work.values()]
         else:
@@ -140,7 +144,7 @@ class _Model:
             work_ahead = map(add, work_ahead, map(mul, ahead, repeat(work)))
         # Place._make without a Python frame per job.
         made = map(tuple.__new__, repeat(Place), zip(position, work_ahead, tags, strict=True))
-        return cast("list[Place]", list(made))
+        return cast("Iterator[Place]", made)
 
     def _walked(self, keys: list[Key]) -> list[list[int]]:
         """Each key's rank in each work list, from the model's whole queue in claim order: the
@@ -172,7 +176,9 @@ class QueueOrder:
 
     def __init__(self) -> None:
         self._models: dict[str, _Model] = {}
-        self._jobs: dict[UUID, _Queued] = {}
+        # Jobs by their UUID's int: hashing a UUID runs Python (UUID.__hash__ is hash(self.int)),
+        # an int's hash does not, and a position pass looks up every job it follows.
+        self._jobs: dict[int, _Queued] = {}
         self._of_user: dict[tuple[int, str], set[UUID]] = {}
         self._of_conversation: dict[UUID, set[UUID]] = {}
 
@@ -189,7 +195,7 @@ class QueueOrder:
 
     def remove(self, job_id: UUID) -> None:
         """The job left the queue (or is gone): nothing when it was not in it."""
-        queued = self._jobs.pop(job_id, None)
+        queued = self._jobs.pop(job_id.int, None)
         if queued is not None:
             old = queued.keys
             self._models[old.model].remove(queued.key, old.work)
@@ -212,16 +218,16 @@ class QueueOrder:
 
     def place(self, job_id: UUID) -> Place | None:
         """The job's place in its model's queue, or None when it is not queued."""
-        queued = self._jobs.get(job_id)
+        queued = self._jobs.get(job_id.int)
         if queued is None:
             return None
-        return self._models[queued.keys.model].place(queued.key, queued.keys.start_tag)
+        return self._models[queued.keys.model].place(queued.key, queued.start_tag)
 
     def places(self, job_ids: Iterable[UUID]) -> dict[UUID, Place]:
         """The places of many jobs (those queued), each as place() gives it, in one pass per
         model whose cost per job is a few C-level steps (see _Model.places)."""
         ids = list(job_ids)
-        got = list(map(self._jobs.get, ids))
+        got = list(map(self._jobs.get, map(_INT, ids)))
         found: list[_Queued] = list(filter(None, got))
         if len(found) < len(ids):
             ids = list(compress(ids, got))  # the queued ones
@@ -230,21 +236,19 @@ class QueueOrder:
         if len(self._models) == 1:  # the usual case: no grouping by model
             (order,) = self._models.values()
             return dict(
-                zip(ids, order.places(list(map(_KEY, found)), list(map(_TAG, found))), strict=True)
+                zip(ids, order.places(list(map(_KEY, found)), map(_TAG, found)), strict=True)
             )
         out: dict[UUID, Place] = {}
         for model in dict.fromkeys(map(_MODEL, found)):  # in the order first asked
             mine = list(map(model.__eq__, map(_MODEL, found)))
             of_model = list(compress(found, mine))
-            places = self._models[model].places(
-                list(map(_KEY, of_model)), list(map(_TAG, of_model))
-            )
+            places = self._models[model].places(list(map(_KEY, of_model)), map(_TAG, of_model))
             out.update(zip(compress(ids, mine), places, strict=True))
         return out
 
     def model_of(self, job_id: UUID) -> str:
         """A queued job's model (KeyError when it is not queued)."""
-        return self._jobs[job_id].keys.model
+        return self._jobs[job_id.int].keys.model
 
     def conversations(self) -> frozenset[UUID]:
         """The conversations that have queued jobs."""
@@ -255,7 +259,7 @@ class QueueOrder:
         return frozenset(self._of_conversation.get(conversation_id, ()))
 
     def is_queued(self, job_id: UUID) -> bool:
-        return job_id in self._jobs
+        return job_id.int in self._jobs
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -266,7 +270,7 @@ class QueueOrder:
             order = self._models[keys.model] = _Model()
         key = keys.key
         order.add(key, keys.work)
-        self._jobs[keys.job_id] = _Queued(keys, key)
+        self._jobs[keys.job_id.int] = _Queued(key, keys.start_tag, keys)
         self._of_user.setdefault((keys.user_id, keys.model), set()).add(keys.job_id)
         self._of_conversation.setdefault(keys.conversation_id, set()).add(keys.job_id)
 
