@@ -163,7 +163,7 @@ def test_places_of_a_big_queue_match_a_walk_in_claim_order() -> None:
     assert all(len(lst._lists) >= 3 for lst in lists)  # the test spans sublists
     by_key = {k.key: k.job_id for k in queued.values()}
     edges = [by_key[sub[i]] for lst in lists for sub in lst._lists for i in (0, -1)]
-    sparse = sorted(queued)[:: 2 * WALK_SHARE]
+    sparse = sorted(queued)[:: 4 * WALK_SHARE]
     for asked in (list(queued), sparse, edges, edges[:3]):
         got = order.places(asked)
         assert set(got) == set(asked)
