@@ -4,6 +4,7 @@ the jobs ahead of it, after any sequence of enqueues, claims, cancels, retries a
 
 from __future__ import annotations
 
+import gc
 import random
 import uuid
 from unittest import mock
@@ -197,3 +198,20 @@ def test_positions_are_a_permutation_per_model() -> None:
     assert order.in_conversation(CONVERSATION) == {k.job_id for k in jobs}
     order.apply("canceled", jobs[0].job_id, None)
     assert jobs[0].job_id not in order.in_conversation(CONVERSATION)
+
+
+def test_places_leaves_the_collector_as_it_found_it() -> None:
+    """A pass holds off the cyclic GC while it makes its places (nothing it makes can be in a
+    cycle), and gives it back as it was: on, or off when someone else had turned it off."""
+    order = QueueOrder()
+    order.load(keys(n, "a", 0, 0, float(n), 1.0) for n in range(100))
+    asked = [uuid.UUID(int=n + 10) for n in range(100)]
+    assert gc.isenabled()
+    order.places(asked)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        order.places(asked)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
