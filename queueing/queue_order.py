@@ -9,6 +9,12 @@ The ETA also needs the work (megapixel-steps) of the jobs ahead. Jobs of one mod
 handful of sizes, so each model keeps one sorted list per distinct work value: the rank is the
 sum of the ranks in each list and the work ahead the sum of rank times work, both exact, in
 O(sizes x log n).
+
+The fan-out places every followed job after each batch of events. A pass over thousands of
+jobs keeps its loops out of Python: the ranks come from C-level bisects on SortedList's own
+sublists (`_lists`, `_maxes`, with prefix counts) while the asked jobs are few of the queue, and
+from one index of the queue in claim order once they are many; the claim order is one int per
+job, and each place a pass gives is the one place() gives, to the last bit of its work ahead.
 """
 
 from __future__ import annotations
