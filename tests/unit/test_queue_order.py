@@ -4,19 +4,28 @@ the jobs ahead of it, after any sequence of enqueues, claims, cancels, retries a
 
 from __future__ import annotations
 
+import gc
+import random
 import uuid
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sortedcontainers import SortedList
 
-from queueing.queue_order import Keys, Place, QueueOrder
+from queueing.queue_order import WALK_SHARE, Keys, Place, QueueOrder, sort_key
 
 CONVERSATION = uuid.UUID(int=1)
 
 
 def ranked(queued: dict[uuid.UUID, Keys], job_id: uuid.UUID) -> Place:
     mine = queued[job_id]
-    ahead = [k for k in queued.values() if k.model == mine.model and k.key < mine.key]
+    claim = (-mine.priority, mine.start_tag, mine.queue_seq)
+    ahead = [
+        k
+        for k in queued.values()
+        if k.model == mine.model and (-k.priority, k.start_tag, k.queue_seq) < claim
+    ]
     return Place(1 + len(ahead), sum(k.work for k in ahead), mine.start_tag)
 
 
@@ -31,16 +40,17 @@ operations = st.lists(
         st.sampled_from(["a", "b"]),
         st.integers(0, 3),  # user
         st.integers(-1, 1),  # priority
-        st.sampled_from([0.0, 0.5, 1.0, 2.5]),  # start tag
+        st.sampled_from([-1.5, 0.0, 0.5, 1.0, 2.5, 1e12]),  # start tag
         st.sampled_from([0.01, 0.2, 1.5]),  # work
     ),
     max_size=120,
 )
 
 
-@settings(max_examples=150, deadline=None)
-@given(operations)
-def test_places_match_the_ranking_after_any_history(ops: list[tuple]) -> None:
+def replay(
+    ops: list[tuple],
+) -> tuple[QueueOrder, dict[uuid.UUID, Keys], dict[uuid.UUID, Keys]]:
+    """The order after the history, and the jobs queued and left as the history says."""
     order, queued, left = QueueOrder(), {}, {}
     for n, (op, pick, model, user, priority, tag, work) in enumerate(ops):
         if op == "enqueue":
@@ -71,25 +81,111 @@ def test_places_match_the_ranking_after_any_history(ops: list[tuple]) -> None:
             for k, (p, t, q) in zip(rotated, slots, strict=True):
                 queued[k.job_id] = k._replace(priority=p, start_tag=t, queue_seq=q)
             order.replace_user(moved.user_id, moved.model, [queued[k.job_id] for k in mine])
-    assert len(order) == len(queued)
-    # Many at once (a walk of each model's queue) and a few (a rank each) agree with one by one.
-    for asked in (list(queued) + list(left), sorted(queued)[:2]):
-        got_all = order.places(asked)
-        assert set(got_all) == {j for j in asked if j in queued}
-        for job_id, place in got_all.items():
-            one = order.place(job_id)
-            assert one is not None and place.queue_position == one.queue_position
-            assert abs(place.work_ahead - one.work_ahead) < 1e-9
-            assert place.start_tag == one.start_tag
-    for job_id in queued:
-        got = order.place(job_id)
-        assert got is not None
+    return order, queued, left
+
+
+def assert_the_ranking(
+    order: QueueOrder,
+    queued: dict[uuid.UUID, Keys],
+    left: dict[uuid.UUID, Keys],
+    asked: list[uuid.UUID],
+) -> None:
+    """places(asked) holds each queued one's brute-force place, exactly place()'s, and no other."""
+    got = order.places(asked)
+    assert set(got) == {j for j in asked if j in queued}
+    for job_id, place in got.items():
+        assert place == order.place(job_id)  # the same floats, not only close ones
         want = ranked(queued, job_id)
-        assert got.queue_position == want.queue_position
-        assert abs(got.work_ahead - want.work_ahead) < 1e-9
-        assert got.start_tag == want.start_tag
+        assert place.queue_position == want.queue_position
+        assert abs(place.work_ahead - want.work_ahead) < 1e-9 * max(1.0, want.work_ahead)
+        assert place.start_tag == want.start_tag
     for job_id in left:
         assert order.place(job_id) is None
+
+
+def check_history(ops: list[tuple], data: st.DataObject) -> None:
+    order, queued, left = replay(ops)
+    assert len(order) == len(queued)
+    everyone = sorted(queued) + sorted(left)
+    # All at once (a walk of each model's queue), a few (a rank each), and any subset.
+    subset = data.draw(st.lists(st.sampled_from(everyone), unique=True)) if everyone else []
+    for asked in (everyone, sorted(queued)[:2], subset, []):
+        assert_the_ranking(order, queued, left, asked)
+
+
+@settings(max_examples=150, deadline=None)
+@given(operations, st.data())
+def test_places_match_the_ranking_after_any_history(ops: list[tuple], data: st.DataObject) -> None:
+    check_history(ops, data)
+
+
+@settings(max_examples=150, deadline=None)
+@given(operations, st.data())
+def test_places_match_the_ranking_across_sublist_boundaries(
+    ops: list[tuple], data: st.DataObject
+) -> None:
+    """places() reads SortedList's sublists itself: with sublists of 2 to 4 keys (a load factor
+    of 2; 1,000 by default) every history splits and joins them, and the places stay exact."""
+    with mock.patch.object(SortedList, "DEFAULT_LOAD_FACTOR", 2):
+        check_history(ops, data)
+
+
+def test_places_of_a_big_queue_match_a_walk_in_claim_order() -> None:
+    """At the default load factor: lists of many sublists, thinned so that some are joined,
+    asked whole (a walk), sparse (a rank each) and at each sublist's first and last key."""
+    rng = random.Random(14)
+    jobs = [
+        keys(
+            n,
+            rng.choice("ab"),
+            n % 8,
+            rng.choice((0, 0, 0, 1)),
+            float(n // 8),
+            rng.choice((5.24288, 1.31072, 20.97152)),
+        )
+        for n in range(30_000)
+    ]
+    order = QueueOrder()
+    order.load(jobs)
+    for k in jobs[5_000:9_000]:  # a run of claims: the sublists that held them shrink and join
+        order.apply("processing", k.job_id, k)
+    queued = {k.job_id: k for k in jobs[:5_000] + jobs[9_000:]}
+    want: dict[uuid.UUID, Place] = {}
+    for model in "ab":
+        mine = sorted((k for k in queued.values() if k.model == model), key=lambda k: k.key)
+        ahead: dict[float, int] = {}
+        for position, k in enumerate(mine, start=1):
+            work_ahead = 0.0
+            for work, count in ahead.items():
+                work_ahead += count * work
+            want[k.job_id] = Place(position, work_ahead, k.start_tag)
+            ahead[k.work] = ahead.get(k.work, 0) + 1
+    lists = [lst for m in order._models.values() for lst in m.by_work.values()]
+    assert all(len(lst._lists) >= 3 for lst in lists)  # the test spans sublists
+    by_key = {k.key: k.job_id for k in queued.values()}
+    edges = [by_key[sub[i]] for lst in lists for sub in lst._lists for i in (0, -1)]
+    sparse = sorted(queued)[:: 4 * WALK_SHARE]
+    for asked in (list(queued), sparse, edges, edges[:3]):
+        got = order.places(asked)
+        assert set(got) == set(asked)
+        for job_id, place in got.items():
+            assert place.queue_position == want[job_id].queue_position
+            assert abs(place.work_ahead - want[job_id].work_ahead) < 1e-9 * place.work_ahead + 1e-9
+            assert place.start_tag == want[job_id].start_tag
+            assert place == order.place(job_id)
+
+
+finite = st.floats(allow_nan=False, allow_infinity=True)
+claim_keys = st.tuples(st.integers(-(2**31), 2**31 - 1), finite, st.integers(0, 2**63 - 1))
+
+
+@given(claim_keys, claim_keys)
+def test_sort_key_sorts_as_the_claim_order(a: tuple, b: tuple) -> None:
+    """The one-int key orders jobs as (priority DESC, start_tag, queue_seq) does, ties too."""
+    ka, kb = sort_key(*a), sort_key(*b)
+    ta, tb = (-a[0], a[1], a[2]), (-b[0], b[1], b[2])
+    assert (ka < kb) == (ta < tb)
+    assert (ka == kb) == (ta == tb)
 
 
 def test_positions_are_a_permutation_per_model() -> None:
@@ -102,3 +198,20 @@ def test_positions_are_a_permutation_per_model() -> None:
     assert order.in_conversation(CONVERSATION) == {k.job_id for k in jobs}
     order.apply("canceled", jobs[0].job_id, None)
     assert jobs[0].job_id not in order.in_conversation(CONVERSATION)
+
+
+def test_places_leaves_the_collector_as_it_found_it() -> None:
+    """A pass holds off the cyclic GC while it makes its places (nothing it makes can be in a
+    cycle), and gives it back as it was: on, or off when someone else had turned it off."""
+    order = QueueOrder()
+    order.load(keys(n, "a", 0, 0, float(n), 1.0) for n in range(100))
+    asked = [uuid.UUID(int=n + 10) for n in range(100)]
+    assert gc.isenabled()
+    order.places(asked)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        order.places(asked)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
