@@ -114,3 +114,7 @@ SELECT id::text AS job_id, status, xmin::text AS writer FROM jobs ORDER BY start
 
 -- name: gpu_locks_held
 SELECT count(*)::integer AS held FROM gpu_locks
+
+-- name: notify_event
+-- A NOTIFY on the event channel from a transaction of its own (a marker a listener waits for).
+SELECT pg_notify('gq_event', %(payload)s) AS notified
