@@ -7,8 +7,9 @@ the claim takes it when it is free (it never waits in the database, so a waiting
 snapshot) and each way a job ends releases it in the same round trip (R2.2, R2.3). When the
 connection dies, PostgreSQL frees the lock at once and the sweep requeues the job.
 
-The common end, a completion, is sent with the next claim in one round trip and one commit
-(complete_and_claim), so the GPU sits idle for one round trip between jobs instead of two.
+The common end, a completion (of one job or of a whole batch, set-based), is sent with the next
+claim as one statement (complete_and_claim), so the GPU sits idle for one round trip between
+jobs instead of two.
 """
 
 from __future__ import annotations
