@@ -400,22 +400,19 @@ $$;
 -- holds. Every member gets its own claim_id and its own processing event, all in this one
 -- transaction, so the positions of the jobs behind move once. batch_id/batch_size mark a batch
 -- of two or more (NULL for one job). The rows come back head first, then in claim order.
--- force_generic_plan here and in gq_complete_batch: a custom plan of a statement over the batch's
--- array knows its size and so always looks cheaper than the generic plan, and PostgreSQL would
--- plan the statement again at every call, which cost more than running it; the generic plan
--- (index lookups for the few rows of a batch) is as good.
 CREATE OR REPLACE FUNCTION gq_lock_and_claim_batch(p_worker_id uuid, p_max_batch integer)
-RETURNS SETOF jobs LANGUAGE plpgsql
-SET plan_cache_mode = force_generic_plan AS $$
+RETURNS SETOF jobs LANGUAGE plpgsql AS $$
 DECLARE
     v_host text;
     v_device text;
     v_model text;
     v_key integer;
     v_head jobs;
-    v_jobs jobs[];
+    v_job jobs;
+    v_jobs jobs[] := '{}';
     v_ids uuid[];
-    v_tag double precision;
+    v_id uuid;
+    v_tag double precision := '-infinity';
     v_batch_id uuid;
     v_started timestamptz;
 BEGIN
@@ -471,18 +468,19 @@ BEGIN
     IF cardinality(v_ids) > 1 THEN
         v_batch_id := gen_random_uuid();
     END IF;
-    -- One UPDATE for every member, then their events in one pass (gq_record_transitions): a
-    -- batch costs about one claim's statements, whatever its size.
-    WITH claimed AS (
+    -- One indexed UPDATE per member, in batch order (one, for a job alone), then all their
+    -- events in one pass (gq_record_transitions), before the rows are returned.
+    FOREACH v_id IN ARRAY v_ids LOOP
         UPDATE jobs AS j
         SET status = 'processing', attempts = j.attempts + 1,
             claim_id = nextval('job_claim_seq'), worker_id = p_worker_id, host = v_host,
             device = v_device, started_at = v_started, progress = NULL, batch_id = v_batch_id,
             batch_size = CASE WHEN v_batch_id IS NOT NULL THEN cardinality(v_ids) END
-        FROM unnest(v_ids) WITH ORDINALITY AS m (id, ord)
-        WHERE j.id = ANY (v_ids) AND j.id = m.id
-        RETURNING j AS job, m.ord)
-    SELECT array_agg(job ORDER BY ord), max((job).start_tag) INTO v_jobs, v_tag FROM claimed;
+        WHERE j.id = v_id
+        RETURNING j.* INTO v_job;
+        v_jobs := v_jobs || v_job;
+        v_tag := greatest(v_tag, v_job.start_tag);
+    END LOOP;
     PERFORM gq_record_transitions(v_jobs, '{}', v_started);
     -- The model's virtual time follows the start tags of the jobs it runs (never back: a retried
     -- job keeps its old, earlier tag).
@@ -513,27 +511,27 @@ $$;
 -- The jobs of a batch (or one job) processing -> complete, each with its image, in one statement:
 -- job i of p_job_ids, fenced by claim i of p_claim_ids, gets image i of p_pngs. Each member is
 -- its own transition (its own complete event, message metadata and NOTIFY, in this transaction);
--- a stale claim is skipped and returns no row. Set-based: one UPDATE of the members and one
--- INSERT of their images, then gq_record_transitions, so a batch of N costs far less than N
--- completions (issue 14). The rows come back in the order given; p_release_device releases that
--- GPU lock after them.
+-- a stale claim is skipped and returns no row. Each member is one fenced, indexed UPDATE and its
+-- image; their events, metadata and NOTIFYs are written in one pass (gq_record_transitions), so
+-- a batch of N costs N short statements more than one job, not N whole transitions. The rows
+-- come back in the order given; p_release_device releases that GPU lock after them.
 CREATE OR REPLACE FUNCTION gq_complete_batch(
     p_job_ids uuid[], p_claim_ids bigint[], p_pngs bytea[], p_release_device text
-) RETURNS SETOF jobs LANGUAGE plpgsql
-SET plan_cache_mode = force_generic_plan AS $$
+) RETURNS SETOF jobs LANGUAGE plpgsql AS $$
 DECLARE
-    v_jobs jobs[];
+    v_job jobs;
+    v_jobs jobs[] := '{}';
 BEGIN
-    WITH done AS (
-        UPDATE jobs AS j SET status = 'complete', finished_at = now(), error = NULL
-        FROM unnest(p_job_ids, p_claim_ids, p_pngs) WITH ORDINALITY AS m (id, claim_id, png, ord)
-        WHERE j.id = ANY (p_job_ids) AND j.id = m.id AND j.claim_id = m.claim_id
-          AND j.status = 'processing'
-        RETURNING j AS job, m.png, m.ord),
-    images AS (
-        INSERT INTO job_images (job_id, png) SELECT (job).id, png FROM done)
-    SELECT array_agg(job ORDER BY ord) INTO v_jobs FROM done;
-    IF v_jobs IS NOT NULL THEN
+    FOR i IN 1 .. coalesce(cardinality(p_job_ids), 0) LOOP
+        UPDATE jobs SET status = 'complete', finished_at = now(), error = NULL
+        WHERE id = p_job_ids[i] AND claim_id = p_claim_ids[i] AND status = 'processing'
+        RETURNING * INTO v_job;
+        IF FOUND THEN
+            INSERT INTO job_images (job_id, png) VALUES (v_job.id, p_pngs[i]);
+            v_jobs := v_jobs || v_job;
+        END IF;
+    END LOOP;
+    IF cardinality(v_jobs) > 0 THEN
         PERFORM gq_record_transitions(v_jobs);
     END IF;
     IF p_release_device IS NOT NULL THEN

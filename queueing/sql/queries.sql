@@ -175,7 +175,7 @@ SELECT id, status FROM gq_complete(%(job_id)s, %(claim_id)s, %(png)s, %(release_
 -- Completes job i of job_ids (fenced by claim i of claim_ids) with image i of pngs, each in its
 -- own transition, in one statement; a row for each job completed, in the order given.
 SELECT id, status
-FROM gq_complete_batch(%(job_ids)s::uuid[], %(claim_ids)s::bigint[], %(pngs)b::bytea[],
+FROM gq_complete_batch(%(job_ids)b::uuid[], %(claim_ids)b::bigint[], %(pngs)b::bytea[],
                        %(release_device)s)
 
 -- name: job_complete_and_claim
@@ -184,7 +184,7 @@ FROM gq_complete_batch(%(job_ids)s::uuid[], %(claim_ids)s::bigint[], %(pngs)b::b
 SELECT id, status, claim_id, message_id, conversation_id, model, prompt, params, work, timeout_s,
        attempts, max_attempts, started_at, gq_gpu_lock_name(host, device) AS gpu_lock,
        batch_id, coalesce(batch_size, 1) AS batch_size
-FROM gq_complete_and_claim(%(job_ids)s::uuid[], %(claim_ids)s::bigint[], %(pngs)b::bytea[],
+FROM gq_complete_and_claim(%(job_ids)b::uuid[], %(claim_ids)b::bigint[], %(pngs)b::bytea[],
                            %(release_device)s, %(worker_id)s, %(max_batch)s)
 
 -- name: gpu_shared
