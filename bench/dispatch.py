@@ -5,8 +5,9 @@
    released, claim and complete with their events (under the event lock), the message metadata
    deep-merged twice, two NOTIFYs, the image stored.
 2. the worker's own loop (gpu_worker.worker.Worker with the stub backend at zero delay, run in
-   this process so its loop can be timed): the same, plus the runner's thread hop, the listener
-   that the NOTIFYs wake, and its logging.
+   this process so its loop can be timed): the same, plus the runner (the stub's call made on
+   the loop, no thread hop, as it returns at once), the listener that the NOTIFYs wake, and its
+   logging; each completion goes with the next claim as one statement (gq_complete_and_claim).
 3. the ceiling: the same session holding the GPU lock once for the whole run, and one-statement
    CTEs (bench/sql/ceilings.sql: claim_one, complete_one) that write the job, its event, the image
    and the NOTIFY; no plpgsql, no metadata merge, no event lock.

@@ -2,7 +2,8 @@
 
 Ours: the real worker process (`gpuqueue worker --backend stub`, 0 s) draining a batch of jobs
 put in the queue at once, one job per claim and then with `--max-batch 10` (compatible no-op
-jobs: ten claimed in one statement, their completions and the next claim in one round trip).
+jobs: ten claimed in one statement, their completions, set-based, and the next claim in one
+statement).
 PgQueuer: its own benchmark's shape (bench/pgqueuer_peer.py), with one dequeuer (like our one
 worker per GPU) and with five (its benchmark's default). Rounds alternate.
 

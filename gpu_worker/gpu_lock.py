@@ -7,8 +7,9 @@ the claim takes it when it is free (it never waits in the database, so a waiting
 snapshot) and each way a job ends releases it in the same round trip (R2.2, R2.3). When the
 connection dies, PostgreSQL frees the lock at once and the sweep requeues the job.
 
-The common end, a completion, is sent with the next claim in one round trip and one commit
-(complete_and_claim), so the GPU sits idle for one round trip between jobs instead of two.
+The common end, a completion (of one job or of a whole batch, set-based), is sent with the next
+claim as one statement (complete_and_claim), so the GPU sits idle for one round trip between
+jobs instead of two.
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ from uuid import UUID
 import psycopg
 
 from queueing import db, jobs, workers
-from queueing.errors import translated
 from queueing.jobs import Backoff, Claim
 from queueing.models import ModelCapabilities
-from queueing.sql import QUERIES
+from queueing.states import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -139,37 +139,43 @@ class GpuSession:
     async def complete(self, claim: Claim, png: bytes, *, release: bool = True) -> bool:
         return await jobs.complete(self.conn, claim, png, release_device=_lock(claim, release))
 
+    async def complete_batch(
+        self, completions: Sequence[tuple[Claim, bytes]], *, release: bool = True
+    ) -> list[bool]:
+        """Complete the claims in one statement, each in its own transition (a batch's ends, when
+        the GPU changes hands after them); whether each image was stored."""
+        release_device = completions[-1][0].gpu_lock if release else None
+        return await jobs.complete_batch(self.conn, completions, release_device=release_device)
+
     async def complete_and_claim(
         self, completions: Sequence[tuple[Claim, bytes]], max_batch: int
     ) -> Handoff:
-        """Complete the claims in order, the last one releasing the GPU lock, and claim the next
-        jobs (as claim_batch), in one round trip and one transaction: one pipeline, whose
-        statements up to its Sync share a transaction. Each completion keeps its own transition
-        and event; one commit covers them and the claim.
+        """Complete the claims, releasing the GPU lock after them, and claim the next jobs (as
+        claim_batch), in one statement (gq_complete_and_claim): one round trip and one
+        transaction. Each completion keeps its own transition and event; one commit covers them
+        and the claim.
 
         When the database refuses any of it (a completion, or the claim), none of it is
         committed and the Handoff says so: the caller writes each completion the usual way,
         and claims the usual way after.
         """
-        conn = self.conn
-        last = len(completions) - 1
-        answers = []
+        params = {
+            **jobs.completion_params(completions, completions[-1][0].gpu_lock),
+            "worker_id": self.worker_id,
+            "max_batch": max_batch,
+        }
         try:
-            with translated():
-                async with conn.pipeline():
-                    for index, (claim, png) in enumerate(completions):
-                        release = claim.gpu_lock if index == last else None
-                        ending = {**claim.fence(), "png": png, "release_device": release}
-                        answers.append(await conn.execute(QUERIES["job_complete"], ending))
-                    claiming = {"worker_id": self.worker_id, "max_batch": max_batch}
-                    claimed = await conn.execute(QUERIES["job_lock_and_claim_batch"], claiming)
+            found = await db.fetch_all(self.conn, "job_complete_and_claim", params)
         except psycopg.OperationalError:
             raise
-        except Exception as exc:  # rolled back at the Sync: the session is idle again
+        except Exception as exc:  # one statement, rolled back: the session is idle again
             log.info("the hand-off was refused (%s); its jobs end one by one", exc)
             return Handoff([])
-        stored = [bool(await answer.fetchall()) for answer in answers]
-        return Handoff(stored, [Claim.from_row(row) for row in await claimed.fetchall()])
+        stored = {row["id"] for row in found if row["status"] == JobStatus.COMPLETE}
+        return Handoff(
+            [claim.job_id in stored for claim, _ in completions],
+            [Claim.from_row(row) for row in found if row["status"] == JobStatus.PROCESSING],
+        )
 
     async def fail(
         self, claim: Claim, error: str, *, retryable: bool, backoff: Backoff, release: bool = True

@@ -19,19 +19,20 @@ def encode_rgb(width: int, height: int, rows: Iterable[bytes]) -> bytes:
     if width <= 0 or height <= 0:
         raise ValueError(f"PNG size must be positive, got {width}x{height}")
     row_length = width * 3
-    compressor = zlib.compressobj()
-    parts: list[bytes] = []
+    raw = bytearray()
     count = 0
     for row in rows:
         if len(row) != row_length:
             raise ValueError(f"row {count} has {len(row)} bytes, expected {row_length}")
-        parts.append(compressor.compress(b"\x00" + row))  # filter type 0: the row as is
+        raw += b"\x00"  # filter type 0: the row as is
+        raw += row
         count += 1
     if count != height:
         raise ValueError(f"got {count} rows, expected {height}")
-    parts.append(compressor.flush())
+    # One call for the whole image (row by row cost a call per row: the largest share of a no-op
+    # stub job's time in the worker), at the fastest level, which packs a gradient as well.
+    image = zlib.compress(raw, 1)
     header = struct.pack(">IIBBBBB", width, height, *_RGB_8BIT, 0, 0, 0)
-    image = b"".join(parts)
     return _SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", image) + _chunk(b"IEND", b"")
 
 

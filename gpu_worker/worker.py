@@ -478,20 +478,40 @@ class Worker:
         self, session: GpuSession, ends: list[tuple[Claim, RunResult]], device_lock: DeviceLock
     ) -> Handoff | None:
         """Write the ends in order, the last one releasing the GPU lock. When they are all
-        completions and the GPU may stay with this worker, they go with the next claim in one
-        round trip and one commit (the Handoff); when the database refuses that, each is
-        written the usual way and None is returned, as when they are written one by one."""
+        completions they are written in one statement, and when the GPU may stay with this
+        worker they go with the next claim in the same round trip and commit (the Handoff);
+        when the database refuses that, each is written the usual way (so a refused image fails
+        its job alone) and None is returned, as when they are written one by one."""
         completions = [(c, r.png) for c, r in ends if r.reason is None and r.png is not None]
-        if len(completions) == len(ends) and await self._may_hand_off(session, device_lock):
-            self._wake.clear()  # as before a claim: a NOTIFY from now on is news
-            handoff = await session.complete_and_claim(completions, self.config.max_batch)
-            if handoff.committed:
-                for (claim, result), stored in zip(ends, handoff.stored, strict=True):
-                    self._ended(claim, self._ending(session, claim, result), stored)
+        if len(completions) == len(ends):
+            stored: list[bool] = []
+            handoff: Handoff | None = None
+            if await self._may_hand_off(session, device_lock):
+                self._wake.clear()  # as before a claim: a NOTIFY from now on is news
+                handoff = await session.complete_and_claim(completions, self.config.max_batch)
+                stored = handoff.stored
+            elif len(completions) > 1:
+                stored = await self._complete_batch(session, completions)
+            if stored:
+                for (claim, result), done in zip(ends, stored, strict=True):
+                    self._ended(claim, self._ending(session, claim, result), done)
                 return handoff
         for index, (claim, result) in enumerate(ends):
             await self._record(session, claim, result, release=index == len(ends) - 1)
         return None
+
+    async def _complete_batch(
+        self, session: GpuSession, completions: list[tuple[Claim, bytes]]
+    ) -> list[bool]:
+        """A batch's completions in one statement; [] when the database refuses it (nothing was
+        written: the caller writes each alone, so a refused image fails its job alone)."""
+        try:
+            return await session.complete_batch(completions)
+        except psycopg.OperationalError:
+            raise
+        except Exception as exc:
+            log.info("the batch's completion was refused (%s); its jobs end one by one", exc)
+            return []
 
     async def _record(
         self, session: GpuSession, claim: Claim, result: RunResult, *, release: bool = True

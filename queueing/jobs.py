@@ -7,7 +7,7 @@ claim makes them return False and write nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
@@ -361,6 +361,30 @@ async def complete(
         conn, "job_complete", {**claim.fence(), "png": png, "release_device": release_device}
     )
     return row is not None
+
+
+async def complete_batch(
+    conn: db.Db, completions: Sequence[tuple[Claim, bytes]], *, release_device: str | None = None
+) -> list[bool]:
+    """Each claim -> complete with its image, in one statement, each job its own transition
+    (events, metadata, NOTIFY); whether each was stored (False: its claim was stale)."""
+    rows = await db.fetch_all(
+        conn, "job_complete_batch", completion_params(completions, release_device)
+    )
+    stored = {row["id"] for row in rows}
+    return [claim.job_id in stored for claim, _ in completions]
+
+
+def completion_params(
+    completions: Sequence[tuple[Claim, bytes]], release_device: str | None
+) -> dict[str, Any]:
+    """The parameters of job_complete_batch."""
+    return {
+        "job_ids": [claim.job_id for claim, _ in completions],
+        "claim_ids": [claim.claim_id for claim, _ in completions],
+        "pngs": [png for _, png in completions],
+        "release_device": release_device,
+    }
 
 
 async def fail(

@@ -172,6 +172,37 @@ BEGIN
 END
 $$;
 
+-- gq_record_transition for a set of jobs that each just left the queue's order (processing, or a
+-- final state: queue_position 0): every job's message metadata, its own event row and its own
+-- NOTIFY, the events in one INSERT for the whole set. The same order as there: the message rows
+-- first, then the event lock, then the events, in array order (their seqs rise along it). Each
+-- message is one indexed UPDATE, in message id order (the order gq_record_place locks them in,
+-- so the two never deadlock): for a batch's few rows that is cheaper than a join, which the
+-- planner would have to plan for 10 rows when there is one. The patch is flat, so the deep
+-- merge is `||` (gq_jsonb_deep_merge).
+CREATE OR REPLACE FUNCTION gq_record_transitions(
+    p_jobs jobs[], p_detail jsonb DEFAULT '{}', p_at timestamptz DEFAULT NULL
+) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_job jobs;
+BEGIN
+    FOR v_job IN SELECT * FROM unnest(p_jobs) AS j ORDER BY j.message_id LOOP
+        UPDATE messages
+        SET extra_metadata = extra_metadata || jsonb_build_object(
+            'job_id', v_job.id, 'status', v_job.status, 'queue_position', 0, 'error', v_job.error)
+        WHERE id = v_job.message_id;
+    END LOOP;
+    PERFORM gq_event_lock();
+    INSERT INTO job_events (job_id, message_id, conversation_id, model, status, queue_position, at,
+                            detail)
+    SELECT j.id, j.message_id, j.conversation_id, j.model, j.status, 0, coalesce(p_at, now()),
+           p_detail
+    FROM unnest(p_jobs) WITH ORDINALITY AS j
+    ORDER BY j.ordinality;
+    PERFORM pg_notify('gq_event', j.id::text) FROM unnest(p_jobs) AS j;
+END
+$$;
+
 -- A new job. p_owner is the acting user (NULL for an admin, who may enqueue into any
 -- conversation); the job belongs to the conversation's owner. p_model must be one a worker has
 -- registered, or p_default_model (the deployment's default, always accepted): else GQ422 naming
@@ -448,6 +479,7 @@ DECLARE
     v_key integer;
     v_head jobs;
     v_job jobs;
+    v_jobs jobs[] := '{}';
     v_ids uuid[];
     v_id uuid;
     v_tag double precision := '-infinity';
@@ -506,8 +538,8 @@ BEGIN
     IF cardinality(v_ids) > 1 THEN
         v_batch_id := gen_random_uuid();
     END IF;
-    -- One UPDATE per member, in batch order (one, for a job alone: the common case stays one
-    -- statement), each followed by its processing event.
+    -- One indexed UPDATE per member, in batch order (one, for a job alone), then all their
+    -- events in one pass (gq_record_transitions), before the rows are returned.
     FOREACH v_id IN ARRAY v_ids LOOP
         UPDATE jobs AS j
         SET status = 'processing', attempts = j.attempts + 1,
@@ -516,13 +548,14 @@ BEGIN
             batch_size = CASE WHEN v_batch_id IS NOT NULL THEN cardinality(v_ids) END
         WHERE j.id = v_id
         RETURNING j.* INTO v_job;
+        v_jobs := v_jobs || v_job;
         v_tag := greatest(v_tag, v_job.start_tag);
-        PERFORM gq_record_transition(v_job, 0, '{}', v_started);
-        RETURN NEXT v_job;
     END LOOP;
+    PERFORM gq_record_transitions(v_jobs, '{}', v_started);
     -- The model's virtual time follows the start tags of the jobs it runs (never back: a retried
     -- job keeps its old, earlier tag).
     UPDATE models SET virtual_time = v_tag WHERE name = v_model AND virtual_time < v_tag;
+    RETURN QUERY SELECT * FROM unnest(v_jobs);
 END
 $$;
 
@@ -545,24 +578,58 @@ BEGIN
 END
 $$;
 
--- processing -> complete, with the image in the same transaction (a complete job always has one).
--- Fenced: a stale claim returns no row. p_release_device releases that GPU lock in the same trip.
-CREATE OR REPLACE FUNCTION gq_complete(p_job_id uuid, p_claim_id bigint, p_png bytea, p_release_device text)
-RETURNS SETOF jobs LANGUAGE plpgsql AS $$
+-- The jobs of a batch (or one job) processing -> complete, each with its image, in one statement:
+-- job i of p_job_ids, fenced by claim i of p_claim_ids, gets image i of p_pngs. Each member is
+-- its own transition (its own complete event, message metadata and NOTIFY, in this transaction);
+-- a stale claim is skipped and returns no row. Each member is one fenced, indexed UPDATE and its
+-- image; their events, metadata and NOTIFYs are written in one pass (gq_record_transitions), so
+-- a batch of N costs N short statements more than one job, not N whole transitions. The rows
+-- come back in the order given; p_release_device releases that GPU lock after them.
+CREATE OR REPLACE FUNCTION gq_complete_batch(
+    p_job_ids uuid[], p_claim_ids bigint[], p_pngs bytea[], p_release_device text
+) RETURNS SETOF jobs LANGUAGE plpgsql AS $$
 DECLARE
     v_job jobs;
+    v_jobs jobs[] := '{}';
 BEGIN
-    UPDATE jobs SET status = 'complete', finished_at = now(), error = NULL
-    WHERE id = p_job_id AND claim_id = p_claim_id AND status = 'processing'
-    RETURNING * INTO v_job;
-    IF FOUND THEN
-        INSERT INTO job_images (job_id, png) VALUES (p_job_id, p_png);
-        PERFORM gq_record_transition(v_job, 0);
-        RETURN NEXT v_job;
+    FOR i IN 1 .. coalesce(cardinality(p_job_ids), 0) LOOP
+        UPDATE jobs SET status = 'complete', finished_at = now(), error = NULL
+        WHERE id = p_job_ids[i] AND claim_id = p_claim_ids[i] AND status = 'processing'
+        RETURNING * INTO v_job;
+        IF FOUND THEN
+            INSERT INTO job_images (job_id, png) VALUES (v_job.id, p_pngs[i]);
+            v_jobs := v_jobs || v_job;
+        END IF;
+    END LOOP;
+    IF cardinality(v_jobs) > 0 THEN
+        PERFORM gq_record_transitions(v_jobs);
     END IF;
     IF p_release_device IS NOT NULL THEN
         PERFORM pg_advisory_unlock(26450, hashtext(p_release_device));
     END IF;
+    RETURN QUERY SELECT * FROM unnest(v_jobs);
+END
+$$;
+
+-- processing -> complete, with the image in the same transaction (a complete job always has one):
+-- the batch completion of one. Fenced: a stale claim returns no row. p_release_device releases
+-- that GPU lock in the same trip.
+CREATE OR REPLACE FUNCTION gq_complete(p_job_id uuid, p_claim_id bigint, p_png bytea, p_release_device text)
+RETURNS SETOF jobs LANGUAGE sql AS $$
+    SELECT * FROM gq_complete_batch(ARRAY[p_job_id], ARRAY[p_claim_id], ARRAY[p_png], p_release_device)
+$$;
+
+-- The worker's hand-off (gpu_worker/gpu_lock.py): its completions (gq_complete_batch, the GPU lock
+-- released after them) and its next claim (gq_lock_and_claim_batch), in that order, as one
+-- statement: one round trip and one transaction, committed together or not at all. The rows: the
+-- jobs completed (status complete), then the jobs claimed (processing).
+CREATE OR REPLACE FUNCTION gq_complete_and_claim(
+    p_job_ids uuid[], p_claim_ids bigint[], p_pngs bytea[], p_release_device text,
+    p_worker_id uuid, p_max_batch integer
+) RETURNS SETOF jobs LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM gq_complete_batch(p_job_ids, p_claim_ids, p_pngs, p_release_device);
+    RETURN QUERY SELECT * FROM gq_lock_and_claim_batch(p_worker_id, p_max_batch);
 END
 $$;
 

@@ -181,6 +181,22 @@ FROM gq_lock_and_claim_batch(%(worker_id)s, %(max_batch)s)
 -- name: job_complete
 SELECT id, status FROM gq_complete(%(job_id)s, %(claim_id)s, %(png)s, %(release_device)s)
 
+-- name: job_complete_batch
+-- Completes job i of job_ids (fenced by claim i of claim_ids) with image i of pngs, each in its
+-- own transition, in one statement; a row for each job completed, in the order given.
+SELECT id, status
+FROM gq_complete_batch(%(job_ids)b::uuid[], %(claim_ids)b::bigint[], %(pngs)b::bytea[],
+                       %(release_device)s)
+
+-- name: job_complete_and_claim
+-- The hand-off: job_complete_batch, then job_lock_and_claim_batch, in one statement. The jobs
+-- completed come first (status complete), then the jobs claimed (processing), as claims.
+SELECT id, status, claim_id, message_id, conversation_id, model, prompt, params, work, timeout_s,
+       attempts, max_attempts, started_at, gq_gpu_lock_name(host, device) AS gpu_lock,
+       batch_id, coalesce(batch_size, 1) AS batch_size
+FROM gq_complete_and_claim(%(job_ids)b::uuid[], %(claim_ids)b::bigint[], %(pngs)b::bytea[],
+                           %(release_device)s, %(worker_id)s, %(max_batch)s)
+
 -- name: gpu_shared
 -- Whether another live worker names this worker's GPU (host, device): the GPU then changes hands
 -- between its jobs, and the worker sends no claim with its completions (gpu_worker/worker.py).

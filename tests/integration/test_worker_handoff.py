@@ -9,10 +9,10 @@ import pytest
 
 from gpu_worker.gpu_lock import GpuSession
 from gpu_worker.png import encode_rgb
-from queueing import db
+from queueing import db, jobs
 from queueing.actors import Actor
 from queueing.config import BUILTIN_MODEL
-from tests.integration.worker_support import status_of, submit_many
+from tests.integration.worker_support import job, rows, status_of, submit_many
 from tests.queries import fetch_all, fetch_value
 
 PNG = encode_rgb(8, 8, [bytes(range(24))] * 8)
@@ -88,3 +88,56 @@ async def test_a_refused_claim_commits_nothing_and_the_session_goes_on(
     assert await session.complete(claim, PNG)
     again = await session.claim()
     assert again is not None and str(again.job_id) == second
+
+
+async def test_a_batch_completes_in_one_statement_each_member_in_its_own_transition(
+    pool: db.Pool, database_url: str, conversation_id: str, alice: Actor, session: GpuSession
+) -> None:
+    """Set-based completion (contract: Batching, "each member completes in its own
+    transition"): one statement and one transaction complete the members, and each still gets
+    its own complete event, its own NOTIFY, its image, its message metadata and its final
+    state; a member canceled meanwhile (its claim ended) is not completed, and keeps its state."""
+    first, canceled, third = await submit_many(pool, conversation_id, alice, 3)
+    batch = await session.claim_batch(3)
+    assert [str(c.job_id) for c in batch] == [first, canceled, third]
+    await jobs.cancel(pool, canceled, actor=alice)
+    assert await session.finish_canceled(batch[1], release=False)  # as the worker ends it
+    listen = await db.connect(database_url, "test-listen")
+    try:
+        await listen.execute("LISTEN gq_event")
+        stored = await session.complete_batch([(c, PNG) for c in batch])
+        assert stored == [True, False, True]
+        # NOTIFYs of one listener arrive in commit order: the marker comes after the batch's.
+        await fetch_all(pool, "notify_event", {"payload": "marker"})
+        heard = []
+        async for notify in listen.notifies(timeout=10.0):
+            if notify.payload == "marker":
+                break
+            heard.append(notify.payload)
+    finally:
+        await listen.close()
+    assert sorted(heard) == sorted([first, third])  # one each, none for the canceled one
+    written = {r["job_id"]: r for r in await fetch_all(pool, "job_writers")}
+    assert written[first]["writer"] == written[third]["writer"]  # one transaction
+    assert written[canceled]["status"] == "canceled"
+    seqs = []
+    for job_id, status in ((first, "complete"), (canceled, "canceled"), (third, "complete")):
+        events = await fetch_all(pool, "job_events_of", {"job_id": job_id})
+        assert [e["status"] for e in events][-2:] == ["processing", status]
+        assert [e["status"] for e in events].count("complete") == (status == "complete")
+        seqs.append(events[-1]["seq"])
+        shown = await job(pool, job_id)
+        assert shown["status"] == status
+        metadata = await rows(
+            pool,
+            "SELECT m.extra_metadata FROM messages AS m JOIN jobs AS j ON j.message_id = m.id"
+            " WHERE j.id = %(id)s",
+            {"id": job_id},
+        )
+        assert metadata[0]["extra_metadata"]["status"] == status
+        has_image = await rows(
+            pool, "SELECT 1 FROM job_images WHERE job_id = %(id)s", {"id": job_id}
+        )
+        assert bool(has_image) == (status == "complete")
+    assert seqs[0] < seqs[2]  # each its own event, in the batch's order
+    assert await fetch_value(pool, "gpu_locks_held") == 0  # the last end released the GPU

@@ -116,8 +116,8 @@ SELECT id::text AS job_id, status, xmin::text AS writer FROM jobs ORDER BY start
 SELECT count(*)::integer AS held FROM gpu_locks
 
 -- name: enqueue_pending
--- The first half of the web's enqueue under load (gq_enqueue's 'sequence' mode): the job committed pending,
--- as a web process that died before its sequencer ran leaves it.
+-- The first half of the web's enqueue under load (gq_enqueue's 'sequence' mode): the job
+-- committed pending, as a web process that died before its sequencer ran leaves it.
 SELECT gq_enqueue(%(conversation_id)s, NULL, 'tiny', 'tiny', %(prompt)s, '{}'::jsonb, 0, 3, 600,
                   %(max_queued)s, 1.0, 0.0, 'sequence') AS job
 
@@ -133,3 +133,7 @@ ORDER BY j.queue_seq
 
 -- name: job_row_lock
 SELECT id FROM jobs WHERE id = %(job_id)s FOR UPDATE
+
+-- name: notify_event
+-- A NOTIFY on the event channel from a transaction of its own (a marker a listener waits for).
+SELECT pg_notify('gq_event', %(payload)s) AS notified
