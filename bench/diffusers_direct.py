@@ -1,8 +1,9 @@
 """The tiny diffusers pipeline called directly, no queue: the ceiling of the diffusers figure.
 
 `python -m bench.diffusers_direct DATA_DIR` loads the tiny Stable Diffusion pipeline that the
-worker would use (built under DATA_DIR/models/tiny-sd on first use), then reads commands on
-stdin, one JSON object a line, and answers on stdout:
+worker would use (built under DATA_DIR/models/tiny-sd on first use), says it is ready with
+its torch intra-op thread count ({"ready": true, "threads": T}), then reads commands on stdin,
+one JSON object a line, and answers on stdout:
 
     {"cmd": "run", "n": N, "seed": S}  -> {"images": N, "seconds": T}
         N images of 64x64, 3 steps, each encoded as PNG, seeds S, S+1, ...
@@ -57,8 +58,10 @@ def image(pipeline: Any, seed: int) -> bytes:
 
 
 def main() -> None:
+    import torch
+
     pipeline = load(Path(sys.argv[1]))
-    print(json.dumps({"ready": True}), flush=True)
+    print(json.dumps({"ready": True, "threads": torch.get_num_threads()}), flush=True)
     for line in sys.stdin:
         command = json.loads(line)
         if command["cmd"] != "run":

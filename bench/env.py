@@ -192,8 +192,11 @@ async def vacuum(bdb: BenchDb) -> None:
         await conn.close()
 
 
-async def wait_batch(bdb: BenchDb, prompt: str, n: int, *, limit_s: float) -> float:
-    """Wait until n jobs tagged `prompt` are complete; their GPU span in seconds."""
+async def wait_batch(
+    bdb: BenchDb, prompt: str, n: int, *, limit_s: float, interval_s: float = 0.05
+) -> float:
+    """Wait until n jobs tagged `prompt` are complete; their GPU span in seconds (database
+    clock, so `interval_s`, the polling cadence, only sets how soon the wait notices)."""
     conn = await bdb.connect()
     try:
 
@@ -204,7 +207,7 @@ async def wait_batch(bdb: BenchDb, prompt: str, n: int, *, limit_s: float) -> fl
             return row if row["complete"] >= n else None
 
         row = await eventually(
-            probe, within=limit_s, interval=0.05, what=f"{n} complete jobs of {prompt!r}"
+            probe, within=limit_s, interval=interval_s, what=f"{n} complete jobs of {prompt!r}"
         )
         assert row is not None
         return float(row["span_s"])

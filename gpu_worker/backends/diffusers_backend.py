@@ -317,6 +317,8 @@ class DiffusersBackend:
         else:
             pipeline = pipeline.to(device)
         self._pipeline = pipeline
+        # load() runs in the pipeline thread: this is the count its calls use (OMP_NUM_THREADS).
+        log.info("torch runs the pipeline on %d intra-op thread(s)", torch.get_num_threads())
         self._shape = CallShape.of(pipeline)
         self.capabilities = model_capabilities(pipeline, self.model)
         if chosen.compile and denoiser is not None:
