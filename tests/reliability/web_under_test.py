@@ -45,8 +45,11 @@ def _trim() -> bool:
 
 def _queue_order_objects(placing: Placing) -> set[int]:
     held: set[int] = set()
-    for keys in placing.order._jobs.values():
-        held.update((id(keys), id(keys.job_id), id(keys.conversation_id)))
+    for queued in placing.order._jobs.values():
+        keys = queued.keys
+        held.update((id(queued), id(queued.key), id(queued.start_tag), id(keys)))
+        for uuid in (keys.job_id, keys.conversation_id):
+            held.update((id(uuid), id(uuid.int)))
     held.update(id(place) for place in placing._recent.values())
     return held
 
