@@ -301,8 +301,9 @@ BEGIN
             v_work, 'pending', p_priority, v_queue_seq, v_start, v_start + v_estimate / v_weight,
             v_estimate, p_max_attempts, p_timeout_s)
     RETURNING * INTO v_job;
-    IF p_mode = 'sequence' THEN
+    IF p_mode = 'sequence' THEN  -- the sequencer answers with the job's JSON, not this
         PERFORM set_config('synchronous_commit', 'off', true);
+        RETURN jsonb_build_object('job_id', v_job_id, 'status', v_job.status, 'event_seq', NULL);
     ELSE
         UPDATE jobs SET status = 'queued', queued_at = now() WHERE id = v_job_id
         RETURNING * INTO v_job;
@@ -384,8 +385,12 @@ $$;
 -- may place the same event, always at the same rank (each applies the log in seq order). Rows
 -- are locked in one order (events by seq, then messages by id), so two processes writing the
 -- same places never deadlock; it never takes the event lock, so no transition waits on it.
+-- Its commit does not wait for the WAL flush (the enqueue that waits on it answers a flush
+-- sooner): the places are derived, every web process computes the same, and a place a server
+-- crash lost leaves the NULL that readers of the log fill in (web/live/placing.py `fill`).
 CREATE OR REPLACE FUNCTION gq_record_place(p_seqs bigint[], p_positions integer[])
 RETURNS void LANGUAGE sql AS $$
+    SELECT set_config('synchronous_commit', 'off', true);
     WITH placed AS (
         SELECT e.seq, e.message_id, p.position
         FROM job_events AS e JOIN unnest(p_seqs, p_positions) AS p (seq, position) USING (seq)
