@@ -214,7 +214,8 @@ async def _placed_read(
     state the read shows, the one after its `seq`: one statement that counts them without a
     placer; with one, places from the placer once it is exactly at that seq. The placer follows
     the log in pages, so it may pass the read's seq: then the read is made again (the placer is
-    usually at the newest seq by then), and after PLACED_READS tries counted in SQL after all.
+    usually at the newest seq by then), and after PLACED_READS tries, or when the placer did not
+    catch up in time, counted in SQL after all.
     A page must never mix the jobs of one state with the places of another."""
     if placer is not None:
         for _ in range(PLACED_READS):
@@ -224,7 +225,9 @@ async def _placed_read(
             queued = [j for j in _jobs_of(row) if j["status"] == JobStatus.QUEUED]
             if not queued:
                 return row
-            if await placer.reached(row["seq"]) and placer.seq == row["seq"]:
+            if not await placer.reached(row["seq"]):
+                break  # the order did not catch up in time: count in SQL
+            if placer.seq == row["seq"]:
                 places = {UUID(j["job_id"]): placer.place(UUID(j["job_id"])) for j in queued}
                 if None not in places.values():
                     for job in queued:
