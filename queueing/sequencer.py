@@ -28,6 +28,7 @@ from uuid import UUID
 
 from . import db
 from .rows import JobJson
+from .states import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class Sequencer:
             if self._round is None or self._round.done():
                 self._round = asyncio.create_task(self._rounds(), name="gpuqueue-sequencer")
             found = await waiter
-            if found is None or found.job["status"] != "pending" or loop.time() > deadline:
+            if found is None or found.job["status"] != JobStatus.PENDING or loop.time() > deadline:
                 return found
 
     async def sweep(self) -> None:

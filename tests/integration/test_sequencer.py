@@ -17,7 +17,13 @@ import pytest
 from queueing import db
 from queueing.sequencer import Sequencer
 from tests import queries
-from tests.integration.web_support import frames_until, make_user, running_app, subscribe
+from tests.integration.web_support import (
+    frames_until,
+    make_user,
+    new_conversation,
+    running_app,
+    subscribe,
+)
 
 
 async def enqueue_pending(
@@ -33,7 +39,11 @@ async def enqueue_pending(
 
 
 async def jobs_of(pool: db.Db, conversation_id: str) -> list[dict[str, Any]]:
-    return await queries.fetch_all(pool, "sequenced_jobs", {"conversation_id": conversation_id})
+    """The conversation's jobs in queue order, each job's events as (status, seq) in seq order."""
+    rows = await queries.fetch_all(pool, "sequenced_jobs", {"conversation_id": conversation_id})
+    for row in rows:
+        row["events"] = [(e.split(":")[0], int(e.split(":")[1])) for e in row["events"]]
+    return rows
 
 
 async def test_pending_jobs_have_no_events_until_one_sequencing_queues_them_all(
@@ -49,11 +59,11 @@ async def test_pending_jobs_have_no_events_until_one_sequencing_queues_them_all(
     after = await jobs_of(pool, conversation_id)
     assert [(j["status"], j["message_status"]) for j in after] == [("queued", "queued")] * 5
     assert len({j["queued_at"] for j in after}) == 1  # one transaction queued them all
-    seqs = [int(e.split(":")[1]) for j in after for e in j["events"]]
-    statuses = [e.split(":")[0] for j in after for e in j["events"]]
+    statuses = [status for j in after for status, _ in j["events"]]
+    seqs = [seq for j in after for _, seq in j["events"]]
     assert statuses == ["pending", "queued"] * 5
     assert seqs == list(range(seqs[0], seqs[0] + 10))  # in queue order, nothing between
-    assert sequenced.seq == int(after[2]["events"][1].split(":")[1])
+    assert sequenced.seq == after[2]["events"][1][1]
 
 
 async def test_a_pending_job_held_by_another_transaction_is_skipped_then_queued(
@@ -80,8 +90,7 @@ async def test_a_pending_job_left_by_a_dead_web_process_is_queued_and_sent_to_su
 ) -> None:
     async with running_app(database_url) as client:
         alice = await make_user(pool, "alice")
-        response = await client.post("/api/conversations", json={}, headers=alice.headers)
-        conversation_id = (await response.json())["id"]
+        conversation_id = await new_conversation(client, alice)
         ws = await client.ws_connect("/ws", headers=alice.headers)
         await subscribe(ws, conversation_id=conversation_id)
         job_id = await enqueue_pending(pool, conversation_id)
@@ -101,8 +110,8 @@ async def test_a_job_canceled_while_pending_is_queued_then_canceled_like_any_oth
     sequenced = await Sequencer(pool).sequenced(job_id)
     assert sequenced is not None and sequenced.job["status"] == "canceled"
     [job] = await jobs_of(pool, conversation_id)
-    assert [e.split(":")[0] for e in job["events"]] == ["pending", "queued", "canceled"]
-    assert sequenced.seq == int(job["events"][1].split(":")[1])
+    assert [status for status, _ in job["events"]] == ["pending", "queued", "canceled"]
+    assert sequenced.seq == job["events"][1][1]
 
 
 async def test_deleting_a_conversation_with_pending_jobs_cancels_and_removes_them(
@@ -110,8 +119,7 @@ async def test_deleting_a_conversation_with_pending_jobs_cancels_and_removes_the
 ) -> None:
     async with running_app(database_url) as client:
         alice = await make_user(pool, "alice")
-        response = await client.post("/api/conversations", json={}, headers=alice.headers)
-        conversation_id = (await response.json())["id"]
+        conversation_id = await new_conversation(client, alice)
         for prompt in ("one", "two"):
             await enqueue_pending(pool, conversation_id, prompt)
         deleted = await client.delete(
