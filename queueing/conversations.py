@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, cast
 from uuid import UUID
 
@@ -10,6 +11,8 @@ from psycopg.types.json import Jsonb
 from . import db, limits
 from .actors import Actor
 from .errors import NotFound
+from .jobs import Placer, PlaceSetters, placed_read
+from .queue_order import Place
 from .rows import ConversationRow, ConversationWithMessages, MessageJson
 
 
@@ -31,15 +34,33 @@ async def list_conversations(
 
 
 async def get_conversation(
-    conn: db.Db, conversation_id: UUID | str, *, actor: Actor
+    conn: db.Db, conversation_id: UUID | str, *, actor: Actor, placer: Placer | None = None
 ) -> ConversationWithMessages:
-    """The conversation with its messages (queued jobs' positions overlaid live)."""
-    row = await db.fetch_one(
-        conn, "conversation_get", {"conversation_id": conversation_id, "owner": actor.owner}
+    """The conversation with its messages, queued jobs' positions overlaid live: from the
+    placer's queue order when there is one (O(log n) a job), else counted in SQL."""
+    row = await placed_read(
+        conn,
+        "conversation_get",
+        {"conversation_id": conversation_id, "owner": actor.owner},
+        placer,
+        _queued_messages,
     )
     if row is None:
         raise NotFound(f"conversation {conversation_id} not found")
+    del row["queued"], row["seq"]
     return cast(ConversationWithMessages, row)
+
+
+def _queued_messages(row: db.Row) -> PlaceSetters:
+    """Each queued job's message, which shows its position in its metadata."""
+    messages = {m["id"]: m for m in cast("list[MessageJson]", row["messages"])}
+    return {
+        UUID(q["job_id"]): partial(_set_position, messages[q["message_id"]]) for q in row["queued"]
+    }
+
+
+def _set_position(message: MessageJson, place: Place) -> None:
+    message["extra_metadata"]["queue_position"] = place.queue_position
 
 
 async def rename_conversation(

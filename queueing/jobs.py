@@ -7,10 +7,11 @@ claim makes them return False and write nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any, Protocol, cast
 from uuid import UUID
 
@@ -207,37 +208,50 @@ async def _counted_places(conn: db.Db, job_ids: list[UUID]) -> dict[UUID, Place]
     return {r["job_id"]: Place(r["queue_position"], r["work_ahead"], 0.0) for r in rows}
 
 
-async def _placed_read(
-    conn: db.Db, query: str, params: dict[str, Any], placer: Placer | None
+PlaceSetters = dict[UUID, Callable[[Place], None]]
+
+
+async def placed_read(
+    conn: db.Db,
+    query: str,
+    params: dict[str, Any],
+    placer: Placer | None,
+    queued_of: Callable[[db.Row], PlaceSetters] | None = None,
 ) -> db.Row | None:
-    """A read of jobs (job_get, conversation_jobs) whose queued jobs' places are of the very
-    state the read shows, the one after its `seq`: one statement that counts them without a
-    placer; with one, places from the placer once it is exactly at that seq. The placer follows
-    the log in pages, so it may pass the read's seq: then the read is made again (the placer is
-    usually at the newest seq by then), and after PLACED_READS tries, or when the placer did not
-    catch up in time, counted in SQL after all.
+    """A read (job_get, conversation_jobs, conversation_get) whose queued jobs' places are of
+    the very state the read shows, the one after its `seq`: one statement that counts them
+    without a placer; with one, places from the placer once it is exactly at that seq.
+    `queued_of` says where each queued job of the row takes its place (default: the row's job
+    JSON). The placer follows the log in pages, so it may pass the read's seq: then the read is
+    made again (the placer is usually at the newest seq by then), and after PLACED_READS
+    tries, or when the placer did not catch up in time, counted in SQL after all.
     A page must never mix the jobs of one state with the places of another."""
     if placer is not None:
         for _ in range(PLACED_READS):
             row = await db.fetch_one(conn, query, {**params, "count": False})
             if row is None:
                 return None
-            queued = [j for j in _jobs_of(row) if j["status"] == JobStatus.QUEUED]
+            queued = (queued_of or _queued_jobs)(row)
             if not queued:
                 return row
             if not await placer.reached(row["seq"]):
                 break  # the order did not catch up in time: count in SQL
             if placer.seq == row["seq"]:
-                places = {UUID(j["job_id"]): placer.place(UUID(j["job_id"])) for j in queued}
+                places = {job_id: placer.place(job_id) for job_id in queued}
                 if None not in places.values():
-                    for job in queued:
-                        _set_place(job, cast(Place, places[UUID(job["job_id"])]))
+                    for job_id, set_place in queued.items():
+                        set_place(cast(Place, places[job_id]))
                     return row
     return await db.fetch_one(conn, query, {**params, "count": True})
 
 
-def _jobs_of(row: db.Row) -> list[JobJson]:
-    return cast("list[JobJson]", row["jobs"]) if "jobs" in row else [row["job"]]
+def _queued_jobs(row: db.Row) -> PlaceSetters:
+    jobs = cast("list[JobJson]", row["jobs"]) if "jobs" in row else [row["job"]]
+    return {
+        UUID(job["job_id"]): partial(_set_place, job)
+        for job in jobs
+        if job["status"] == JobStatus.QUEUED
+    }
 
 
 async def get_job(
@@ -248,7 +262,7 @@ async def get_job(
     eta: EtaModel | None = None,
     placer: Placer | None = None,
 ) -> JobJson:
-    row = await _placed_read(conn, "job_get", {"job_id": job_id, "owner": actor.owner}, placer)
+    row = await placed_read(conn, "job_get", {"job_id": job_id, "owner": actor.owner}, placer)
     if row is None:
         raise NotFound(f"job {job_id} not found")
     job: JobJson = row["job"]
@@ -265,7 +279,7 @@ async def list_jobs(
 ) -> JobList:
     """A conversation's jobs in queue order, with live positions, and the seq of the state they
     show (read in one statement: since_seq=seq replays exactly what they do not show)."""
-    row = await _placed_read(
+    row = await placed_read(
         conn,
         "conversation_jobs",
         {"conversation_id": conversation_id, "owner": actor.owner},

@@ -123,7 +123,10 @@ async def list_conversations(request: web.Request) -> web.Response:
 async def get_conversation(request: web.Request) -> web.Response:
     conversation_id = validation.parse_uuid(request.match_info["id"], "conversation")
     row = await conversations.get_conversation(
-        request.app[POOL], conversation_id, actor=_actor(request)
+        request.app[POOL],
+        conversation_id,
+        actor=_actor(request),
+        placer=request.app[BROADCASTER].placing,
     )
     return json_response(row)
 

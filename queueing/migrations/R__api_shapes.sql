@@ -57,16 +57,18 @@ $$;
 
 -- A message as the HTTP API shows it. A queued job's position is read live here, never stored
 -- for every job on every claim: extra_metadata keeps the position written at the job's last
--- transition (R3.1), and this overlays the current one.
-CREATE OR REPLACE FUNCTION gq_message_json(m messages) RETURNS jsonb LANGUAGE sql STABLE AS $$
+-- transition (R3.1), and this overlays the current one: counted, unless the caller passes
+-- p_position (the web process places the job from its queue order: queueing/conversations.py).
+CREATE OR REPLACE FUNCTION gq_message_json(m messages, p_position integer DEFAULT NULL)
+RETURNS jsonb LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
         'id', m.id,
         'conversation_id', m.conversation_id,
         'role', m.role,
         'content', m.content,
         'extra_metadata', CASE WHEN j.status = 'queued'
-            THEN m.extra_metadata || jsonb_build_object(
-                'queue_position', gq_queue_position(j.model, j.priority, j.start_tag, j.queue_seq))
+            THEN m.extra_metadata || jsonb_build_object('queue_position', coalesce(p_position,
+                gq_queue_position(j.model, j.priority, j.start_tag, j.queue_seq)))
             ELSE m.extra_metadata END,
         'created_at', m.created_at,
         'updated_at', m.updated_at)

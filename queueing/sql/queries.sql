@@ -85,9 +85,16 @@ LIMIT %(limit)s
 
 -- name: conversation_get
 -- One conversation with its messages; NULL owner means an admin, who sees every conversation.
+-- Queued jobs' positions are counted here unless %(count)s is false (as conversation_jobs: the
+-- caller places the jobs of `queued` from its queue order; their messages show 0 here).
 SELECT c.id, c.title, c.created_at,
-       (SELECT coalesce(jsonb_agg(gq_message_json(m) ORDER BY m.created_at, m.id), '[]'::jsonb)
-        FROM messages AS m WHERE m.conversation_id = c.id) AS messages
+       (SELECT coalesce(jsonb_agg(gq_message_json(m, CASE WHEN %(count)s THEN NULL ELSE 0 END)
+                                  ORDER BY m.created_at, m.id), '[]'::jsonb)
+        FROM messages AS m WHERE m.conversation_id = c.id) AS messages,
+       (SELECT coalesce(jsonb_agg(jsonb_build_object('job_id', j.id, 'message_id', j.message_id)),
+                        '[]'::jsonb)
+        FROM jobs AS j WHERE j.conversation_id = c.id AND j.status = 'queued') AS queued,
+       (SELECT coalesce(max(seq), 0) FROM job_events) AS seq
 FROM conversations AS c
 WHERE c.id = %(conversation_id)s AND (%(owner)s::bigint IS NULL OR c.user_id = %(owner)s)
 

@@ -10,7 +10,8 @@ import time
 
 from queueing import db, events, jobs
 from queueing.actors import Actor
-from queueing.conversations import create_conversation
+from queueing.conversations import create_conversation, get_conversation
+from queueing.rows import ConversationWithMessages
 from web.live.placing import Placing
 
 
@@ -42,3 +43,34 @@ async def test_a_listing_never_shows_its_jobs_with_the_places_of_a_later_state(
     assert [(j["job_id"], j["queue_position"]) for j in shown["jobs"]] == [
         (j["job_id"], j["queue_position"]) for j in counted["jobs"]
     ]
+
+
+async def test_a_conversations_messages_take_their_positions_from_the_queue_order(
+    pool: db.Pool, alice: Actor, conversation_id: str
+) -> None:
+    """GET /api/conversations/{id} places its queued messages from the web's queue order, as the
+    job listing does, instead of counting the queue once per queued message."""
+    request = jobs.JobRequest(prompt="a fox", params={})
+    queued = [
+        (await jobs.enqueue(pool, conversation_id, request, actor=alice, max_queued=100))["job_id"]
+        for _ in range(3)
+    ]
+    placing = Placing(pool)
+    await placing.load()
+    # Behind the order's back (no event), the last job jumps the queue: a count now says 1st,
+    # the order still says 3rd, so the two ways of placing it can be told apart.
+    async with pool.connection() as conn:
+        await conn.execute("UPDATE jobs SET priority = 1 WHERE id = %s", (queued[-1],))
+    counted = await get_conversation(pool, conversation_id, actor=alice)
+    placed = await get_conversation(pool, conversation_id, actor=alice, placer=placing)
+
+    def positions(conversation: ConversationWithMessages) -> list[int]:
+        return [
+            m["extra_metadata"]["queue_position"]
+            for m in conversation["messages"]
+            if m["role"] == "assistant"
+        ]
+
+    assert positions(counted) == [2, 3, 1]
+    assert positions(placed) == [1, 2, 3]
+    assert set(placed) == set(counted) == {"id", "title", "created_at", "messages"}
