@@ -10,9 +10,10 @@ each size, in this order:
   the counted path (gq_enqueue 'count', information), interleaved with the raw CTE ceiling
   (enqueue_one). Every round's jobs are taken out again (bookkeeping, no events), so each
   round runs at its size.
-- the fan-out's position pass: QueueOrder.places for 1,000 followed jobs spread through the
+- the fan-out's position pass: Following.places for 1,000 followed jobs spread through the
   queue (all of them below 1,000), the order loaded as a web process loads it (Placing.load),
-  against the window query the product ran before (bench/sql/positions_before.sql).
+  each pass after a step of the queue (bench/positions.py Churn), against the window query the
+  product ran before (bench/sql/positions_before.sql).
 - through `gpuqueue web`, started now so that its queue order holds the seeded jobs (they have
   no events to follow): GET /api/conversations/{id}/jobs of the tail conversation against the
   same listing in raw SQL (one row_number() pass), GET /api/jobs/{id} over jobs drawn uniformly

@@ -97,9 +97,6 @@ class _Queued(NamedTuple):
 # where the two cost the same, measured at 10,000 and 100,000 queued.
 WALK_SHARE = 4
 
-# Changes kept for a Following between two of its passes; past this a pass ranks afresh.
-JOURNAL_LIMIT = 100_000
-
 
 class _Change(NamedTuple):
     """A key that entered (+1) or left (-1) one of a model's work lists, and whose it was."""
@@ -240,6 +237,7 @@ class QueueOrder:
         # Every key added (+1) and removed (-1) since a Following last took them, for it to move
         # its ranks by; None once there were too many to be worth it (or after a load).
         self._journal: list[_Change] | None = None
+        self._journal_limit = 0
         self._following: Following | None = None
 
     def load(self, queued: Iterable[Keys]) -> None:
@@ -341,16 +339,16 @@ class QueueOrder:
     def __len__(self) -> int:
         return len(self._jobs)
 
-    def take_changes(self) -> list[_Change] | None:
-        """The keys added and removed since the last call, in order (None: too many, or a load
-        came between), and a fresh journal for the next."""
-        changes, self._journal = self._journal, []
+    def take_changes(self, limit: int) -> list[_Change] | None:
+        """The keys added and removed since the last call, in order (None: more than its
+        limit, or a load came between), and a fresh journal of at most `limit` for the next."""
+        changes, self._journal, self._journal_limit = self._journal, [], limit
         return changes
 
     def _note(self, change: _Change) -> None:
         journal = self._journal
         if journal is not None:
-            if len(journal) < JOURNAL_LIMIT:
+            if len(journal) < self._journal_limit:
                 journal.append(change)
             else:
                 self._journal = None  # whoever follows starts over, cheaper by then
@@ -404,6 +402,10 @@ _JOB = attrgetter("job")
 _JOB_INT = attrgetter("keys.job_id.int")
 _JOB_ID = attrgetter("keys.job_id")
 INSERT_AT_MOST = 32  # jobs newly followed in a pass that are inserted one by one, not merged
+# A pass shifts ranks by at most this many changes, plus one per SHIFT_SHARE jobs followed: a
+# change costs a few Python steps and a slice, ranking afresh about a microsecond per job.
+SHIFT_AT_MOST = 64
+SHIFT_SHARE = 4
 
 
 class Following:
@@ -426,9 +428,10 @@ class Following:
 
     def _places(self, job_ids: Iterable[UUID]) -> list[Followed]:
         asked = set(map(_INT, job_ids))
-        changes = self._order.take_changes()
-        if changes is None or len(changes) > 64 + len(self._asked) // 4:
-            self._asked, self._models = set(), {}  # ranking every job afresh is cheaper
+        # Past SHIFT_AT_MOST changes (or a load) between two passes, ranking afresh is cheaper.
+        changes = self._order.take_changes(SHIFT_AT_MOST + len(asked) // SHIFT_SHARE)
+        if changes is None:
+            self._asked, self._models = set(), {}
             changed: dict[int, tuple[str, Key]] = {}
         else:
             changed = self._shift(changes)

@@ -247,12 +247,24 @@ def followed_places(order: QueueOrder, asked: list[uuid.UUID]) -> dict[uuid.UUID
     return out
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(operations, st.data())
 def test_following_matches_place_pass_after_pass(ops: list[tuple], data: st.DataObject) -> None:
     """A Following kept through a history, asked for a changing set of jobs at random points
     (its ranks shifted by the journal, its newly asked and changed jobs ranked afresh), gives
-    at every pass exactly place() of every asked queued job, and nothing for the others."""
+    at every pass exactly place() of every asked queued job, and nothing for the others; with
+    its thresholds low and high, so that each way (shift or rank afresh, insert or merge, drop
+    by key or by a sweep) is taken."""
+    shift_at_most = data.draw(st.sampled_from([0, 3, 64]))
+    insert_at_most = data.draw(st.sampled_from([0, 2, 32]))
+    with (
+        mock.patch("queueing.queue_order.SHIFT_AT_MOST", shift_at_most),
+        mock.patch("queueing.queue_order.INSERT_AT_MOST", insert_at_most),
+    ):
+        follow_history(ops, data)
+
+
+def follow_history(ops: list[tuple], data: st.DataObject) -> None:
     cut = sorted(data.draw(st.lists(st.integers(0, len(ops)), max_size=6)))
     order: QueueOrder = QueueOrder()
     queued: dict[uuid.UUID, Keys] = {}
