@@ -243,9 +243,9 @@ class QueueOrder:
     def load(self, queued: Iterable[Keys]) -> None:
         """Start from a snapshot of the queued jobs (replacing whatever was held)."""
         self._models, self._jobs, self._of_user, self._of_conversation = {}, {}, {}, {}
+        self._journal = None  # the Following ranks afresh
         for keys in queued:
             self._add(keys)
-        self._journal = None
 
     def queued(self, keys: Keys) -> None:
         """A queued event: the job enters the queue, or (a move, a retry) takes new keys."""
@@ -258,7 +258,8 @@ class QueueOrder:
         if queued is not None:
             old = queued.keys
             self._models[old.model].remove(queued.key, old.work)
-            self._note(_Change(old.model, old.work, queued.key, -1, job_id.int))
+            if self._journal is not None:
+                self._note(_Change(old.model, old.work, queued.key, -1, job_id.int))
             _discard(self._of_user, (old.user_id, old.model), job_id)
             _discard(self._of_conversation, old.conversation_id, job_id)
 
@@ -346,12 +347,11 @@ class QueueOrder:
         return changes
 
     def _note(self, change: _Change) -> None:
-        journal = self._journal
-        if journal is not None:
-            if len(journal) < self._journal_limit:
-                journal.append(change)
-            else:
-                self._journal = None  # whoever follows starts over, cheaper by then
+        journal = cast("list[_Change]", self._journal)
+        if len(journal) < self._journal_limit:
+            journal.append(change)
+        else:
+            self._journal = None  # whoever follows starts over, cheaper by then
 
     def _add(self, keys: Keys) -> None:
         order = self._models.get(keys.model)
@@ -360,7 +360,8 @@ class QueueOrder:
         key = keys.key
         order.add(key, keys.work)
         self._jobs[keys.job_id.int] = _Queued(key, keys.start_tag, keys)
-        self._note(_Change(keys.model, keys.work, key, 1, keys.job_id.int))
+        if self._journal is not None:  # none before the first pass, nor during a load
+            self._note(_Change(keys.model, keys.work, key, 1, keys.job_id.int))
         self._of_user.setdefault((keys.user_id, keys.model), set()).add(keys.job_id)
         self._of_conversation.setdefault(keys.conversation_id, set()).add(keys.job_id)
 
