@@ -15,18 +15,24 @@ jobs keeps its loops out of Python: the ranks come from C-level bisects on Sorte
 sublists (`_lists`, `_maxes`, with prefix counts) while the asked jobs are few of the queue, and
 from one index of the queue in claim order once they are many; the claim order is one int per
 job, and each place a pass gives is the one place() gives, to the last bit of its work ahead.
+
+The fan-out's pass runs again and again over much the same jobs while a few others enter and
+leave the queue, so `Following` keeps its jobs' ranks from pass to pass and moves them by what
+changed (the order's journal of keys added and removed): a rank is a count of the keys ahead, so
+each key that came or went shifts every followed rank behind it by one, and the ranks of the
+followed jobs between two changed keys shift alike, by one slice operation.
 """
 
 from __future__ import annotations
 
 import gc
 import struct
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import accumulate, chain, compress, count, repeat
-from operator import add, attrgetter, eq, itemgetter, mul
+from operator import add, attrgetter, eq, itemgetter, mul, not_
 from typing import Any, NamedTuple, cast
 from uuid import UUID
 
@@ -90,6 +96,17 @@ class _Queued(NamedTuple):
 # job, 2/WALK_SHARE when the model has jobs of several sizes (their walk merges the lists):
 # where the two cost the same, measured at 10,000 and 100,000 queued.
 WALK_SHARE = 4
+
+
+class _Change(NamedTuple):
+    """A key that entered (+1) or left (-1) one of a model's work lists, and whose it was."""
+
+    model: str
+    work: float
+    key: Key
+    sign: int
+    job: int  # the job's UUID as an int
+
 
 _KEY = itemgetter(0)
 _TAG = itemgetter(1)
@@ -156,21 +173,29 @@ class _Model:
         are many; either way the loops over jobs run in C (map, zip, accumulate), not in Python,
         which is what a pass over thousands of jobs costs. Lazy: a list of them would be one
         more big list for the garbage collector to traverse while they are made."""
-        if len(keys) * WALK_SHARE < len(self) * min(len(self.by_work), 2):
-            ranks = [_bisected(lst, keys) for lst in self.by_work.values()]
-        else:
-            ranks = self._walked(keys)
-        # The same sums in the same order as place(), so both give the same floats (place()
-        # starts from 0.0, which adds nothing: no work is negative).
-        works = list(self.by_work)
-        position: Iterable[int] = map(add, ranks[0], repeat(1))
-        work_ahead: Iterable[float] = map(mul, ranks[0], repeat(works[0]))
-        for work, ahead in zip(works[1:], ranks[1:], strict=True):
-            position = map(add, position, ahead)
-            work_ahead = map(add, work_ahead, map(mul, ahead, repeat(work)))
+        position, work_ahead = self.summed(self.ranks(keys))
         # Place._make without a Python frame per job.
         made = map(tuple.__new__, repeat(Place), zip(position, work_ahead, tags, strict=True))
         return cast("Iterator[Place]", made)
+
+    def ranks(self, keys: list[Key]) -> list[list[int]]:
+        """Each key's rank in each work list (in by_work's order): from bisects while the keys
+        are few of the queue, from a walk of it in claim order once they are many."""
+        if len(keys) * WALK_SHARE < len(self) * min(len(self.by_work), 2):
+            return [_bisected(lst, keys) for lst in self.by_work.values()]
+        return self._walked(keys)
+
+    def summed(self, ranks: list[list[int]]) -> tuple[Iterator[int], Iterator[float]]:
+        """Positions and work ahead from the ranks in each work list (in by_work's order), lazily:
+        the same sums in the same order as place(), so both give the same floats (place()
+        starts from 0.0, which adds nothing: no work is negative)."""
+        works = list(self.by_work)
+        position: Iterator[int] = map(add, ranks[0], repeat(1))
+        work_ahead: Iterator[float] = map(mul, ranks[0], repeat(works[0]))
+        for work, ahead in zip(works[1:], ranks[1:], strict=True):
+            position = map(add, position, ahead)
+            work_ahead = map(add, work_ahead, map(mul, ahead, repeat(work)))
+        return position, work_ahead
 
     def _walked(self, keys: list[Key]) -> list[list[int]]:
         """Each key's rank in each work list, from the model's whole queue in claim order: the
@@ -209,10 +234,16 @@ class QueueOrder:
         self._jobs: dict[int, _Queued] = {}
         self._of_user: dict[tuple[int, str], set[UUID]] = {}
         self._of_conversation: dict[UUID, set[UUID]] = {}
+        # Every key added (+1) and removed (-1) since a Following last took them, for it to move
+        # its ranks by; None once there were too many to be worth it (or after a load).
+        self._journal: list[_Change] | None = None
+        self._journal_limit = 0
+        self._following: Following | None = None
 
     def load(self, queued: Iterable[Keys]) -> None:
         """Start from a snapshot of the queued jobs (replacing whatever was held)."""
         self._models, self._jobs, self._of_user, self._of_conversation = {}, {}, {}, {}
+        self._journal = None  # the Following ranks afresh
         for keys in queued:
             self._add(keys)
 
@@ -227,6 +258,8 @@ class QueueOrder:
         if queued is not None:
             old = queued.keys
             self._models[old.model].remove(queued.key, old.work)
+            if self._journal is not None:
+                self._note(_Change(old.model, old.work, queued.key, -1, job_id.int))
             _discard(self._of_user, (old.user_id, old.model), job_id)
             _discard(self._of_conversation, old.conversation_id, job_id)
 
@@ -278,6 +311,17 @@ class QueueOrder:
             out.update(zip(compress(ids, mine), places, strict=True))
         return out
 
+    def following(self) -> Following:
+        """The one Following of this order (it alone takes the order's journal)."""
+        if self._following is None:
+            self._following = Following(self)
+        return self._following
+
+    def keys_of(self, job_id: UUID) -> Keys | None:
+        """A queued job's keys (None when it is not queued)."""
+        queued = self._jobs.get(job_id.int)
+        return None if queued is None else queued.keys
+
     def model_of(self, job_id: UUID) -> str:
         """A queued job's model (KeyError when it is not queued)."""
         return self._jobs[job_id.int].keys.model
@@ -296,6 +340,19 @@ class QueueOrder:
     def __len__(self) -> int:
         return len(self._jobs)
 
+    def take_changes(self, limit: int) -> list[_Change] | None:
+        """The keys added and removed since the last call, in order (None: more than its
+        limit, or a load came between), and a fresh journal of at most `limit` for the next."""
+        changes, self._journal, self._journal_limit = self._journal, [], limit
+        return changes
+
+    def _note(self, change: _Change) -> None:
+        journal = cast("list[_Change]", self._journal)
+        if len(journal) < self._journal_limit:
+            journal.append(change)
+        else:
+            self._journal = None  # whoever follows starts over, cheaper by then
+
     def _add(self, keys: Keys) -> None:
         order = self._models.get(keys.model)
         if order is None:
@@ -303,8 +360,223 @@ class QueueOrder:
         key = keys.key
         order.add(key, keys.work)
         self._jobs[keys.job_id.int] = _Queued(key, keys.start_tag, keys)
+        if self._journal is not None:  # none before the first pass, nor during a load
+            self._note(_Change(keys.model, keys.work, key, 1, keys.job_id.int))
         self._of_user.setdefault((keys.user_id, keys.model), set()).add(keys.job_id)
         self._of_conversation.setdefault(keys.conversation_id, set()).add(keys.job_id)
+
+
+class Followed(NamedTuple):
+    """One model's followed queued jobs and their places, as parallel lists in claim order
+    (job_ids and start_tags are the Following's own: read them before its next pass)."""
+
+    model: str
+    job_ids: list[UUID]
+    positions: list[int]
+    work_ahead: list[float]
+    start_tags: list[float]
+
+
+@dataclass
+class _Tracked:
+    """One model's followed queued jobs in claim order: their keys, UUID ints, UUIDs and start
+    tags, and each one's rank in each work list (every list of the model's by_work, and maybe
+    lists emptied since, whose ranks are all 0)."""
+
+    keys: list[Key]
+    ints: list[int]
+    ids: list[UUID]
+    tags: list[float]
+    ranks: dict[float, list[int]]
+
+    def lists(self) -> list[list[Any]]:
+        return [self.keys, self.ints, self.ids, self.tags, *self.ranks.values()]
+
+    def keep(self, kept: list[bool]) -> None:
+        """Only the jobs marked kept."""
+        self.keys, self.ints = list(compress(self.keys, kept)), list(compress(self.ints, kept))
+        self.ids, self.tags = list(compress(self.ids, kept)), list(compress(self.tags, kept))
+        self.ranks = {work: list(compress(r, kept)) for work, r in self.ranks.items()}
+
+
+_JOB = attrgetter("job")
+_JOB_INT = attrgetter("keys.job_id.int")
+_JOB_ID = attrgetter("keys.job_id")
+INSERT_AT_MOST = 32  # jobs newly followed in a pass that are inserted one by one, not merged
+# A pass shifts ranks by at most this many changes, plus one per SHIFT_SHARE jobs followed: a
+# change costs a few Python steps and a slice, ranking afresh about a microsecond per job.
+SHIFT_AT_MOST = 64
+SHIFT_SHARE = 4
+
+
+class Following:
+    """The places of the jobs the fan-out follows, pass after pass. It keeps each followed
+    job's rank in each work list and, at the next pass, moves them by the keys that entered
+    and left the order since (its journal): each changed key shifts the ranks of the followed
+    jobs behind it by one, so the jobs between two changed keys shift alike, one slice each.
+    A followed job that changed itself (left, came back, took new keys), or is newly asked, is
+    ranked afresh; too many changes, and every job is. Each place is the one place() gives."""
+
+    def __init__(self, order: QueueOrder) -> None:
+        self._order = order
+        self._asked: set[int] = set()  # the UUID ints asked at the last pass
+        self._models: dict[str, _Tracked] = {}
+
+    def places(self, job_ids: Iterable[UUID]) -> list[Followed]:
+        """The places of those of `job_ids` that are queued, per model."""
+        with _collector_held():
+            return self._places(job_ids)
+
+    def _places(self, job_ids: Iterable[UUID]) -> list[Followed]:
+        asked = set(map(_INT, job_ids))
+        # Past SHIFT_AT_MOST changes (or a load) between two passes, ranking afresh is cheaper.
+        changes = self._order.take_changes(SHIFT_AT_MOST + len(asked) // SHIFT_SHARE)
+        if changes is None:
+            self._asked, self._models = set(), {}
+            changed: dict[int, tuple[str, Key]] = {}
+        else:
+            changed = self._shift(changes)
+        old = self._asked
+        if changed or len(asked) != len(old) or asked != old:
+            dropped = (old - asked) | changed.keys()
+            if dropped:
+                self._drop(dropped, changed)
+            added = (asked - old) | (changed.keys() & asked)
+            if added:
+                self._add(added)
+        self._asked = asked
+        return [self._placed(model, tracked) for model, tracked in self._models.items()]
+
+    def _shift(self, changes: list[_Change]) -> dict[int, tuple[str, Key]]:
+        """Move the ranks by the changed keys; the followed jobs that changed themselves, with
+        the model and key each was followed at (the first key it lost: a queued job's first
+        change is its removal)."""
+        by_list: dict[tuple[str, float], list[tuple[Key, int]]] = {}
+        for change in changes:
+            by_list.setdefault((change.model, change.work), []).append((change.key, change.sign))
+        for (model, work), moved in by_list.items():
+            tracked = self._models.get(model)
+            if tracked is None:
+                continue
+            ranks = tracked.ranks.get(work)
+            if ranks is None:  # a work list new since: nobody had anyone of it ahead
+                ranks = [0] * len(tracked.keys)
+            moved.sort()
+            tracked.ranks[work] = _shifted(ranks, tracked.keys, moved)
+        changed: dict[int, tuple[str, Key]] = {}
+        for change in changes:
+            if change.job in self._asked and change.job not in changed:
+                changed[change.job] = (change.model, change.key)
+        return changed
+
+    def _drop(self, dropped: set[int], changed: dict[int, tuple[str, Key]]) -> None:
+        """Stop following these jobs: found by their keys while they are few (a claim takes
+        those at the head, a delete at the end of a list costs nothing), by one sweep else."""
+        if len(dropped) > INSERT_AT_MOST:
+            for model, tracked in list(self._models.items()):
+                gone = list(map(dropped.__contains__, tracked.ints))
+                if any(gone):
+                    tracked.keep(list(map(not_, gone)))
+                    if not tracked.keys:
+                        del self._models[model]
+            return
+        at: dict[str, list[int]] = {}
+        for job in dropped:
+            was = changed.get(job)
+            if was is None:  # no longer asked, unchanged: queued at the key it was followed at
+                queued = self._order._jobs.get(job)
+                if queued is None:
+                    continue  # asked while it was not queued: never followed
+                was = (queued.keys.model, queued.key)
+            model, key = was
+            held = self._models.get(model)
+            if held is not None:
+                i = bisect_left(held.keys, key)
+                if i < len(held.keys) and held.ints[i] == job:
+                    at.setdefault(model, []).append(i)
+        for model, where in at.items():
+            tracked = self._models[model]
+            for lst in tracked.lists():
+                for i in sorted(where, reverse=True):
+                    del lst[i]
+            if not tracked.keys:
+                del self._models[model]
+
+    def _add(self, added: set[int]) -> None:
+        """Rank the newly followed (queued) jobs and put them in their places."""
+        found = list(filter(None, map(self._order._jobs.get, added)))
+        for model in dict.fromkeys(map(_MODEL, found)):
+            mine = sorted(compress(found, map(model.__eq__, map(_MODEL, found))), key=_KEY)
+            order = self._order._models[model]
+            keys = list(map(_KEY, mine))
+            new = _Tracked(
+                keys,
+                list(map(_JOB_INT, mine)),
+                list(map(_JOB_ID, mine)),
+                list(map(_TAG, mine)),
+                dict(zip(order.by_work, order.ranks(keys), strict=True)),
+            )
+            tracked = self._models.get(model)
+            self._models[model] = new if tracked is None else _merged(tracked, new)
+
+    def _placed(self, model: str, tracked: _Tracked) -> Followed:
+        order = self._order._models[model]
+        for work in [w for w in tracked.ranks if w not in order.by_work]:
+            del tracked.ranks[work]  # its list emptied: every rank in it is 0
+        position, work_ahead = order.summed([tracked.ranks[w] for w in order.by_work])
+        return Followed(model, tracked.ids, list(position), list(work_ahead), tracked.tags)
+
+
+def _shifted(ranks: list[int], keys: list[Key], moved: list[tuple[Key, int]]) -> list[int]:
+    """The ranks of jobs with these (sorted) keys once the moved keys (sorted) came (+1) or
+    went (-1): each moves those behind it. A moved key equal to a followed job's is that job's
+    own, and it is ranked afresh: on which side of the cut it falls does not matter."""
+    out: list[int] = []
+    at = shift = 0
+    for key, sign in moved:
+        cut = bisect_right(keys, key, at)
+        if cut > at:
+            out += map(add, ranks[at:cut], repeat(shift)) if shift else ranks[at:cut]
+            at = cut
+        shift += sign
+    out += map(add, ranks[at:], repeat(shift)) if shift else ranks[at:]
+    return out
+
+
+def _merged(tracked: _Tracked, new: _Tracked) -> _Tracked:
+    """Two sets of one model's followed jobs as one, in claim order."""
+    for work in new.ranks.keys() - tracked.ranks.keys():
+        tracked.ranks[work] = [0] * len(tracked.keys)  # only emptied lists: all 0
+    for work in tracked.ranks.keys() - new.ranks.keys():
+        new.ranks[work] = [0] * len(new.keys)
+    if len(new.keys) <= INSERT_AT_MOST:
+        lists, works = tracked.lists(), list(tracked.ranks)
+        parts: list[list[Any]] = [
+            new.keys,
+            new.ints,
+            new.ids,
+            new.tags,
+            *(new.ranks[w] for w in works),
+        ]
+        for i in reversed(range(len(new.keys))):
+            at = bisect_left(tracked.keys, new.keys[i])
+            for lst, part in zip(lists, parts, strict=True):
+                lst.insert(at, part[i])
+        return tracked
+    keys = tracked.keys + new.keys
+    where = sorted(range(len(keys)), key=keys.__getitem__)  # two sorted runs: one merge
+
+    def joined(a: list[Any], b: list[Any]) -> list[Any]:
+        both = a + b
+        return list(map(both.__getitem__, where))
+
+    return _Tracked(
+        joined(tracked.keys, new.keys),
+        joined(tracked.ints, new.ints),
+        joined(tracked.ids, new.ids),
+        joined(tracked.tags, new.tags),
+        {w: joined(r, new.ranks[w]) for w, r in tracked.ranks.items()},
+    )
 
 
 def _discard(index: dict[Any, set[UUID]], key: Any, job_id: UUID) -> None:

@@ -51,8 +51,22 @@ def replay(
     ops: list[tuple],
 ) -> tuple[QueueOrder, dict[uuid.UUID, Keys], dict[uuid.UUID, Keys]]:
     """The order after the history, and the jobs queued and left as the history says."""
-    order, queued, left = QueueOrder(), {}, {}
-    for n, (op, pick, model, user, priority, tag, work) in enumerate(ops):
+    order: QueueOrder = QueueOrder()
+    queued: dict[uuid.UUID, Keys] = {}
+    left: dict[uuid.UUID, Keys] = {}
+    advance(order, queued, left, ops, 0)
+    return order, queued, left
+
+
+def advance(
+    order: QueueOrder,
+    queued: dict[uuid.UUID, Keys],
+    left: dict[uuid.UUID, Keys],
+    ops: list[tuple],
+    first: int,
+) -> None:
+    """Apply the operations (numbered from `first`) to the order and to the bookkeeping."""
+    for n, (op, pick, model, user, priority, tag, work) in enumerate(ops, start=first):
         if op == "enqueue":
             k = keys(n, model, user, priority, tag, work)
             queued[k.job_id] = k
@@ -81,7 +95,6 @@ def replay(
             for k, (p, t, q) in zip(rotated, slots, strict=True):
                 queued[k.job_id] = k._replace(priority=p, start_tag=t, queue_seq=q)
             order.replace_user(moved.user_id, moved.model, [queued[k.job_id] for k in mine])
-    return order, queued, left
 
 
 def assert_the_ranking(
@@ -215,3 +228,58 @@ def test_places_leaves_the_collector_as_it_found_it() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def followed_places(order: QueueOrder, asked: list[uuid.UUID]) -> dict[uuid.UUID, Place]:
+    """One pass of the order's Following, as a dict of places (each model's lists checked
+    to be in claim order, with no job twice)."""
+    out: dict[uuid.UUID, Place] = {}
+    for group in order.following().places(asked):
+        n = len(group.job_ids)
+        assert len(group.positions) == len(group.work_ahead) == len(group.start_tags) == n
+        assert group.positions == sorted(group.positions)
+        for job_id, *place in zip(
+            group.job_ids, group.positions, group.work_ahead, group.start_tags, strict=True
+        ):
+            assert job_id not in out
+            assert order.model_of(job_id) == group.model
+            out[job_id] = Place(*place)
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(operations, st.data())
+def test_following_matches_place_pass_after_pass(ops: list[tuple], data: st.DataObject) -> None:
+    """A Following kept through a history, asked for a changing set of jobs at random points
+    (its ranks shifted by the journal, its newly asked and changed jobs ranked afresh), gives
+    at every pass exactly place() of every asked queued job, and nothing for the others; with
+    its thresholds low and high, so that each way (shift or rank afresh, insert or merge, drop
+    by key or by a sweep) is taken."""
+    shift_at_most = data.draw(st.sampled_from([0, 3, 64]))
+    insert_at_most = data.draw(st.sampled_from([0, 2, 32]))
+    with (
+        mock.patch("queueing.queue_order.SHIFT_AT_MOST", shift_at_most),
+        mock.patch("queueing.queue_order.INSERT_AT_MOST", insert_at_most),
+    ):
+        follow_history(ops, data)
+
+
+def follow_history(ops: list[tuple], data: st.DataObject) -> None:
+    cut = sorted(data.draw(st.lists(st.integers(0, len(ops)), max_size=6)))
+    order: QueueOrder = QueueOrder()
+    queued: dict[uuid.UUID, Keys] = {}
+    left: dict[uuid.UUID, Keys] = {}
+    ever: set[uuid.UUID] = set()
+    done = 0
+    for end in [*cut, len(ops)]:
+        advance(order, queued, left, ops[done:end], done)
+        done = end
+        ever |= set(queued) | set(left)
+        asked = data.draw(st.lists(st.sampled_from(sorted(ever)), unique=True)) if ever else []
+        if data.draw(st.booleans()):
+            asked = [*queued, *asked]  # everyone queued, as a conversation's follower asks
+        got = followed_places(order, asked)
+        assert set(got) == {j for j in asked if j in queued}
+        for job_id, place in got.items():
+            assert place == order.place(job_id)  # the same floats
+            assert place.queue_position == ranked(queued, job_id).queue_position

@@ -5,8 +5,9 @@ notifications sets a flag, and one task then reads every event after `last_seq` 
 sockets, applies it to the queue order (web/live/placing.py: a queued event's position is the
 rank it gives), routes each to the subscribers of its conversation or job (its JSON serialised
 once, the same str sent to every socket), and advances `last_seq`. When an event may have moved
-a followed job, every followed queued job's place is looked up in the queue order (no SQL), and
-a `position` message goes only where a position (or the ETA's bucket) changed. Seq is global and
+a followed job, every followed queued job's place comes from the queue order (no SQL; its
+Following moves the places of the pass before by what changed since), and a `position`
+message goes only where a position (or the ETA's bucket) changed. Seq is global and
 commit-ordered, so several web processes each doing this agree.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from itertools import chain
 from uuid import UUID
 
 import psycopg
@@ -258,22 +260,24 @@ class Fanout:
                     sub.client.offer(texts[0] if len(texts) == 1 else texts)
 
     async def _refresh_positions(self) -> None:
-        """Positions of every followed queued job from the queue order (one pass for all of
-        them); messages only where they moved."""
+        """Positions of every followed queued job from the queue order's Following (one pass
+        for all of them, its ranks kept from the pass before); messages only where they moved."""
         subs = [s for s in self._subs.all if s.live and s.tracked and not s.client.closed]
         if not subs:
             return
         self._stats.position_passes += 1
         model = await self._eta.get(self._pool, max_age_s=0.25)
-        order = self.placing.order
-        places = order.places({job_id for sub in subs for job_id in sub.tracked})
+        passed = self.placing.order.following().places(
+            chain.from_iterable(sub.tracked for sub in subs)
+        )
         # Each job's state is computed once; sockets only compare it with what they last got.
         current: dict[UUID, tuple[tuple[int, int | None], float | None]] = {}
-        for job_id, place in places.items():
-            eta = model.eta_s(
-                order.model_of(job_id), place.queue_position, place.work_ahead, place.start_tag
-            )
-            current[job_id] = ((place.queue_position, eta_bucket(eta)), eta)
+        for group in passed:
+            for job_id, position, work_ahead, start_tag in zip(
+                group.job_ids, group.positions, group.work_ahead, group.start_tags, strict=True
+            ):
+                eta = model.eta_s(group.model, position, work_ahead, start_tag)
+                current[job_id] = ((position, eta_bucket(eta)), eta)
         texts: dict[UUID, str] = {}
         for sub in subs:
             if sub.client.closed or sub.client.subscription is not sub:
