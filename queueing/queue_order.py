@@ -399,7 +399,6 @@ class _Tracked:
         self.ranks = {work: list(compress(r, kept)) for work, r in self.ranks.items()}
 
 
-_JOB = attrgetter("job")
 _JOB_INT = attrgetter("keys.job_id.int")
 _JOB_ID = attrgetter("keys.job_id")
 INSERT_AT_MOST = 32  # jobs newly followed in a pass that are inserted one by one, not merged
