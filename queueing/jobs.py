@@ -161,7 +161,9 @@ async def enqueue(
         "max_queued": max_queued,
     }
     if placer is None:
-        row = await db.fetch_one(conn, "job_enqueue", {**args, "params": Jsonb(request.params)})
+        row = await db.fetch_one(
+            conn, "job_enqueue", {**args, "params": Jsonb(request.params), "mode": "count"}
+        )
         assert row is not None
         job: JobJson = row["job"]
     else:

@@ -5,7 +5,8 @@ Each enqueue of the process goes to its Sequencer, and the enqueues that come wh
 runs go together in the next (queueing/coalesce.py): gq_enqueue_batch inserts each in a
 subtransaction of its own (a refused one writes nothing, the others go on) and queues them all
 under the event lock, taken once, last, and held to the commit. So under load one commit, and
-one wait for its flush, serves the whole batch; a lone enqueue is a batch of one, one round trip.
+one wait for its flush, serves the whole batch; a lone enqueue is a batch of one, one round trip
+(gq_enqueue's 'place' mode: the same writes, without a subtransaction or a second pass).
 
 `seq` is still drawn only under the event lock and committed before it is released, so it rises
 in commit order and `since_seq` replay stays exact; each job's pending and queued events are
@@ -24,7 +25,7 @@ from psycopg.types.json import Jsonb
 
 from . import db
 from .coalesce import Coalescer
-from .errors import refusal
+from .errors import QueueError, refusal
 from .rows import JobJson
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,17 @@ class Sequencer:
                 log.exception("sequencing stale pending jobs failed; trying again")
 
     async def _enqueue_batch(self, items: list[dict[str, Any]]) -> list[JobJson | Exception]:
+        if len(items) == 1:  # alone: gq_enqueue's one pass, without the batch's subtransaction
+            try:
+                row = await db.fetch_one(
+                    self._pool,
+                    "job_enqueue",
+                    {**items[0], "params": Jsonb(items[0]["params"]), "mode": "place"},
+                )
+            except QueueError as refused:
+                return [refused]
+            assert row is not None
+            return [row["job"]]
         rows = await db.fetch_all(self._pool, "jobs_enqueue_batch", {"items": Jsonb(items)})
         answers: list[JobJson | Exception] = [
             EnqueueFailed("the batch answered nothing for this enqueue") for _ in items

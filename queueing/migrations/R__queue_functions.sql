@@ -216,9 +216,13 @@ $$;
 -- * 'count': pending -> queued in this transaction. The event lock comes last, just before the
 --   two event rows, and the position is counted under it (exact, unique, O(jobs ahead)). The
 --   path of a caller without a web process (queueing.jobs.enqueue without a placer).
+-- * 'place': the same without the count: the queued event's position is NULL, and the web
+--   process that follows the log places the job from its queue order and writes it back
+--   (gq_record_place). The web's path for a batch of one (queueing/sequencer.py): one
+--   transaction with no subtransaction, no second pass over the job and its message.
 -- * 'sequence': the job is left `pending` (message and job row, no event, no lock beyond the
 --   user's, no NOTIFY) for gq_enqueue_batch, which queues the batch's jobs together in the same
---   transaction. The web's path (queueing/sequencer.py).
+--   transaction. The web's path for a batch of two or more.
 -- The result carries the queued event's seq (NULL while pending).
 CREATE OR REPLACE FUNCTION gq_enqueue(
     p_conversation_id uuid, p_owner bigint, p_model text, p_default_model text, p_prompt text,
@@ -243,7 +247,7 @@ DECLARE
     v_work_ahead double precision;
     v_seq bigint;
 BEGIN
-    IF p_mode NOT IN ('count', 'sequence') THEN
+    IF p_mode NOT IN ('count', 'place', 'sequence') THEN
         RAISE EXCEPTION 'unknown enqueue mode %', quote_literal(p_mode) USING ERRCODE = '22023';
     END IF;
     SELECT c.user_id, u.weight INTO v_user_id, v_weight

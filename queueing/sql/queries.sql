@@ -136,10 +136,10 @@ WHERE c.id = %(conversation_id)s AND (%(owner)s::bigint IS NULL OR c.user_id = %
 SELECT gq_merge_metadata(%(message_id)s, %(owner)s, %(patch)s, %(max_bytes)s) AS message
 
 -- name: job_enqueue
--- gq_enqueue 'count': queued with its position counted (queueing.jobs.enqueue without a placer).
+-- gq_enqueue 'count' (queueing.jobs.enqueue without a placer) or 'place' (a batch of one).
 SELECT gq_enqueue(%(conversation_id)s, %(owner)s, %(model)s, %(default_model)s, %(prompt)s,
                   %(params)s, %(priority)s, %(max_attempts)s, %(timeout_s)s, %(max_queued)s,
-                  %(cost_intercept_s)s, %(cost_slope_s)s, 'count') AS job
+                  %(cost_intercept_s)s, %(cost_slope_s)s, %(mode)s) AS job
 
 -- name: jobs_enqueue_batch
 -- A round of a web process's enqueues, one row per item (queueing/sequencer.py).

@@ -2,8 +2,9 @@
 every enqueue in flight (gq_enqueue_batch), each refused item alone writing nothing; users'
 locks are taken in one order up front, so concurrent batches and deletes never deadlock; the
 events keep their guarantees (each job's pending then queued event, seq rising in queue order
-within a batch). A job a web process of the release before committed pending (gq_enqueue's
-'sequence' mode on its own, `enqueue_pending` here) is queued by the next batch or the sweep,
+within a batch); a lone enqueue is one gq_enqueue. A job a web process of the release before
+committed pending (gq_enqueue's 'sequence' mode on its own, `enqueue_pending` here) is queued
+by the next batch or the sweep,
 never waited for under the lock while another transaction holds it, and reaches subscribers;
 the per-user limit and fair-share tags count pending jobs."""
 
@@ -68,6 +69,18 @@ async def jobs_of(pool: db.Db, conversation_id: str) -> list[dict[str, Any]]:
     for row in rows:
         row["events"] = [(e.split(":")[0], int(e.split(":")[1])) for e in row["events"]]
     return rows
+
+
+async def test_a_lone_enqueue_is_queued_in_its_own_transaction(
+    pool: db.Pool, conversation_id: str
+) -> None:
+    job = await Sequencer(pool).enqueue(item(conversation_id))
+    [row] = await jobs_of(pool, conversation_id)
+    assert job["status"] == "queued" and job["job_id"] == str(row["job_id"])
+    assert [status for status, _ in row["events"]] == ["pending", "queued"]
+    assert job["event_seq"] == row["events"][1][1]  # type: ignore[typeddict-item]
+    with pytest.raises(NotFound):
+        await Sequencer(pool).enqueue(item(str(uuid4())))
 
 
 async def test_concurrent_enqueues_go_in_one_transaction_each_round(
@@ -191,11 +204,12 @@ async def test_a_batch_queues_the_pending_jobs_an_earlier_release_left(
     assert [(j["status"], j["message_status"], j["events"]) for j in pending] == [
         ("pending", "pending", [])
     ] * 3
-    await Sequencer(pool).enqueue(item(conversation_id, "new"))
+    sequencer = Sequencer(pool)
+    await asyncio.gather(*(sequencer.enqueue(item(conversation_id, f"new{i}")) for i in range(2)))
     after = await jobs_of(pool, conversation_id)
-    assert [(j["status"], j["message_status"]) for j in after] == [("queued", "queued")] * 4
+    assert [(j["status"], j["message_status"]) for j in after] == [("queued", "queued")] * 5
     seqs = [seq for j in after for _, seq in j["events"]]
-    assert seqs == list(range(seqs[0], seqs[0] + 8))
+    assert seqs == list(range(seqs[0], seqs[0] + 10))
 
 
 async def test_a_pending_job_held_by_another_transaction_is_skipped_then_queued(
@@ -205,15 +219,21 @@ async def test_a_pending_job_held_by_another_transaction_is_skipped_then_queued(
     sequencer = Sequencer(pool)
     async with pool.connection() as holder, holder.transaction():
         await queries.fetch_all(holder, "job_row_lock", {"job_id": held_id})
-        done = await asyncio.wait_for(sequencer.enqueue(item(conversation_id, "free")), 5)
-        assert done["status"] == "queued"
-        [held, _] = await jobs_of(pool, conversation_id)
+        async with asyncio.timeout(5):
+            done = await asyncio.gather(
+                *(sequencer.enqueue(item(conversation_id, f"free{i}")) for i in range(2))
+            )
+        assert [d["status"] for d in done] == ["queued"] * 2
+        [held, *_] = await jobs_of(pool, conversation_id)
         assert held["status"] == "pending"
-    later = await asyncio.wait_for(sequencer.enqueue(item(conversation_id, "later")), 5)
-    held, free, _ = await jobs_of(pool, conversation_id)
+    async with asyncio.timeout(5):
+        later = await asyncio.gather(
+            *(sequencer.enqueue(item(conversation_id, f"later{i}")) for i in range(2))
+        )
+    held, free, _, _, _ = await jobs_of(pool, conversation_id)
     assert held["status"] == "queued"
     assert held["events"][1][1] > free["events"][1][1]  # queued after, by the later batch
-    assert held["events"][1][1] < later["event_seq"]  # type: ignore[typeddict-item]
+    assert held["events"][1][1] < later[0]["event_seq"]  # type: ignore[typeddict-item]
 
 
 async def test_a_pending_job_left_by_a_dead_web_process_is_queued_and_sent_to_subscribers(
