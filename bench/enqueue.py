@@ -11,7 +11,8 @@ batches (a lone caller's batch is one enqueue, gq_enqueue 'place'). No position 
 process places the job from its in-memory queue order. The wait for that placing is the web's,
 not the database's, and is left out here (`Unwaited`); the http and scaling families measure
 it through HTTP. The counted path (no placer: 'count', the position counted under the event
-lock, O(jobs ahead)) is shown as information. The ETA model is read once and passed in, as the web server's one-second cache does.
+lock, O(jobs ahead)) is shown as information. The ETA model is read once and passed in, as the
+web server's one-second cache does.
 
 Two baselines. "Before": the enqueue as it was before fair share, 011's FIFO gq_enqueue, kept in
 bench/sql/enqueue_before.sql and called as 011's queueing.jobs.enqueue called it, on the same
