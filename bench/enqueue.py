@@ -208,7 +208,8 @@ def summarize(counts: dict[str, int], top: int = 3) -> str:
 
 
 def sequencer_pool(bdb: BenchDb) -> db.Pool:
-    """The web process's sequencer connections: ours goes through them, one batch at a time."""
+    """The web process's sequencer connections: ours goes through them, one batch at a time
+    (a round's callers' own connections, which the samples show, stay idle)."""
     return db.make_pool(bdb.url, env.APP, min_size=1, max_size=2)
 
 
@@ -317,7 +318,8 @@ async def run(ctx: Context) -> list[Figure]:
             CEILING,
             (ratio_at_least(0.5),),
             f"mean of 3 interleaved rounds of {seconds:g} s (ours {spread('ours')}; "
-            f"ceiling {spread('ceiling')}). Connections were, ours: "
+            f"ceiling {spread('ceiling')}). Connections were, ours (the callers' own: the "
+            "sequencer's pool runs the batches): "
             f"{summarize(waits['ours'])}; ceiling: {summarize(waits['ceiling'])}",
         ),
         Figure(
