@@ -325,12 +325,11 @@ $$;
 -- Every pending job this transaction sees -> queued (gq_enqueue_batch's own, and any committed
 -- pending by a web process of the release before it, which committed them on their own),
 -- holding the event lock once for all of them, to the commit, so `seq` rises in commit order.
--- Each job gets its pending and queued events (in queue_seq
--- order, the queued event's position NULL: the web process that follows the log places it and
--- writes it back, gq_record_place), its message says queued, and one NOTIFY wakes the
--- listeners for the whole batch. A pending job another transaction holds (a cancel) is skipped,
--- never waited for under the lock; one this transaction holds is queued with the rest. Returns
--- how many it queued.
+-- Each job gets its pending and queued events (in queue_seq order, the queued event's position
+-- NULL: the web process that follows the log places it and writes it back, gq_record_place),
+-- its message says queued, and one NOTIFY wakes the listeners for the whole batch. A pending
+-- job another transaction holds (a cancel) is skipped, never waited for under the lock; one
+-- this transaction holds is queued with the rest. Returns how many it queued.
 CREATE OR REPLACE FUNCTION gq_sequence_pending() RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     v_queued integer;
@@ -432,15 +431,16 @@ BEGIN
 END
 $$;
 
--- The position a web process placed a job at (gq_enqueue_batch), written back where that left
--- it NULL: the queued event of that seq, and the message while the job is still queued there
--- (a later transition already wrote its own). Idempotent: several web processes may place the
--- same event, always at the same rank (each applies the log in seq order). Rows
--- are locked in one order (events by seq, then messages by id), so two processes writing the
--- same places never deadlock; it never takes the event lock, so no transition waits on it.
--- Its commit does not wait for the WAL flush (the enqueue that waits on it answers a flush
--- sooner): the places are derived, every web process computes the same, and a place a server
--- crash lost leaves the NULL that readers of the log fill in (web/live/placing.py `fill`).
+-- The position a web process placed a job at (gq_enqueue 'place', gq_enqueue_batch), written
+-- back where those left it NULL: the queued event of that seq, and the message while the job is
+-- still queued there (a later transition already wrote its own). Idempotent: several web
+-- processes may place the same event, always at the same rank (each applies the log in seq
+-- order). Rows are locked in one order (events by seq, then messages by id), so two processes
+-- writing the same places never deadlock; it never takes the event lock, so no transition
+-- waits on it. Its commit does not wait for the WAL flush (the enqueue that waits on it
+-- answers a flush sooner): the places are derived, every web process computes the same, and a
+-- place a server crash lost leaves the NULL that readers of the log fill in
+-- (web/live/placing.py `fill`).
 CREATE OR REPLACE FUNCTION gq_record_place(p_seqs bigint[], p_positions integer[])
 RETURNS void LANGUAGE sql AS $$
     SELECT set_config('synchronous_commit', 'off', true);
