@@ -3,14 +3,16 @@
 Ours is what `POST /api/conversations/{id}/images` runs against the database:
 queueing.jobs.enqueue with the web process's placer and its sequencer (conversation and model
 check, the per-user lock with the limit, the user's latest finish tag, the fair-share tags cut
-from the cost model's estimate, message + job; a lone enqueue then takes the event lock for its
-two events + NOTIFY in the same transaction (gq_enqueue 'place'), while enqueues beside others
-commit pending and the sequencer queues them together (gq_enqueue 'sequence', then gq_sequence:
-queueing/sequencer.py); no position counted: the web process places the job from its in-memory
-queue order). The wait for that placing is the web's, not the database's, and is left out here
-(`Unwaited`); the http and scaling families measure it through HTTP. The counted path (no
-placer: 'count', the position counted under the event lock, O(jobs ahead)) is shown as
-information. The ETA model is read once and passed in, as the web server's one-second cache does.
+from the cost model's estimate, message + job, then the event lock for the events + one NOTIFY).
+The sequencer sends the enqueues in flight as one gq_enqueue_batch statement and transaction
+(queueing/sequencer.py) on its own pool, as the web process does, so ours does not use the
+caller's connection: "8 connections" is 8 concurrent callers whose enqueues the sequencer
+batches (a lone caller's batch is one enqueue, gq_enqueue 'place'). No position counted: the web
+process places the job from its in-memory queue order. The wait for that placing is the web's,
+not the database's, and is left out here (`Unwaited`); the http and scaling families measure
+it through HTTP. The counted path (no placer: 'count', the position counted under the event
+lock, O(jobs ahead)) is shown as information. The ETA model is read once and passed in, as the
+web server's one-second cache does.
 
 Two baselines. "Before": the enqueue as it was before fair share, 011's FIFO gq_enqueue, kept in
 bench/sql/enqueue_before.sql and called as 011's queueing.jobs.enqueue called it, on the same
@@ -206,7 +208,8 @@ def summarize(counts: dict[str, int], top: int = 3) -> str:
 
 
 def sequencer_pool(bdb: BenchDb) -> db.Pool:
-    """The web process's sequencer connections: its calls queue the pending jobs ours leaves."""
+    """The web process's sequencer connections: ours goes through them, one batch at a time
+    (a round's callers' own connections, which the samples show, stay idle)."""
     return db.make_pool(bdb.url, env.APP, min_size=1, max_size=2)
 
 
@@ -315,7 +318,8 @@ async def run(ctx: Context) -> list[Figure]:
             CEILING,
             (ratio_at_least(0.5),),
             f"mean of 3 interleaved rounds of {seconds:g} s (ours {spread('ours')}; "
-            f"ceiling {spread('ceiling')}). Connections were, ours: "
+            f"ceiling {spread('ceiling')}). Connections were, ours (the callers' own: the "
+            "sequencer's pool runs the batches): "
             f"{summarize(waits['ours'])}; ceiling: {summarize(waits['ceiling'])}",
         ),
         Figure(

@@ -6,7 +6,8 @@ of each size in a conversation of their own: the "20 jobs at the tail" a listing
 each size, in this order:
 
 - enqueue from the database side, no web process running: one job's p50 from one connection and
-  the rate from 8, ours (the web's call with its sequencer, bench/enqueue.py `Unwaited`) and
+  the rate from 8, ours (the web's call with its sequencer, which batches the 8 callers'
+  enqueues, bench/enqueue.py `Unwaited`) and
   the counted path (gq_enqueue 'count', information), interleaved with the raw CTE ceiling
   (enqueue_one). Every round's jobs are taken out again (bookkeeping, no events), so each
   round runs at its size.
@@ -238,7 +239,8 @@ async def _enqueue(
             rate["ours"],
             rate["ceiling"],
             f"2 interleaved rounds of {seconds:g} s (ours {rounds('ours')}; ceiling "
-            f"{rounds('ceiling')}); connections were, ours: {summarize(waits['ours'])}; "
+            f"{rounds('ceiling')}); connections were, ours (the callers' own: the "
+            f"sequencer's pool runs the batches): {summarize(waits['ours'])}; "
             f"ceiling: {summarize(waits['ceiling'])}"
             + ("; the empty-queue target" if smallest else ""),
             (ratio_at_least(0.5),) if smallest else (),

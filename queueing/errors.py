@@ -64,14 +64,19 @@ _BY_SQLSTATE: dict[str, type[QueueError]] = {
 }
 
 
+def refusal(sqlstate: str, message: str) -> QueueError | None:
+    """The QueueError for a database refusal of this SQLSTATE, None when it is not one."""
+    kind = _BY_SQLSTATE.get(sqlstate)
+    return None if kind is None else kind(message)
+
+
 @contextlib.contextmanager
 def translated() -> Iterator[None]:
     """Turn the database's refusals (our GQ codes, CHECK violations) into QueueErrors."""
     try:
         yield
     except psycopg.Error as exc:
-        kind = _BY_SQLSTATE.get(exc.sqlstate or "")
-        if kind is None:
+        refused = refusal(exc.sqlstate or "", exc.diag.message_primary or str(exc))
+        if refused is None:
             raise
-        message = exc.diag.message_primary or str(exc)
-        raise kind(message) from exc
+        raise refused from exc

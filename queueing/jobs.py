@@ -8,7 +8,6 @@ claim makes them return False and write nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -20,12 +19,12 @@ from psycopg.types.json import Jsonb
 from . import db
 from .actors import Actor
 from .config import Settings
-from .errors import NotFound
+from .errors import InvalidData, NotFound
 from .eta import EtaModel
 from .positions import eta_model, with_eta
 from .queue_order import Place
 from .rows import ClaimFence, JobJson, JobList, LostJob
-from .sequencer import EnqueueMode, Sequencer
+from .sequencer import Sequencer
 from .states import JobStatus
 
 
@@ -44,7 +43,7 @@ class JobRequest:
 class Placer(Protocol):
     """Where queued jobs' places come from when not counted in SQL: a web process's queue order
     (web/live/fanout.py), exact at every seq, O(log n) a job; and its sequencer, which queues
-    the jobs its enqueues leave pending (queueing/sequencer.py)."""
+    the process's enqueues in batches (queueing/sequencer.py)."""
 
     sequencer: Sequencer
 
@@ -141,43 +140,39 @@ async def enqueue(
     The model must be one a worker registered, or `default_model` (UnknownModel otherwise). The
     job's estimated cost, which places it among other users' jobs, comes from `eta`'s fits.
     Without a placer the job is queued and its position counted in the same transaction
-    (under the event lock: O(jobs ahead), serialised). With one, the placer gives the place the
-    job took at its queued event; the job is queued in its own transaction when no other
-    enqueue of the process is in flight, else it commits pending (no event lock: enqueues commit
-    side by side) and the placer's sequencer queues it with the other pending jobs at once.
+    (under the event lock: O(jobs ahead), serialised). With one, the placer's sequencer queues
+    it with every other enqueue of the process in flight (one statement, one commit), and the
+    placer gives the place the job took at its queued event.
     """
     if eta is None:
         eta = await eta_model(conn)
     cost = eta.cost(request.model)
-    admitted = nullcontext(EnqueueMode.COUNT) if placer is None else placer.sequencer.admitted()
-    with admitted as mode:
+    args = {
+        "conversation_id": str(conversation_id),
+        "owner": actor.owner,
+        "model": request.model,
+        "default_model": default_model,
+        "cost_intercept_s": cost.intercept_s,
+        "cost_slope_s": cost.slope_s,
+        "prompt": request.prompt,
+        "params": request.params,
+        "priority": request.priority,
+        "max_attempts": request.max_attempts,
+        "timeout_s": request.timeout_s,
+        "max_queued": max_queued,
+    }
+    if placer is None:
         row = await db.fetch_one(
-            conn,
-            "job_enqueue",
-            {
-                "conversation_id": conversation_id,
-                "owner": actor.owner,
-                "model": request.model,
-                "default_model": default_model,
-                "cost_intercept_s": cost.intercept_s,
-                "cost_slope_s": cost.slope_s,
-                "prompt": request.prompt,
-                "params": Jsonb(request.params),
-                "priority": request.priority,
-                "max_attempts": request.max_attempts,
-                "timeout_s": request.timeout_s,
-                "max_queued": max_queued,
-                "mode": mode,
-            },
+            conn, "job_enqueue", {**args, "params": Jsonb(request.params), "mode": "count"}
         )
         assert row is not None
         job: JobJson = row["job"]
-        if placer is not None and mode is EnqueueMode.SEQUENCE:
-            sequenced = await placer.sequencer.sequenced(UUID(job["job_id"]))
-            if sequenced is None:  # its conversation was deleted meanwhile
-                raise NotFound(f"conversation {conversation_id} not found")
-            job = sequenced.job
-            job["event_seq"] = sequenced.seq  # type: ignore[typeddict-unknown-key]
+    else:
+        try:  # a batch casts every item's id before any item runs: this one must be valid
+            UUID(str(conversation_id))
+        except ValueError:
+            raise InvalidData(f"{conversation_id!r} is not a conversation id") from None
+        job = await placer.sequencer.enqueue(args)
     place = await _followed(job, placer)
     if placer is not None:  # else gq_enqueue counted the place
         if place is None:

@@ -1,113 +1,92 @@
-"""Pending jobs to queued in batches (issue 14): the web's enqueue off the commit path's lock.
+"""A web process's enqueues in batches (issue 14): one statement and one commit for every
+enqueue in flight.
 
-Under load, the web's enqueue commits its job `pending` (gq_enqueue's 'sequence' mode: no
-event, no event lock, no NOTIFY), so concurrent enqueues commit and flush side by side instead
-of one after another. Then it asks the process's Sequencer for the job: one gq_sequence call
-queues every pending job committed so far, in one transaction that holds the event lock once
-for all of them, and answers every caller waiting on them. While a call runs, the callers that
-come meanwhile wait for the next one, so the batch grows with the load and one commit under the
-lock serves it. An enqueue with no other in flight in the process takes the one-commit way
-instead ('place': its events in its own transaction), so a lone submit pays no second commit.
+Each enqueue of the process goes to its Sequencer, and the enqueues that come while a round
+runs go together in the next (queueing/coalesce.py): gq_enqueue_batch inserts each in a
+subtransaction of its own (a refused one writes nothing, the others go on) and queues them all
+under the event lock, taken once, last, and held to the commit. So under load one commit, and
+one wait for its flush, serves the whole batch; a lone enqueue is a batch of one, one round trip
+(gq_enqueue's 'place' mode: the same writes, without a subtransaction or a second pass).
 
 `seq` is still drawn only under the event lock and committed before it is released, so it rises
-in commit order and `since_seq` replay stays exact; a job's pending and queued events are
-written together, after every event of the jobs sequenced before it. A pending job whose
-enqueue's web process died before it was sequenced is queued by the next call of any process:
-`sweep` makes one every second while such a job waits.
+in commit order and `since_seq` replay stays exact; each job's pending and queued events are
+written together, in queue_seq order. The `pending` state is now only ever seen inside the
+batch's transaction, except for a job a web process of the release before committed pending and
+then died: `sweep` queues such a job within a second, and a cancel or a delete queues it first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from enum import StrEnum
-from uuid import UUID
+from typing import Any
+
+from psycopg.types.json import Jsonb
 
 from . import db
+from .coalesce import Coalescer
+from .errors import QueueError, refusal
 from .rows import JobJson
-from .states import JobStatus
 
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 1.0
-_WAIT_S = 10.0  # how long a caller waits for a job another transaction holds pending
 
 
-class EnqueueMode(StrEnum):
-    """gq_enqueue's p_mode (queueing/migrations/R__queue_functions.sql says what each does)."""
-
-    COUNT = "count"
-    PLACE = "place"
-    SEQUENCE = "sequence"
-
-
-@dataclass(frozen=True)
-class Sequenced:
-    """A job after its sequencing: its state then, and the seq of its queued event (None when
-    it never was queued: canceled while pending, or still held pending when the wait ran out)."""
-
-    seq: int | None
-    job: JobJson
+class EnqueueFailed(Exception):
+    """An item of a batch failed in a way that is not a refusal (its SQLSTATE is not one the
+    API maps); the other items of its batch were not affected."""
 
 
 class Sequencer:
     def __init__(self, pool: db.Pool) -> None:
         self._pool = pool
-        self._waiting: dict[UUID, asyncio.Future[Sequenced | None]] = {}
-        self._round: asyncio.Task[None] | None = None
-        self._in_flight = 0
+        self._rounds: Coalescer[dict[str, Any], JobJson] = Coalescer(
+            self._enqueue_batch, "gpuqueue-enqueue"
+        )
 
-    @contextmanager
-    def admitted(self) -> Iterator[EnqueueMode]:
-        """How an enqueue of this process goes: alone, in one commit; beside others, pending,
-        for the sequencer to queue with them."""
-        mode = EnqueueMode.SEQUENCE if self._in_flight else EnqueueMode.PLACE
-        self._in_flight += 1
-        try:
-            yield mode
-        finally:
-            self._in_flight -= 1
-
-    async def sequenced(self, job_id: UUID) -> Sequenced | None:
-        """Queue the committed pending job (with every other one); None when it is gone."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _WAIT_S
-        while True:
-            waiter = self._waiting.get(job_id)
-            if waiter is None:
-                waiter = self._waiting[job_id] = loop.create_future()
-            if self._round is None or self._round.done():
-                self._round = asyncio.create_task(self._rounds(), name="gpuqueue-sequencer")
-            found = await waiter
-            if found is None or found.job["status"] != JobStatus.PENDING or loop.time() > deadline:
-                return found
+    async def enqueue(self, item: dict[str, Any]) -> JobJson:
+        """gq_enqueue's arguments (by name, JSON) -> the queued job's JSON with its queued
+        event's seq as `event_seq`, from the next round; a refusal raises its QueueError."""
+        return await self._rounds.call(item)
 
     async def sweep(self) -> None:
-        """Forever: queue the pending jobs nobody waits for (their web process died)."""
+        """Forever: queue the pending jobs nobody will (left by a web process that died)."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             try:
                 if await db.fetch_value(self._pool, "jobs_pending_stale"):
-                    await db.fetch_all(self._pool, "jobs_sequence", {"job_ids": []})
+                    await db.fetch_value(self._pool, "jobs_sequence_pending")
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("sequencing stale pending jobs failed; trying again")
 
-    async def _rounds(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting, {}
+    async def _enqueue_batch(self, items: list[dict[str, Any]]) -> list[JobJson | Exception]:
+        if len(items) == 1:  # alone: gq_enqueue's one pass, without the batch's subtransaction
             try:
-                rows = await db.fetch_all(self._pool, "jobs_sequence", {"job_ids": list(batch)})
-            except Exception as exc:
-                for waiter in batch.values():
-                    if not waiter.done():
-                        waiter.set_exception(exc)
-                continue
-            found = {row["job_id"]: Sequenced(row["seq"], row["job"]) for row in rows}
-            for job_id, waiter in batch.items():
-                if not waiter.done():
-                    waiter.set_result(found.get(job_id))
+                row = await db.fetch_one(
+                    self._pool,
+                    "job_enqueue",
+                    {**items[0], "params": Jsonb(items[0]["params"]), "mode": "place"},
+                )
+            except QueueError as refused:
+                return [refused]
+            assert row is not None
+            return [row["job"]]
+        rows = await db.fetch_all(self._pool, "jobs_enqueue_batch", {"items": Jsonb(items)})
+        answers: list[JobJson | Exception] = [
+            EnqueueFailed("the batch answered nothing for this enqueue") for _ in items
+        ]
+        for row in rows:
+            n = row["item"] - 1
+            if row["error_code"] is None:
+                job: JobJson = row["job"]
+                job["event_seq"] = row["seq"]  # type: ignore[typeddict-unknown-key]
+                answers[n] = job
+            else:
+                message = row["error_message"]
+                answers[n] = refusal(row["error_code"], message) or EnqueueFailed(
+                    f"{row['error_code']}: {message}"
+                )
+        return answers

@@ -1,4 +1,9 @@
-"""Users and API tokens. A token is shown once; the database keeps only its SHA-256 digest."""
+"""Users and API tokens. A token is shown once; the database keeps only its SHA-256 digest.
+
+A web process checks its requests' tokens through one TokenLookups: the lookups that come while
+one runs go together in the next, one statement for all (queueing/coalesce.py). There is still
+no cache: each request is checked against the tokens as they are at its own round, so a revoked
+token stops working at once."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from datetime import datetime
 
 from . import db
 from .actors import Actor
+from .coalesce import Coalescer
 
 
 def digest(token: str) -> bytes:
@@ -31,15 +37,44 @@ async def create_token(
     return token
 
 
-async def authenticate(conn: db.Db, token: str) -> Actor | None:
-    """The actor a valid (unexpired, unrevoked) token belongs to, else None."""
-    if not token or len(token) > 200:
-        return None
-    wanted = digest(token)
-    row = await db.fetch_one(conn, "token_authenticate", {"token_hash": wanted})
+def _wanted(token: str) -> bytes | None:
+    return None if not token or len(token) > 200 else digest(token)
+
+
+def _actor(row: db.Row | None, wanted: bytes) -> Actor | None:
     if row is None or not hmac.compare_digest(bytes(row["token_hash"]), wanted):
         return None
     return Actor(user_id=row["user_id"], name=row["name"], is_admin=row["is_admin"])
+
+
+async def authenticate(conn: db.Db, token: str) -> Actor | None:
+    """The actor a valid (unexpired, unrevoked) token belongs to, else None."""
+    wanted = _wanted(token)
+    if wanted is None:
+        return None
+    return _actor(await db.fetch_one(conn, "token_authenticate", {"token_hash": wanted}), wanted)
+
+
+class TokenLookups:
+    """authenticate for a web process's concurrent requests: one statement a round."""
+
+    def __init__(self, pool: db.Pool) -> None:
+        self._pool = pool
+        self._rounds: Coalescer[bytes, db.Row | None] = Coalescer(self._lookup, "gpuqueue-auth")
+
+    async def authenticate(self, token: str) -> Actor | None:
+        """As `authenticate`, checked at the round this call goes in."""
+        wanted = _wanted(token)
+        if wanted is None:
+            return None
+        return _actor(await self._rounds.call(wanted), wanted)
+
+    async def _lookup(self, wanted: list[bytes]) -> list[db.Row | None]:
+        rows = await db.fetch_all(
+            self._pool, "tokens_authenticate", {"token_hashes": list(set(wanted))}
+        )
+        found = {bytes(row["token_hash"]): row for row in rows}
+        return [found.get(digest_) for digest_ in wanted]
 
 
 async def still_valid(conn: db.Db, digests: Collection[bytes]) -> set[bytes]:

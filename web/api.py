@@ -32,6 +32,7 @@ from .keys import (
     OPTIONS,
     POOL,
     SETTINGS,
+    TOKENS,
 )
 from .openapi import openapi
 
@@ -57,7 +58,7 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
                 "a token in the URL is not accepted: send it as Authorization: Bearer <token> "
                 "(images: use the job's signed image_url)",
             )
-        request[ACTOR] = await auth.authenticate(request.app[POOL], token)
+        request[ACTOR] = await auth.authenticate(request.app[TOKENS], token)
     response: web.StreamResponse = await handler(request)
     return response
 

@@ -18,6 +18,7 @@ from queueing import db, web_secrets
 from queueing.config import Settings
 from queueing.models import CapabilitiesCache, ModelsCache
 from queueing.positions import EtaCache
+from queueing.tokens import TokenLookups
 
 from . import api, metrics, ws
 from .errors import error_middleware
@@ -34,6 +35,7 @@ from .keys import (
     POOL,
     SETTINGS,
     TOKEN_WATCH,
+    TOKENS,
     WebOptions,
 )
 from .live import Broadcaster, Client
@@ -75,6 +77,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     await pool.open(wait=True, timeout=30)
     app[POOL] = pool
+    app[TOKENS] = TokenLookups(pool)
     yield
     await pool.close()
 

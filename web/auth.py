@@ -1,15 +1,16 @@
 """Who is asking. A token comes as `Authorization: Bearer <token>`; browsers cannot set headers on
 a WebSocket, so /ws also takes `?token=` (an <img> gets a signed link instead: web/image_links.py).
 
-There is no cache: every request costs one indexed lookup, and a revoked token stops working at
-once, on the next request or WebSocket message, and within seconds on a quiet WebSocket.
+There is no cache: every request is looked up (the process's concurrent requests in one statement,
+queueing/tokens.py TokenLookups), and a revoked token stops working at once, on the next request
+or WebSocket message, and within seconds on a quiet WebSocket.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from queueing import db, tokens
+from queueing import tokens
 from queueing.actors import Actor
 
 from .errors import ApiError
@@ -29,11 +30,11 @@ def socket_token(request: web.BaseRequest) -> str | None:
     return header_token(request) or request.query.get("token") or None
 
 
-async def authenticate(pool: db.Db, token: str | None) -> Actor:
+async def authenticate(lookups: tokens.TokenLookups, token: str | None) -> Actor:
     """The token's actor, or 401."""
     if token is None:
         raise ApiError(401, "unauthorized", "send your token as Authorization: Bearer <token>")
-    actor = await tokens.authenticate(pool, token)
+    actor = await lookups.authenticate(token)
     if actor is None:
         raise ApiError(401, "unauthorized", "the token is not valid (unknown, expired or revoked)")
     return actor

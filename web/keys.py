@@ -13,6 +13,7 @@ from queueing.actors import Actor
 from queueing.config import Settings
 from queueing.models import CapabilitiesCache, ModelsCache
 from queueing.positions import EtaCache
+from queueing.tokens import TokenLookups
 
 from .image_links import ImageLinks
 from .live import Broadcaster, Client
@@ -33,6 +34,7 @@ SETTINGS = web.AppKey("settings", Settings)
 DATABASE_URL = web.AppKey("database_url", str)
 OPTIONS = web.AppKey("options", WebOptions)
 POOL: web.AppKey[db.Pool] = web.AppKey("pool")
+TOKENS = web.AppKey("tokens", TokenLookups)
 ETA_CACHE = web.AppKey("eta_cache", EtaCache)
 MODELS_CACHE = web.AppKey("models_cache", ModelsCache)
 CAPABILITIES_CACHE = web.AppKey("capabilities_cache", CapabilitiesCache)

@@ -35,7 +35,7 @@ from queueing.states import FINAL, JobStatus
 
 from . import auth
 from .errors import ApiError
-from .keys import POOL
+from .keys import POOL, TOKENS
 from .live import Client
 
 WAIT_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
@@ -195,7 +195,7 @@ async def scrape(request: web.Request) -> web.Response:
     """GET /metrics, for admin tokens in the Authorization header (Prometheus'
     `authorization: {credentials: …}`): 401 without a valid one, 403 for a user's."""
     pool = request.app[POOL]
-    actor = await auth.authenticate(pool, auth.header_token(request))
+    actor = await auth.authenticate(request.app[TOKENS], auth.header_token(request))
     if not actor.is_admin:
         raise ApiError(403, "forbidden", "GET /metrics needs an admin token")
     body = await request.app[METRICS].render(pool)

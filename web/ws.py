@@ -26,7 +26,7 @@ from queueing.actors import Actor
 
 from . import auth
 from .errors import ApiError
-from .keys import BROADCASTER, CLIENTS, POOL, TOKEN_WATCH
+from .keys import BROADCASTER, CLIENTS, POOL, TOKEN_WATCH, TOKENS
 from .live import Broadcaster, Client, ClientGone
 from .live.wire import error_message, message
 from .validation import parse_json
@@ -47,9 +47,8 @@ class FrameError(Exception):
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
-    pool = request.app[POOL]
     token = auth.socket_token(request)
-    actor = await auth.authenticate(pool, token)  # 401 before the upgrade
+    actor = await auth.authenticate(request.app[TOKENS], token)  # 401 before the upgrade
     assert token is not None
     # No compression: each event's text is encoded once and the same bytes go to every socket.
     ws = web.WebSocketResponse(

@@ -218,13 +218,11 @@ $$;
 --   path of a caller without a web process (queueing.jobs.enqueue without a placer).
 -- * 'place': the same without the count: the queued event's position is NULL, and the web
 --   process that follows the log places the job from its queue order and writes it back
---   (gq_record_place). One commit; the web's path when it has no other enqueue in flight.
--- * 'sequence': the job commits `pending` (message and job row, no event, no lock beyond the
---   user's, no NOTIFY), so enqueues commit side by side; gq_sequence then queues every
---   committed pending job at once. This commit does not wait for its WAL flush: nobody is told
---   of the job before gq_sequence's commit, whose flush covers every WAL record before it, this
---   one included (a crash before that loses only a job no one was answered for). The web's path
---   under load.
+--   (gq_record_place). The web's path for a batch of one (queueing/sequencer.py): one
+--   transaction with no subtransaction, no second pass over the job and its message.
+-- * 'sequence': the job is left `pending` (message and job row, no event, no lock beyond the
+--   user's, no NOTIFY) for gq_enqueue_batch, which queues the batch's jobs together in the same
+--   transaction. The web's path for a batch of two or more.
 -- The result carries the queued event's seq (NULL while pending).
 CREATE OR REPLACE FUNCTION gq_enqueue(
     p_conversation_id uuid, p_owner bigint, p_model text, p_default_model text, p_prompt text,
@@ -301,8 +299,7 @@ BEGIN
             v_work, 'pending', p_priority, v_queue_seq, v_start, v_start + v_estimate / v_weight,
             v_estimate, p_max_attempts, p_timeout_s)
     RETURNING * INTO v_job;
-    IF p_mode = 'sequence' THEN  -- the sequencer answers with the job's JSON, not this
-        PERFORM set_config('synchronous_commit', 'off', true);
+    IF p_mode = 'sequence' THEN  -- gq_enqueue_batch answers with the job's JSON, not this
         RETURN jsonb_build_object('job_id', v_job_id, 'status', v_job.status, 'event_seq', NULL);
     ELSE
         UPDATE jobs SET status = 'queued', queued_at = now() WHERE id = v_job_id
@@ -325,14 +322,14 @@ BEGIN
 END
 $$;
 
--- The sequencer's step: every committed pending job -> queued, in one transaction that holds
--- the event lock once for all of them, so `seq` still rises in commit order while the enqueues
--- themselves commit side by side. Each job gets its pending and queued events (in queue_seq
--- order, the queued event's position NULL: the web process that follows the log places it and
--- writes it back, gq_record_place), its message says queued, and one NOTIFY wakes the
--- listeners for the whole batch. A pending job another transaction holds (a cancel) is skipped,
--- never waited for under the lock; one this transaction holds is queued with the rest. Returns
--- how many it queued.
+-- Every pending job this transaction sees -> queued (gq_enqueue_batch's own, and any committed
+-- pending by a web process of the release before it, which committed them on their own),
+-- holding the event lock once for all of them, to the commit, so `seq` rises in commit order.
+-- Each job gets its pending and queued events (in queue_seq order, the queued event's position
+-- NULL: the web process that follows the log places it and writes it back, gq_record_place),
+-- its message says queued, and one NOTIFY wakes the listeners for the whole batch. A pending
+-- job another transaction holds (a cancel) is skipped, never waited for under the lock; one
+-- this transaction holds is queued with the rest. Returns how many it queued.
 CREATE OR REPLACE FUNCTION gq_sequence_pending() RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     v_queued integer;
@@ -364,30 +361,86 @@ BEGIN
 END
 $$;
 
--- queueing/sequencer.py's call: every pending job queued, then, for each of p_job_ids that
--- still exists, its state now and the seq of its first queued event (NULL while it is pending:
--- another transaction held it).
-CREATE OR REPLACE FUNCTION gq_sequence(p_job_ids uuid[])
-RETURNS TABLE (job_id uuid, seq bigint, job jsonb) LANGUAGE plpgsql AS $$
+-- A web process's concurrent enqueues, as one statement and one transaction (issue 14;
+-- queueing/sequencer.py): p_items is a JSON array of gq_enqueue's arguments, one object each.
+-- Every item is gq_enqueue's 'sequence' mode in a subtransaction of its own, so an item that
+-- is refused (GQ404, GQ422, GQ429, a CHECK) writes nothing and is answered with its SQLSTATE
+-- and message, while the others go on; then gq_sequence_pending queues them all (and any job an
+-- earlier release's web left pending) under the event lock, taken once, last, and held to the
+-- commit, so seq still rises in commit order. Lock order: every user's queue lock of the batch
+-- first, in key order, before any row is written (gq_enqueue's own take is then a no-op), so
+-- two batches, a batch and a single enqueue or a move to the front never wait in a circle, and
+-- the event lock only after them (as gq_enqueue takes it). A conversation deleted meanwhile
+-- fails only its items (GQ404, or 23503 from its foreign key). Returns one row per item, by its
+-- 1-based place in p_items: the job's JSON with the seq of its queued event, or the error.
+CREATE OR REPLACE FUNCTION gq_enqueue_batch(p_items jsonb)
+RETURNS TABLE (item bigint, job jsonb, seq bigint, error_code text, error_message text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_user_id bigint;
+    v_item jsonb;
+    v_n bigint;
+    v_job jsonb;
+    v_ids uuid[] := '{}';
+    v_ns bigint[] := '{}';
 BEGIN
+    FOR v_user_id IN
+        SELECT users.id FROM (
+            SELECT DISTINCT c.user_id AS id
+            FROM jsonb_array_elements(p_items) AS i
+            JOIN conversations AS c ON c.id = (i.value ->> 'conversation_id')::uuid
+            WHERE i.value ->> 'owner' IS NULL OR c.user_id = (i.value ->> 'owner')::bigint
+        ) AS users
+        ORDER BY hashtext(users.id::text), users.id
+    LOOP
+        PERFORM gq_user_queue_lock(v_user_id);
+    END LOOP;
+    FOR v_item, v_n IN
+        SELECT i.value, i.ordinality FROM jsonb_array_elements(p_items) WITH ORDINALITY AS i
+    LOOP
+        BEGIN
+            v_job := gq_enqueue(
+                (v_item ->> 'conversation_id')::uuid, (v_item ->> 'owner')::bigint,
+                v_item ->> 'model', v_item ->> 'default_model', v_item ->> 'prompt',
+                v_item -> 'params', (v_item ->> 'priority')::integer,
+                (v_item ->> 'max_attempts')::integer, (v_item ->> 'timeout_s')::integer,
+                (v_item ->> 'max_queued')::integer,
+                (v_item ->> 'cost_intercept_s')::double precision,
+                (v_item ->> 'cost_slope_s')::double precision, 'sequence');
+            v_ids := v_ids || (v_job ->> 'job_id')::uuid;
+            v_ns := v_ns || v_n;
+        EXCEPTION WHEN OTHERS THEN
+            item := v_n;
+            job := NULL;
+            seq := NULL;
+            error_code := SQLSTATE;
+            error_message := SQLERRM;
+            RETURN NEXT;
+        END;
+    END LOOP;
+    IF cardinality(v_ids) = 0 THEN
+        RETURN;
+    END IF;
     PERFORM gq_sequence_pending();
     RETURN QUERY
-    SELECT j.id,
+    SELECT b.n,
+           gq_job_json(j, 0, 0),
            (SELECT min(e.seq) FROM job_events AS e WHERE e.job_id = j.id AND e.status = 'queued'),
-           gq_job_json(j, 0, 0)
-    FROM jobs AS j WHERE j.id = ANY(p_job_ids);
+           NULL::text, NULL::text
+    FROM unnest(v_ids, v_ns) AS b (id, n) JOIN jobs AS j ON j.id = b.id;
 END
 $$;
 
--- The position a caller placed a job at (gq_enqueue 'place' or 'sequence'), written back where
--- gq_enqueue left it NULL: the queued event of that seq, and the message while the job is still
--- queued there (a later transition already wrote its own). Idempotent: several web processes
--- may place the same event, always at the same rank (each applies the log in seq order). Rows
--- are locked in one order (events by seq, then messages by id), so two processes writing the
--- same places never deadlock; it never takes the event lock, so no transition waits on it.
--- Its commit does not wait for the WAL flush (the enqueue that waits on it answers a flush
--- sooner): the places are derived, every web process computes the same, and a place a server
--- crash lost leaves the NULL that readers of the log fill in (web/live/placing.py `fill`).
+-- The position a web process placed a job at (gq_enqueue 'place', gq_enqueue_batch), written
+-- back where those left it NULL: the queued event of that seq, and the message while the job is
+-- still queued there (a later transition already wrote its own). Idempotent: several web
+-- processes may place the same event, always at the same rank (each applies the log in seq
+-- order). Rows are locked in one order (events by seq, then messages by id), so two processes
+-- writing the same places never deadlock; it never takes the event lock, so no transition
+-- waits on it. Its commit does not wait for the WAL flush (the enqueue that waits on it
+-- answers a flush sooner): the places are derived, every web process computes the same, and a
+-- place a server crash lost leaves the NULL that readers of the log fill in
+-- (web/live/placing.py `fill`).
 CREATE OR REPLACE FUNCTION gq_record_place(p_seqs bigint[], p_positions integer[])
 RETURNS void LANGUAGE sql AS $$
     SELECT set_config('synchronous_commit', 'off', true);

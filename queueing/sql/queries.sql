@@ -62,6 +62,14 @@ WHERE t.token_hash = %(token_hash)s
   AND t.revoked_at IS NULL
   AND (t.expires_at IS NULL OR t.expires_at > now())
 
+-- name: tokens_authenticate
+-- token_authenticate for a round of a web process's requests (queueing/tokens.py TokenLookups).
+SELECT u.id AS user_id, u.name, u.is_admin, t.token_hash
+FROM api_tokens AS t JOIN users AS u ON u.id = t.user_id
+WHERE t.token_hash = ANY(%(token_hashes)s::bytea[])
+  AND t.revoked_at IS NULL
+  AND (t.expires_at IS NULL OR t.expires_at > now())
+
 -- name: token_revoke
 UPDATE api_tokens SET revoked_at = now()
 WHERE token_hash = %(token_hash)s AND revoked_at IS NULL
@@ -135,13 +143,18 @@ WHERE c.id = %(conversation_id)s AND (%(owner)s::bigint IS NULL OR c.user_id = %
 SELECT gq_merge_metadata(%(message_id)s, %(owner)s, %(patch)s, %(max_bytes)s) AS message
 
 -- name: job_enqueue
+-- gq_enqueue 'count' (queueing.jobs.enqueue without a placer) or 'place' (a batch of one).
 SELECT gq_enqueue(%(conversation_id)s, %(owner)s, %(model)s, %(default_model)s, %(prompt)s,
                   %(params)s, %(priority)s, %(max_attempts)s, %(timeout_s)s, %(max_queued)s,
                   %(cost_intercept_s)s, %(cost_slope_s)s, %(mode)s) AS job
 
--- name: jobs_sequence
--- Every committed pending job queued at once (queueing/sequencer.py); the asked ones' states.
-SELECT job_id, seq, job FROM gq_sequence(%(job_ids)s::uuid[])
+-- name: jobs_enqueue_batch
+-- A round of a web process's enqueues, one row per item (queueing/sequencer.py).
+SELECT item, job, seq, error_code, error_message FROM gq_enqueue_batch(%(items)s)
+
+-- name: jobs_sequence_pending
+-- The pending jobs a web process of the release before left, queued (the sweep).
+SELECT gq_sequence_pending()
 
 -- name: jobs_pending_stale
 -- Whether a pending job has waited a second unsequenced (its web process died): the sweep's

@@ -484,3 +484,21 @@ async def test_security_headers_on_the_page_and_the_api(client: Client, user: Us
         assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert response.headers["Referrer-Policy"] == "no-referrer"
     assert api.headers["Cache-Control"] == "no-store"
+
+
+async def test_concurrent_token_lookups_each_get_their_own_answer_at_their_round(
+    pool: db.Pool, user: User
+) -> None:
+    """A web process's concurrent lookups go in one statement (TokenLookups), still each checked
+    against the tokens as they are then: a token revoked between rounds fails at the next."""
+    lookups = tokens.TokenLookups(pool)
+    other = await tokens.create_token(pool, "someone-else")
+    found = await asyncio.gather(
+        *(lookups.authenticate(t) for t in (user.token, other, "gq_unknown", "x" * 300, user.token))
+    )
+    assert [a.name if a else None for a in found] == [
+        user.name, "someone-else", None, None, user.name
+    ]  # fmt: skip
+    assert await tokens.revoke_token(pool, other)
+    again = await asyncio.gather(lookups.authenticate(user.token), lookups.authenticate(other))
+    assert [a.name if a else None for a in again] == [user.name, None]

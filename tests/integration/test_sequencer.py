@@ -1,20 +1,26 @@
-"""The web's enqueue commits its job pending, with no event and no event lock, and a sequencer
-queues every committed pending job in one transaction (issue 14): the events keep their
-guarantees (each job's pending then queued event, seq rising in queue order within a batch), a
-job another transaction holds is skipped rather than waited for under the lock, a pending job
-whose web process died is queued by the sweep and reaches subscribers, and the per-user limit
-and fair-share tags count pending jobs."""
+"""A web process's enqueues in batches (issue 14): one statement and one transaction queue
+every enqueue in flight (gq_enqueue_batch), each refused item alone writing nothing; users'
+locks are taken in one order up front, so concurrent batches and deletes never deadlock; the
+events keep their guarantees (each job's pending then queued event, seq rising in queue order
+within a batch); a lone enqueue is one gq_enqueue. A job a web process of the release before
+committed pending (gq_enqueue's 'sequence' mode on its own, `enqueue_pending` here) is queued
+by the next batch or the sweep,
+never waited for under the lock while another transaction holds it, and reaches subscribers;
+the per-user limit and fair-share tags count pending jobs."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from queueing import db
+from queueing.conversations import create_conversation
+from queueing.errors import NotFound, QueueFull, UnknownModel
 from queueing.sequencer import Sequencer
 from tests import queries
 from tests.integration.web_support import (
@@ -38,6 +44,25 @@ async def enqueue_pending(
     return UUID(job["job_id"])
 
 
+def item(conversation_id: str, prompt: str = "a fox", **overrides: Any) -> dict[str, Any]:
+    """One enqueue's arguments, as queueing.jobs.enqueue hands them to the sequencer."""
+    return {
+        "conversation_id": conversation_id,
+        "owner": None,
+        "model": "tiny",
+        "default_model": "tiny",
+        "cost_intercept_s": 1.0,
+        "cost_slope_s": 0.0,
+        "prompt": prompt,
+        "params": {},
+        "priority": 0,
+        "max_attempts": 3,
+        "timeout_s": 600,
+        "max_queued": 100,
+        **overrides,
+    }
+
+
 async def jobs_of(pool: db.Db, conversation_id: str) -> list[dict[str, Any]]:
     """The conversation's jobs in queue order, each job's events as (status, seq) in seq order."""
     rows = await queries.fetch_all(pool, "sequenced_jobs", {"conversation_id": conversation_id})
@@ -46,43 +71,169 @@ async def jobs_of(pool: db.Db, conversation_id: str) -> list[dict[str, Any]]:
     return rows
 
 
-async def test_pending_jobs_have_no_events_until_one_sequencing_queues_them_all(
+async def test_a_lone_enqueue_is_queued_in_its_own_transaction(
     pool: db.Pool, conversation_id: str
 ) -> None:
-    ids = [await enqueue_pending(pool, conversation_id, f"p{i}") for i in range(5)]
+    job = await Sequencer(pool).enqueue(item(conversation_id))
+    [row] = await jobs_of(pool, conversation_id)
+    assert job["status"] == "queued" and job["job_id"] == str(row["job_id"])
+    assert [status for status, _ in row["events"]] == ["pending", "queued"]
+    assert job["event_seq"] == row["events"][1][1]  # type: ignore[typeddict-item]
+    with pytest.raises(NotFound):
+        await Sequencer(pool).enqueue(item(str(uuid4())))
+
+
+async def test_concurrent_enqueues_go_in_one_transaction_each_round(
+    pool: db.Pool, conversation_id: str
+) -> None:
+    sequencer = Sequencer(pool)
+    answers = await asyncio.gather(
+        *(sequencer.enqueue(item(conversation_id, f"p{i}")) for i in range(6))
+    )
+    after = await jobs_of(pool, conversation_id)
+    assert [(j["status"], j["message_status"]) for j in after] == [("queued", "queued")] * 6
+    assert (
+        len({j["queued_at"] for j in after}) == 1
+    )  # all six came before the round: one transaction
+    statuses = [status for j in after for status, _ in j["events"]]
+    seqs = [seq for j in after for _, seq in j["events"]]
+    assert statuses == ["pending", "queued"] * 6
+    assert seqs == list(range(seqs[0], seqs[0] + 12))  # in queue order, nothing between
+    assert [a["job_id"] for a in answers] == [str(j["job_id"]) for j in after]
+    assert [a["event_seq"] for a in answers] == [j["events"][1][1] for j in after]  # type: ignore[typeddict-item]
+    assert all(a["status"] == "queued" for a in answers)
+
+
+async def test_a_refused_item_writes_nothing_and_fails_alone(
+    pool: db.Pool, conversation_id: str
+) -> None:
+    await enqueue_pending(pool, conversation_id, "first")  # the limit of 2 below counts it
+    rows = await db.fetch_all(
+        pool,
+        "jobs_enqueue_batch",
+        {
+            "items": Jsonb(
+                [
+                    item(conversation_id, "ok", max_queued=2),
+                    item(str(uuid4()), "no such conversation"),
+                    item(conversation_id, "no such model", model="huge"),
+                    item(conversation_id, "over the limit", max_queued=2),
+                    item(conversation_id, "too long" * 10_000),
+                    item(conversation_id, "ok too", max_queued=4),
+                ]
+            )
+        },
+    )
+    by_item = {row["item"]: row for row in rows}
+    assert sorted(by_item) == [1, 2, 3, 4, 5, 6]
+    assert [by_item[n]["error_code"] for n in range(1, 7)] == [
+        None, "GQ404", "GQ422", "GQ429", "23514", None
+    ]  # fmt: skip
+    jobs = await jobs_of(pool, conversation_id)
+    assert [j["status"] for j in jobs] == ["queued"] * 3  # the old pending one, and both oks
+    assert await queries.fetch_value(
+        pool, "messages_in", {"conversation_id": conversation_id}
+    ) == len(jobs)
+
+
+async def test_batches_of_overlapping_users_and_a_racing_delete_never_deadlock(
+    pool: db.Pool,
+) -> None:
+    people = [await make_user(pool, f"u{i}") for i in range(4)]
+    convs = [str((await create_conversation(pool, actor=p.actor, title="t"))["id"]) for p in people]
+    doomed = convs[0]
+    seen: list[str | None] = []
+    midway = asyncio.Event()
+
+    async def batches(order: list[str]) -> None:
+        for round_ in range(15):
+            async with pool.connection() as conn:
+                rows = await db.fetch_all(
+                    conn,
+                    "jobs_enqueue_batch",
+                    {"items": Jsonb([item(c, f"r{round_}") for c in order for _ in range(2)])},
+                )
+            seen.extend(row["error_code"] for row in rows)
+            if len(seen) >= 40:
+                midway.set()
+
+    async def delete_midway() -> None:
+        await midway.wait()
+        async with pool.connection() as conn:
+            await db.fetch_all(
+                conn, "conversation_cancel_jobs", {"conversation_id": doomed, "owner": None}
+            )
+            assert await db.fetch_value(
+                conn, "conversation_delete", {"conversation_id": doomed, "owner": None}
+            )
+
+    async with asyncio.timeout(60):
+        await asyncio.gather(batches(convs), batches(convs[::-1]), delete_midway())
+    # No 40P01 (deadlock detected) anywhere: only the deleted conversation's items failed.
+    assert set(seen) <= {None, "GQ404", "23503"}, set(seen)
+    assert "GQ404" in seen or "23503" in seen
+    assert await jobs_of(pool, doomed) == []
+    for conv in convs[1:]:
+        assert [j["status"] for j in await jobs_of(pool, conv)] == ["queued"] * 60
+    assert await queries.fetch_value(pool, "pending_count") == 0
+
+
+async def test_the_sequencer_answers_each_refusal_as_its_error(
+    pool: db.Pool, conversation_id: str
+) -> None:
+    sequencer = Sequencer(pool)
+    ok, missing, unknown, full = await asyncio.gather(
+        sequencer.enqueue(item(conversation_id, "one", max_queued=1)),
+        sequencer.enqueue(item(str(uuid4()))),
+        sequencer.enqueue(item(conversation_id, model="huge")),
+        sequencer.enqueue(item(conversation_id, "two", max_queued=1)),
+        return_exceptions=True,
+    )
+    assert isinstance(ok, dict) and ok["status"] == "queued"
+    assert isinstance(missing, NotFound)
+    assert isinstance(unknown, UnknownModel) and "tiny" in str(unknown)
+    assert isinstance(full, QueueFull)
+
+
+async def test_a_batch_queues_the_pending_jobs_an_earlier_release_left(
+    pool: db.Pool, conversation_id: str
+) -> None:
+    for i in range(3):
+        await enqueue_pending(pool, conversation_id, f"old{i}")
     pending = await jobs_of(pool, conversation_id)
     assert [(j["status"], j["message_status"], j["events"]) for j in pending] == [
         ("pending", "pending", [])
-    ] * 5
-    sequenced = await Sequencer(pool).sequenced(ids[2])
-    assert sequenced is not None and sequenced.job["status"] == "queued"
+    ] * 3
+    sequencer = Sequencer(pool)
+    await asyncio.gather(*(sequencer.enqueue(item(conversation_id, f"new{i}")) for i in range(2)))
     after = await jobs_of(pool, conversation_id)
     assert [(j["status"], j["message_status"]) for j in after] == [("queued", "queued")] * 5
-    assert len({j["queued_at"] for j in after}) == 1  # one transaction queued them all
-    statuses = [status for j in after for status, _ in j["events"]]
     seqs = [seq for j in after for _, seq in j["events"]]
-    assert statuses == ["pending", "queued"] * 5
-    assert seqs == list(range(seqs[0], seqs[0] + 10))  # in queue order, nothing between
-    assert sequenced.seq == after[2]["events"][1][1]
+    assert seqs == list(range(seqs[0], seqs[0] + 10))
 
 
 async def test_a_pending_job_held_by_another_transaction_is_skipped_then_queued(
     pool: db.Pool, conversation_id: str
 ) -> None:
     held_id = await enqueue_pending(pool, conversation_id, "held")
-    free_id = await enqueue_pending(pool, conversation_id, "free")
     sequencer = Sequencer(pool)
     async with pool.connection() as holder, holder.transaction():
         await queries.fetch_all(holder, "job_row_lock", {"job_id": held_id})
-        waiting = asyncio.create_task(sequencer.sequenced(held_id))
-        done = await asyncio.wait_for(sequencer.sequenced(free_id), 5)
-        assert done is not None and done.job["status"] == "queued"  # not stuck behind it
-        states = {j["job_id"]: j["status"] for j in await jobs_of(pool, conversation_id)}
-        assert states == {held_id: "pending", free_id: "queued"}
-        assert not waiting.done()
-    sequenced = await asyncio.wait_for(waiting, 5)
-    assert sequenced is not None and sequenced.job["status"] == "queued"
-    assert sequenced.seq is not None and done.seq is not None and sequenced.seq > done.seq
+        async with asyncio.timeout(5):
+            done = await asyncio.gather(
+                *(sequencer.enqueue(item(conversation_id, f"free{i}")) for i in range(2))
+            )
+        assert [d["status"] for d in done] == ["queued"] * 2
+        [held, *_] = await jobs_of(pool, conversation_id)
+        assert held["status"] == "pending"
+    async with asyncio.timeout(5):
+        later = await asyncio.gather(
+            *(sequencer.enqueue(item(conversation_id, f"later{i}")) for i in range(2))
+        )
+    held, free, _, _, _ = await jobs_of(pool, conversation_id)
+    assert held["status"] == "queued"
+    assert held["events"][1][1] > free["events"][1][1]  # queued after, by the later batch
+    assert held["events"][1][1] < later[0]["event_seq"]  # type: ignore[typeddict-item]
 
 
 async def test_a_pending_job_left_by_a_dead_web_process_is_queued_and_sent_to_subscribers(
@@ -107,11 +258,9 @@ async def test_a_job_canceled_while_pending_is_queued_then_canceled_like_any_oth
 ) -> None:
     job_id = await enqueue_pending(pool, conversation_id)
     await db.fetch_one(pool, "job_cancel", {"job_id": job_id, "owner": None})
-    sequenced = await Sequencer(pool).sequenced(job_id)
-    assert sequenced is not None and sequenced.job["status"] == "canceled"
     [job] = await jobs_of(pool, conversation_id)
+    assert job["status"] == "canceled"
     assert [status for status, _ in job["events"]] == ["pending", "queued", "canceled"]
-    assert sequenced.seq == job["events"][1][1]
 
 
 async def test_deleting_a_conversation_with_pending_jobs_cancels_and_removes_them(

@@ -116,10 +116,18 @@ SELECT id::text AS job_id, status, xmin::text AS writer FROM jobs ORDER BY start
 SELECT count(*)::integer AS held FROM gpu_locks
 
 -- name: enqueue_pending
--- The first half of the web's enqueue under load (gq_enqueue's 'sequence' mode): the job
--- committed pending, as a web process that died before its sequencer ran leaves it.
+-- gq_enqueue's 'sequence' mode committed on its own: a job left pending, as a web process of the
+-- release before gq_enqueue_batch (which queues its items in the same transaction) left it when
+-- it died before its sequencer ran.
 SELECT gq_enqueue(%(conversation_id)s, NULL, 'tiny', 'tiny', %(prompt)s, '{}'::jsonb, 0, 3, 600,
                   %(max_queued)s, 1.0, 0.0, 'sequence') AS job
+
+-- name: messages_in
+-- How many assistant messages (one a job) the conversation holds.
+SELECT count(*) FROM messages WHERE conversation_id = %(conversation_id)s AND role = 'assistant'
+
+-- name: pending_count
+SELECT count(*) FROM jobs WHERE status = 'pending'
 
 -- name: sequenced_jobs
 -- Jobs with their queue keys and the events of each, in seq order.
