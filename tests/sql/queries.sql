@@ -25,6 +25,11 @@ SELECT gq_jsonb_deep_merge(%(base)s, %(patch)s) AS merged
 -- The SQL lists of states (the job_status domain's, in order) and of final states.
 SELECT gq_job_statuses() AS statuses, gq_final_job_statuses() AS final
 
+-- name: jobs_constraint
+-- One CHECK of the jobs table, as PostgreSQL holds it.
+SELECT pg_get_constraintdef(c.oid) AS definition FROM pg_constraint AS c
+WHERE c.conrelid = 'jobs'::regclass AND c.conname = %(name)s
+
 -- name: job_status_check
 -- The job_status domain's constraint as PostgreSQL holds it.
 SELECT c.conname, pg_get_constraintdef(c.oid) AS definition
