@@ -10,7 +10,14 @@ ALTER TABLE jobs
     ADD CONSTRAINT jobs_finished_at_matches_status
         CHECK ((status IN ('complete', 'error', 'canceled')) = (finished_at IS NOT NULL));
 
--- gq_record_transitions takes the jobs alone: an event's time is its row's (finished_at for an
--- end, started_at for a claim) and every caller passed an empty detail. gq_complete_batch and
--- gq_lock_and_claim_batch become halves of gq_complete_and_claim (R__queue_functions.sql).
+-- The hand-off's functions (R__queue_functions.sql): gq_complete_and_claim writes the
+-- completions, the claim and all their transitions in one plpgsql body. gq_record_transitions
+-- takes the jobs alone (an event's time is its row's: finished_at for an end, started_at for a
+-- claim; every caller passed an empty detail). Completions without a claim are
+-- gq_complete_and_claim with none (queueing/sql/queries.sql calls it so), and one job's claim is
+-- gq_lock_and_claim_batch(worker, 1). IF EXISTS: a database migrated from scratch has none of
+-- them yet (the repeatable files run after the numbered ones).
 DROP FUNCTION IF EXISTS gq_record_transitions(jobs[], jsonb, timestamptz);
+DROP FUNCTION IF EXISTS gq_complete(uuid, bigint, bytea, text);
+DROP FUNCTION IF EXISTS gq_complete_batch(uuid[], bigint[], bytea[], text);
+DROP FUNCTION IF EXISTS gq_lock_and_claim(uuid);

@@ -610,16 +610,14 @@ BEGIN
 END
 $$;
 
--- The claim alone (no completions): gq_complete_and_claim's second half.
+-- The claim alone (no completions): gq_complete_and_claim's second half, under the name a
+-- claiming session shows in pg_stat_activity. plpgsql, so its plan is cached per session (a SQL
+-- function's body is parsed and planned again at every call).
 CREATE OR REPLACE FUNCTION gq_lock_and_claim_batch(p_worker_id uuid, p_max_batch integer)
-RETURNS SETOF jobs LANGUAGE sql AS $$
-    SELECT * FROM gq_complete_and_claim('{}', '{}', '{}', NULL, p_worker_id, p_max_batch)
-$$;
-
--- One job at a time: the batch claim of one.
-CREATE OR REPLACE FUNCTION gq_lock_and_claim(p_worker_id uuid) RETURNS SETOF jobs
-LANGUAGE sql AS $$
-    SELECT * FROM gq_lock_and_claim_batch(p_worker_id, 1)
+RETURNS SETOF jobs LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM gq_complete_and_claim('{}', '{}', '{}', NULL, p_worker_id, p_max_batch);
+END
 $$;
 
 -- Releases a GPU lock by name and wakes the workers waiting for that GPU (NOTIFY gq_gpu, payload
@@ -633,22 +631,6 @@ BEGIN
     END IF;
     RETURN v_released;
 END
-$$;
-
--- The completions alone (no claim after them), releasing p_release_device after them: a batch's
--- ends, when the GPU changes hands after them. The rows come back in the order given.
-CREATE OR REPLACE FUNCTION gq_complete_batch(
-    p_job_ids uuid[], p_claim_ids bigint[], p_pngs bytea[], p_release_device text
-) RETURNS SETOF jobs LANGUAGE sql AS $$
-    SELECT * FROM gq_complete_and_claim(p_job_ids, p_claim_ids, p_pngs, p_release_device, NULL, NULL)
-$$;
-
--- processing -> complete, with the image in the same transaction (a complete job always has one):
--- the batch completion of one. Fenced: a stale claim returns no row. p_release_device releases
--- that GPU lock in the same trip.
-CREATE OR REPLACE FUNCTION gq_complete(p_job_id uuid, p_claim_id bigint, p_png bytea, p_release_device text)
-RETURNS SETOF jobs LANGUAGE sql AS $$
-    SELECT * FROM gq_complete_batch(ARRAY[p_job_id], ARRAY[p_claim_id], ARRAY[p_png], p_release_device)
 $$;
 
 -- processing -> queued (retry after an exponential backoff with equal jitter, so each delay is at
