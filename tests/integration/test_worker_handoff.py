@@ -76,7 +76,7 @@ async def test_a_hand_off_waits_for_a_message_row_without_holding_the_event_lock
             return state if state["wait_event_type"] == "Lock" else None
 
         state = await eventually(waiting, what="the hand-off waiting for the message row")
-        assert not state["holds_event_lock"]
+        assert state is not None and not state["holds_event_lock"]
     handoff = await hand_off
     assert handoff.stored == [True] and [str(c.job_id) for c in handoff.claims] == [second]
     assert [await status_of(pool, j) for j in (first, second)] == ["complete", "processing"]
