@@ -119,6 +119,15 @@ CREATE OR REPLACE FUNCTION gq_queue_position(
     SELECT queue_position FROM gq_queue_place(p_model, p_priority, p_start_tag, p_queue_seq)
 $$;
 
+-- The final states, those a job never leaves (Python: queueing.states.FINAL), each one of
+-- gq_job_statuses(). jobs_finished_at_matches_status names the same list as literals (013: a
+-- call there ran at every statement writing jobs); tests/integration/test_job_status.py holds
+-- the three equal, so a change is a numbered migration re-adding that constraint too.
+CREATE OR REPLACE FUNCTION gq_final_job_statuses() RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT ARRAY['complete', 'error', 'canceled']
+$$;
+
 -- The one definition of a GPU lock's name; its key is (26450, hashtext(name)).
 CREATE OR REPLACE FUNCTION gq_gpu_lock_name(p_host text, p_device text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -172,31 +181,32 @@ BEGIN
 END
 $$;
 
--- gq_record_transition for a set of jobs that each just left the queue's order (processing, or a
--- final state: queue_position 0): every job's message metadata, its own event row and its own
--- NOTIFY, the events in one INSERT for the whole set. The same order as there: the message rows
--- first, then the event lock, then the events, in array order (their seqs rise along it). Each
--- message is one indexed UPDATE, in message id order (the order gq_record_place locks them in,
--- so the two never deadlock): for a batch's few rows that is cheaper than a join, which the
--- planner would have to plan for 10 rows when there is one. The patch is flat, so the deep
--- merge is `||` (gq_jsonb_deep_merge).
-CREATE OR REPLACE FUNCTION gq_record_transitions(
-    p_jobs jobs[], p_detail jsonb DEFAULT '{}', p_at timestamptz DEFAULT NULL
-) RETURNS void LANGUAGE plpgsql AS $$
+-- gq_record_transition for a set of jobs that each just left the queue's order or entered a
+-- final state (a claim's processing rows, a completion's complete ones: queue_position 0):
+-- every job's message metadata, its own event row and its own NOTIFY, the events in one INSERT
+-- for the whole set. The same order as there: the message rows first, then the event lock, then
+-- the events, in array order (their seqs rise along it). Each message is one indexed UPDATE, in
+-- message id order (the order gq_record_place locks them in, so the two never deadlock): for a
+-- hand-off's few rows that is cheaper than a join, which the planner would have to plan for 10
+-- rows when there is one. The patch is flat, so the deep merge is `||` (gq_jsonb_deep_merge).
+-- An event's time is its row's: finished_at for an end, started_at for a claim.
+CREATE OR REPLACE FUNCTION gq_record_transitions(p_jobs jobs[]) RETURNS void
+LANGUAGE plpgsql AS $$
 DECLARE
-    v_job jobs;
+    v_message_id uuid;
+    v_patch jsonb;
 BEGIN
-    FOR v_job IN SELECT * FROM unnest(p_jobs) AS j ORDER BY j.message_id LOOP
-        UPDATE messages
-        SET extra_metadata = extra_metadata || jsonb_build_object(
-            'job_id', v_job.id, 'status', v_job.status, 'queue_position', 0, 'error', v_job.error)
-        WHERE id = v_job.message_id;
+    FOR v_message_id, v_patch IN
+        SELECT j.message_id, jsonb_build_object('job_id', j.id, 'status', j.status,
+                                                'queue_position', 0, 'error', j.error)
+        FROM unnest(p_jobs) AS j ORDER BY j.message_id
+    LOOP
+        UPDATE messages SET extra_metadata = extra_metadata || v_patch WHERE id = v_message_id;
     END LOOP;
     PERFORM gq_event_lock();
-    INSERT INTO job_events (job_id, message_id, conversation_id, model, status, queue_position, at,
-                            detail)
-    SELECT j.id, j.message_id, j.conversation_id, j.model, j.status, 0, coalesce(p_at, now()),
-           p_detail
+    INSERT INTO job_events (job_id, message_id, conversation_id, model, status, queue_position, at)
+    SELECT j.id, j.message_id, j.conversation_id, j.model, j.status, 0,
+           coalesce(j.finished_at, j.started_at)
     FROM unnest(p_jobs) WITH ORDINALITY AS j
     ORDER BY j.ordinality;
     PERFORM pg_notify('gq_event', j.id::text) FROM unnest(p_jobs) AS j;
@@ -514,113 +524,158 @@ BEGIN
 END
 $$;
 
--- Takes the GPU lock of the worker's (host, device) if it is free, then claims the next runnable
--- job of the worker's model: highest priority, then the earliest start tag (fair share), then
--- first come. Never waits: a worker that finds the GPU busy gets no
--- row and waits outside any statement (so it holds no snapshot, and vacuum is never held back)
--- for a wake-up: an event, the gq_gpu NOTIFY of a release, or its poll interval. With nothing to
--- run the lock is released again, so the GPU lock is held exactly while a job is processing.
--- The GPU is the one its worker registered: host and device are read from the workers row.
+-- The worker's hand-off (gpu_worker/gpu_lock.py), and both its halves: its completions, then
+-- its next claim, as one statement: one round trip and one transaction, committed together or
+-- not at all. The rows: the jobs completed (status complete, in the order given), then the jobs
+-- claimed (processing, head first).
 --
--- Batches (contract: Batching): with p_max_batch N > 1 the same statement also claims up to N-1
--- jobs compatible with that head job (same model, width, height, steps, guidance scale and
--- negative prompt) among the next 2N runnable jobs in claim order, skipping any another claim
--- holds. Every member gets its own claim_id and its own processing event, all in this one
--- transaction, so the positions of the jobs behind move once. batch_id/batch_size mark a batch
--- of two or more (NULL for one job). The rows come back head first, then in claim order.
-CREATE OR REPLACE FUNCTION gq_lock_and_claim_batch(p_worker_id uuid, p_max_batch integer)
-RETURNS SETOF jobs LANGUAGE plpgsql AS $$
+-- Completions: job i of p_job_ids, fenced by claim i of p_claim_ids, gets image i of p_pngs, all
+-- in one UPDATE and one INSERT; a stale claim is skipped and returns no row. p_release_device
+-- then releases that GPU lock.
+--
+-- The claim (none when p_worker_id is NULL) takes the GPU lock of the worker's (host, device) if
+-- it is free, then claims the next runnable job of the worker's model: highest priority, then
+-- the earliest start tag (fair share), then first come. Never waits: a worker that finds the GPU
+-- busy gets no row and waits outside any statement (so it holds no snapshot, and vacuum is never
+-- held back) for a wake-up: an event, the gq_gpu NOTIFY of a release, or its poll interval. With
+-- nothing to run the lock is released again, so the GPU lock is held exactly while a job is
+-- processing. The GPU is the one its worker registered: host and device are read from the
+-- workers row. The model's virtual time follows the start tags of the jobs it runs (never back:
+-- a retried job keeps its old, earlier tag), written only when it rises.
+--
+-- Batches (contract: Batching): with p_max_batch N > 1 the claim also takes up to N-1 jobs
+-- compatible with that head job (same model, width, height, steps, guidance scale and negative
+-- prompt) among the next 2N runnable jobs in claim order, skipping any another claim holds.
+-- Every member gets its own claim_id and its own processing event, all in this one transaction,
+-- so the positions of the jobs behind move once. batch_id/batch_size mark a batch of two or more
+-- (NULL for one job).
+--
+-- Each job completed or claimed is its own transition; their message metadata, events and
+-- NOTIFYs are written in one pass at the end (gq_record_transitions: every message row locked,
+-- in message id order, before the event lock is taken), completions first.
+CREATE OR REPLACE FUNCTION gq_complete_and_claim(
+    p_job_ids uuid[], p_claim_ids bigint[], p_pngs bytea[], p_release_device text,
+    p_worker_id uuid, p_max_batch integer
+) RETURNS SETOF jobs LANGUAGE plpgsql
+-- Its statements are planned once per session (generic plans): left to choose, PostgreSQL kept
+-- custom plans, planning the set-based UPDATEs again at every call because their estimates from
+-- the array parameters look cheaper, and at batch 1 that planning cost more than the loops it
+-- replaced (backend CPU a job 13 % above theirs; generic: 5 % below).
+SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
+    v_done jobs[];
+    v_claimed jobs[];
     v_host text;
     v_device text;
     v_model text;
     v_key integer;
-    v_head jobs;
-    v_job jobs;
-    v_jobs jobs[] := '{}';
+    v_head_id uuid;
+    v_head_params jsonb;
     v_ids uuid[];
-    v_id uuid;
-    v_tag double precision := '-infinity';
+    v_tag double precision;
     v_batch_id uuid;
     v_started timestamptz;
 BEGIN
-    IF p_max_batch IS NULL OR p_max_batch NOT BETWEEN 1 AND 64 THEN
+    IF p_worker_id IS NOT NULL AND (p_max_batch IS NULL OR p_max_batch NOT BETWEEN 1 AND 64) THEN
         RAISE EXCEPTION 'a batch holds 1 to 64 jobs, not %', p_max_batch USING ERRCODE = 'GQ422';
     END IF;
-    SELECT host, device, model INTO v_host, v_device, v_model FROM workers WHERE id = p_worker_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'worker % is not registered', p_worker_id USING ERRCODE = 'GQ404';
+    IF cardinality(p_job_ids) > 0 THEN
+        WITH done AS (
+            UPDATE jobs AS j SET status = 'complete', finished_at = now(), error = NULL
+            FROM unnest(p_job_ids, p_claim_ids) WITH ORDINALITY AS c(id, claim_id, ord)
+            WHERE j.id = c.id AND j.claim_id = c.claim_id AND j.status = 'processing'
+            RETURNING j AS job, c.ord
+        ), images AS (
+            INSERT INTO job_images (job_id, png) SELECT (d.job).id, p_pngs[d.ord] FROM done AS d
+        )
+        SELECT array_agg(d.job ORDER BY d.ord) INTO v_done FROM done AS d;
     END IF;
-    -- Nothing runnable: no lock taken at all, so an idle worker never holds its GPU's lock, not
-    -- even for the moment of this statement (one probe of jobs_queued_idx).
-    IF NOT EXISTS (SELECT 1 FROM jobs
-                   WHERE status = 'queued' AND model = v_model AND run_after <= clock_timestamp())
-    THEN
-        RETURN;
+    IF p_release_device IS NOT NULL THEN
+        PERFORM pg_advisory_unlock(26450, hashtext(p_release_device));
     END IF;
-    v_key := hashtext(gq_gpu_lock_name(v_host, v_device));
-    IF NOT pg_try_advisory_lock(26450, v_key) THEN
-        RETURN;
+    <<claim>>
+    BEGIN
+        EXIT claim WHEN p_worker_id IS NULL;
+        SELECT host, device, model INTO v_host, v_device, v_model
+        FROM workers WHERE id = p_worker_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'worker % is not registered', p_worker_id USING ERRCODE = 'GQ404';
+        END IF;
+        -- Nothing runnable: no lock taken at all, so an idle worker never holds its GPU's lock,
+        -- not even for the moment of this statement (one probe of jobs_queued_idx).
+        EXIT claim WHEN NOT EXISTS (
+            SELECT 1 FROM jobs
+            WHERE status = 'queued' AND model = v_model AND run_after <= clock_timestamp());
+        v_key := hashtext(gq_gpu_lock_name(v_host, v_device));
+        EXIT claim WHEN NOT pg_try_advisory_lock(26450, v_key);
+        v_started := clock_timestamp();
+        SELECT id, params INTO v_head_id, v_head_params FROM jobs
+        WHERE status = 'queued' AND model = v_model AND run_after <= v_started
+        ORDER BY priority DESC, start_tag, queue_seq
+        LIMIT 1 FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            PERFORM pg_advisory_unlock(26450, v_key);
+            EXIT claim;
+        END IF;
+        v_ids := ARRAY[v_head_id];
+        IF p_max_batch > 1 THEN
+            -- The window is read on this statement's snapshot; the row locks re-check each
+            -- member's status, so a job another worker claimed meanwhile is skipped, never
+            -- claimed twice.
+            v_ids := v_ids || ARRAY(
+                SELECT j.id FROM jobs AS j
+                JOIN (SELECT id, priority, start_tag, queue_seq FROM jobs
+                      WHERE status = 'queued' AND model = v_model AND run_after <= v_started
+                        AND id <> v_head_id
+                      ORDER BY priority DESC, start_tag, queue_seq
+                      LIMIT 2 * p_max_batch) AS w ON w.id = j.id
+                WHERE j.status = 'queued'
+                  AND j.params -> 'width' IS NOT DISTINCT FROM v_head_params -> 'width'
+                  AND j.params -> 'height' IS NOT DISTINCT FROM v_head_params -> 'height'
+                  AND j.params -> 'steps' IS NOT DISTINCT FROM v_head_params -> 'steps'
+                  AND j.params -> 'guidance_scale'
+                      IS NOT DISTINCT FROM v_head_params -> 'guidance_scale'
+                  AND nullif(j.params ->> 'negative_prompt', '')
+                      IS NOT DISTINCT FROM nullif(v_head_params ->> 'negative_prompt', '')
+                ORDER BY w.priority DESC, w.start_tag, w.queue_seq
+                LIMIT p_max_batch - 1
+                FOR UPDATE OF j SKIP LOCKED);
+            IF cardinality(v_ids) > 1 THEN
+                v_batch_id := gen_random_uuid();
+            END IF;
+        END IF;
+        -- One UPDATE for every member, their rows gathered in batch order.
+        WITH claimed AS (
+            UPDATE jobs AS j
+            SET status = 'processing', attempts = j.attempts + 1,
+                claim_id = nextval('job_claim_seq'), worker_id = p_worker_id, host = v_host,
+                device = v_device, started_at = v_started, progress = NULL,
+                batch_id = v_batch_id,
+                batch_size = CASE WHEN v_batch_id IS NOT NULL THEN cardinality(v_ids) END
+            FROM unnest(v_ids) WITH ORDINALITY AS m(id, ord)
+            WHERE j.id = m.id
+            RETURNING j AS job, m.ord
+        )
+        SELECT array_agg(c.job ORDER BY c.ord), max((c.job).start_tag) INTO v_claimed, v_tag
+        FROM claimed AS c;
+        UPDATE models SET virtual_time = v_tag WHERE name = v_model AND virtual_time < v_tag;
+    END claim;
+    IF v_done IS NOT NULL OR v_claimed IS NOT NULL THEN
+        PERFORM gq_record_transitions(coalesce(v_done, '{}') || coalesce(v_claimed, '{}'));
     END IF;
-    v_started := clock_timestamp();
-    SELECT * INTO v_head FROM jobs
-    WHERE status = 'queued' AND model = v_model AND run_after <= v_started
-    ORDER BY priority DESC, start_tag, queue_seq
-    LIMIT 1 FOR UPDATE SKIP LOCKED;
-    IF NOT FOUND THEN
-        PERFORM pg_advisory_unlock(26450, v_key);
-        RETURN;
-    END IF;
-    v_ids := ARRAY[v_head.id];
-    IF p_max_batch > 1 THEN
-        -- The window is read on this statement's snapshot; the row locks re-check each member's
-        -- status, so a job another worker claimed meanwhile is skipped, never claimed twice.
-        v_ids := v_ids || ARRAY(
-            SELECT j.id FROM jobs AS j
-            JOIN (SELECT id, priority, start_tag, queue_seq FROM jobs
-                  WHERE status = 'queued' AND model = v_model AND run_after <= v_started
-                    AND id <> v_head.id
-                  ORDER BY priority DESC, start_tag, queue_seq
-                  LIMIT 2 * p_max_batch) AS w ON w.id = j.id
-            WHERE j.status = 'queued'
-              AND j.params -> 'width' IS NOT DISTINCT FROM v_head.params -> 'width'
-              AND j.params -> 'height' IS NOT DISTINCT FROM v_head.params -> 'height'
-              AND j.params -> 'steps' IS NOT DISTINCT FROM v_head.params -> 'steps'
-              AND j.params -> 'guidance_scale' IS NOT DISTINCT FROM v_head.params -> 'guidance_scale'
-              AND nullif(j.params ->> 'negative_prompt', '')
-                  IS NOT DISTINCT FROM nullif(v_head.params ->> 'negative_prompt', '')
-            ORDER BY w.priority DESC, w.start_tag, w.queue_seq
-            LIMIT p_max_batch - 1
-            FOR UPDATE OF j SKIP LOCKED);
-    END IF;
-    IF cardinality(v_ids) > 1 THEN
-        v_batch_id := gen_random_uuid();
-    END IF;
-    -- One indexed UPDATE per member, in batch order (one, for a job alone), then all their
-    -- events in one pass (gq_record_transitions), before the rows are returned.
-    FOREACH v_id IN ARRAY v_ids LOOP
-        UPDATE jobs AS j
-        SET status = 'processing', attempts = j.attempts + 1,
-            claim_id = nextval('job_claim_seq'), worker_id = p_worker_id, host = v_host,
-            device = v_device, started_at = v_started, progress = NULL, batch_id = v_batch_id,
-            batch_size = CASE WHEN v_batch_id IS NOT NULL THEN cardinality(v_ids) END
-        WHERE j.id = v_id
-        RETURNING j.* INTO v_job;
-        v_jobs := v_jobs || v_job;
-        v_tag := greatest(v_tag, v_job.start_tag);
-    END LOOP;
-    PERFORM gq_record_transitions(v_jobs, '{}', v_started);
-    -- The model's virtual time follows the start tags of the jobs it runs (never back: a retried
-    -- job keeps its old, earlier tag).
-    UPDATE models SET virtual_time = v_tag WHERE name = v_model AND virtual_time < v_tag;
-    RETURN QUERY SELECT * FROM unnest(v_jobs);
+    RETURN QUERY SELECT * FROM unnest(v_done);
+    RETURN QUERY SELECT * FROM unnest(v_claimed);
 END
 $$;
 
--- One job at a time: the batch claim of one.
-CREATE OR REPLACE FUNCTION gq_lock_and_claim(p_worker_id uuid) RETURNS SETOF jobs
-LANGUAGE sql AS $$
-    SELECT * FROM gq_lock_and_claim_batch(p_worker_id, 1)
+-- The claim alone (no completions): gq_complete_and_claim's second half, under the name a
+-- claiming session shows in pg_stat_activity. plpgsql, so its plan is cached per session (a SQL
+-- function's body is parsed and planned again at every call).
+CREATE OR REPLACE FUNCTION gq_lock_and_claim_batch(p_worker_id uuid, p_max_batch integer)
+RETURNS SETOF jobs LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM gq_complete_and_claim('{}', '{}', '{}', NULL, p_worker_id, p_max_batch);
+END
 $$;
 
 -- Releases a GPU lock by name and wakes the workers waiting for that GPU (NOTIFY gq_gpu, payload
@@ -633,61 +688,6 @@ BEGIN
         PERFORM pg_notify('gq_gpu', p_gpu_lock);
     END IF;
     RETURN v_released;
-END
-$$;
-
--- The jobs of a batch (or one job) processing -> complete, each with its image, in one statement:
--- job i of p_job_ids, fenced by claim i of p_claim_ids, gets image i of p_pngs. Each member is
--- its own transition (its own complete event, message metadata and NOTIFY, in this transaction);
--- a stale claim is skipped and returns no row. Each member is one fenced, indexed UPDATE and its
--- image; their events, metadata and NOTIFYs are written in one pass (gq_record_transitions), so
--- a batch of N costs N short statements more than one job, not N whole transitions. The rows
--- come back in the order given; p_release_device releases that GPU lock after them.
-CREATE OR REPLACE FUNCTION gq_complete_batch(
-    p_job_ids uuid[], p_claim_ids bigint[], p_pngs bytea[], p_release_device text
-) RETURNS SETOF jobs LANGUAGE plpgsql AS $$
-DECLARE
-    v_job jobs;
-    v_jobs jobs[] := '{}';
-BEGIN
-    FOR i IN 1 .. coalesce(cardinality(p_job_ids), 0) LOOP
-        UPDATE jobs SET status = 'complete', finished_at = now(), error = NULL
-        WHERE id = p_job_ids[i] AND claim_id = p_claim_ids[i] AND status = 'processing'
-        RETURNING * INTO v_job;
-        IF FOUND THEN
-            INSERT INTO job_images (job_id, png) VALUES (v_job.id, p_pngs[i]);
-            v_jobs := v_jobs || v_job;
-        END IF;
-    END LOOP;
-    IF cardinality(v_jobs) > 0 THEN
-        PERFORM gq_record_transitions(v_jobs);
-    END IF;
-    IF p_release_device IS NOT NULL THEN
-        PERFORM pg_advisory_unlock(26450, hashtext(p_release_device));
-    END IF;
-    RETURN QUERY SELECT * FROM unnest(v_jobs);
-END
-$$;
-
--- processing -> complete, with the image in the same transaction (a complete job always has one):
--- the batch completion of one. Fenced: a stale claim returns no row. p_release_device releases
--- that GPU lock in the same trip.
-CREATE OR REPLACE FUNCTION gq_complete(p_job_id uuid, p_claim_id bigint, p_png bytea, p_release_device text)
-RETURNS SETOF jobs LANGUAGE sql AS $$
-    SELECT * FROM gq_complete_batch(ARRAY[p_job_id], ARRAY[p_claim_id], ARRAY[p_png], p_release_device)
-$$;
-
--- The worker's hand-off (gpu_worker/gpu_lock.py): its completions (gq_complete_batch, the GPU lock
--- released after them) and its next claim (gq_lock_and_claim_batch), in that order, as one
--- statement: one round trip and one transaction, committed together or not at all. The rows: the
--- jobs completed (status complete), then the jobs claimed (processing).
-CREATE OR REPLACE FUNCTION gq_complete_and_claim(
-    p_job_ids uuid[], p_claim_ids bigint[], p_pngs bytea[], p_release_device text,
-    p_worker_id uuid, p_max_batch integer
-) RETURNS SETOF jobs LANGUAGE plpgsql AS $$
-BEGIN
-    RETURN QUERY SELECT * FROM gq_complete_batch(p_job_ids, p_claim_ids, p_pngs, p_release_device);
-    RETURN QUERY SELECT * FROM gq_lock_and_claim_batch(p_worker_id, p_max_batch);
 END
 $$;
 

@@ -199,14 +199,18 @@ SELECT id, claim_id, message_id, conversation_id, model, prompt, params, work, t
 FROM gq_lock_and_claim_batch(%(worker_id)s, %(max_batch)s)
 
 -- name: job_complete
-SELECT id, status FROM gq_complete(%(job_id)s, %(claim_id)s, %(png)s, %(release_device)s)
+-- processing -> complete with its image (a complete job always has one), fenced: a stale claim
+-- returns no row. release_device releases that GPU lock in the same trip. No claim after it.
+SELECT id, status
+FROM gq_complete_and_claim(ARRAY[%(job_id)s::uuid], ARRAY[%(claim_id)s::bigint],
+                           ARRAY[%(png)s::bytea], %(release_device)s, NULL, NULL)
 
 -- name: job_complete_batch
 -- Completes job i of job_ids (fenced by claim i of claim_ids) with image i of pngs, each in its
--- own transition, in one statement; a row for each job completed, in the order given.
+-- own transition, in one statement; a row for each job completed, in the order given. No claim.
 SELECT id, status
-FROM gq_complete_batch(%(job_ids)b::uuid[], %(claim_ids)b::bigint[], %(pngs)b::bytea[],
-                       %(release_device)s)
+FROM gq_complete_and_claim(%(job_ids)b::uuid[], %(claim_ids)b::bigint[], %(pngs)b::bytea[],
+                           %(release_device)s, NULL, NULL)
 
 -- name: job_complete_and_claim
 -- The hand-off: job_complete_batch, then job_lock_and_claim_batch, in one statement. The jobs

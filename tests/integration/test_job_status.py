@@ -61,6 +61,16 @@ async def test_a_finished_job_without_finished_at_is_refused_by_its_named_rule(
     assert refused.value.diag.constraint_name == "jobs_finished_at_matches_status"
 
 
+async def test_the_finished_at_rule_lists_the_final_states(pool: db.Pool) -> None:
+    """jobs_finished_at_matches_status names the final states as literals (013: a function call
+    there ran at every statement writing jobs); they are gq_final_job_statuses()'s, FINAL."""
+    [row] = await queries.fetch_all(
+        pool, "jobs_constraint", {"name": "jobs_finished_at_matches_status"}
+    )
+    assert "gq_final_job_statuses" not in row["definition"]
+    assert set(re.findall(r"'([a-z_]+)'", row["definition"])) == FINAL
+
+
 async def test_a_status_outside_the_vocabulary_is_refused_by_the_domain(
     pool: db.Pool, alice: Actor, conversation_id: str
 ) -> None:

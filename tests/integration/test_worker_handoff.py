@@ -3,17 +3,19 @@ transaction, so either all of it is committed or none of it, and the session goe
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
 from gpu_worker.gpu_lock import GpuSession
 from gpu_worker.png import encode_rgb
+from harness.waiting import eventually
 from queueing import db, jobs
 from queueing.actors import Actor
 from queueing.config import BUILTIN_MODEL
 from tests.integration.worker_support import job, rows, status_of, submit_many
-from tests.queries import fetch_all, fetch_value
+from tests.queries import TEST_QUERIES, fetch_all, fetch_value
 
 PNG = encode_rgb(8, 8, [bytes(range(24))] * 8)
 
@@ -55,6 +57,29 @@ async def test_a_batch_completes_and_the_next_jobs_are_claimed_in_one_commit(
     last = await session.complete_and_claim([(handoff.claims[0], PNG)], 2)
     assert last.stored == [True] and last.claims == []
     assert await fetch_value(pool, "gpu_locks_held") == 0  # nothing left: the GPU is free
+
+
+async def test_a_hand_off_waits_for_a_message_row_without_holding_the_event_lock(
+    pool: db.Pool, conversation_id: str, alice: Actor, session: GpuSession
+) -> None:
+    """Every message row a hand-off writes, its completion's and its claim's, is locked before
+    the event lock: a merge that holds the next job's message keeps the hand-off waiting, while
+    every other event writer goes on."""
+    first, second = await submit_many(pool, conversation_id, alice, 2)
+    [claim] = await session.claim_batch(1)
+    async with pool.connection() as holder, holder.transaction():
+        await holder.execute(TEST_QUERIES["message_row_lock"], {"job_id": second})
+        hand_off = asyncio.create_task(session.complete_and_claim([(claim, PNG)], 1))
+
+        async def waiting() -> db.Row | None:
+            [state] = await fetch_all(pool, "backend_waits", {"pid": session.backend_pid})
+            return state if state["wait_event_type"] == "Lock" else None
+
+        state = await eventually(waiting, what="the hand-off waiting for the message row")
+        assert state is not None and not state["holds_event_lock"]
+    handoff = await hand_off
+    assert handoff.stored == [True] and [str(c.job_id) for c in handoff.claims] == [second]
+    assert [await status_of(pool, j) for j in (first, second)] == ["complete", "processing"]
 
 
 async def test_a_refused_completion_commits_nothing_and_the_session_goes_on(

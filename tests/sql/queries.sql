@@ -25,6 +25,11 @@ SELECT gq_jsonb_deep_merge(%(base)s, %(patch)s) AS merged
 -- The SQL lists of states (the job_status domain's, in order) and of final states.
 SELECT gq_job_statuses() AS statuses, gq_final_job_statuses() AS final
 
+-- name: jobs_constraint
+-- One CHECK of the jobs table, as PostgreSQL holds it.
+SELECT pg_get_constraintdef(c.oid) AS definition FROM pg_constraint AS c
+WHERE c.conrelid = 'jobs'::regclass AND c.conname = %(name)s
+
 -- name: job_status_check
 -- The job_status domain's constraint as PostgreSQL holds it.
 SELECT c.conname, pg_get_constraintdef(c.oid) AS definition
@@ -138,6 +143,19 @@ SELECT j.id AS job_id, j.status, j.queue_seq, j.start_tag, j.finish_tag, j.queue
 FROM jobs AS j JOIN messages AS m ON m.id = j.message_id
 WHERE j.conversation_id = %(conversation_id)s
 ORDER BY j.queue_seq
+
+-- name: message_row_lock
+-- The row of a job's message, locked as a metadata merge locks it.
+SELECT m.id FROM messages AS m JOIN jobs AS j ON j.message_id = m.id
+WHERE j.id = %(job_id)s FOR UPDATE OF m
+
+-- name: backend_waits
+-- What a backend waits for, and whether it holds the event lock (26449, 1).
+SELECT a.wait_event_type,
+       EXISTS (SELECT 1 FROM pg_locks AS l
+               WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.classid = 26449
+                 AND l.objid = 1 AND l.objsubid = 2 AND l.granted) AS holds_event_lock
+FROM pg_stat_activity AS a WHERE a.pid = %(pid)s
 
 -- name: job_row_lock
 SELECT id FROM jobs WHERE id = %(job_id)s FOR UPDATE
