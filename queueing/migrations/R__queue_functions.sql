@@ -230,10 +230,14 @@ $$;
 --   process that follows the log places the job from its queue order and writes it back
 --   (gq_record_place). The web's path for a batch of one (queueing/sequencer.py): one
 --   transaction with no subtransaction, no second pass over the job and its message.
--- * 'sequence': the job is left `pending` (message and job row, no event, no lock beyond the
---   user's, no NOTIFY) for gq_enqueue_batch, which queues the batch's jobs together in the same
---   transaction. The web's path for a batch of two or more.
--- The result carries the queued event's seq (NULL while pending).
+-- * 'batch': the job is inserted queued (message and job row) with no event, no lock beyond the
+--   user's and no NOTIFY: gq_enqueue_batch writes the batch's events together, under the event
+--   lock, in the same transaction. The web's path for a batch of two or more.
+-- * 'sequence': as 'batch', but the job is left `pending`, for gq_sequence_pending to queue (a
+--   web process of the release before committed such jobs on their own; the tests make them so).
+-- The job and its message are written once, in the state they commit in (a queued job's
+-- pending event is still written, before its queued one). The result carries the queued
+-- event's seq (NULL in 'batch' and 'sequence').
 CREATE OR REPLACE FUNCTION gq_enqueue(
     p_conversation_id uuid, p_owner bigint, p_model text, p_default_model text, p_prompt text,
     p_params jsonb, p_priority integer, p_max_attempts integer, p_timeout_s integer,
@@ -257,7 +261,7 @@ DECLARE
     v_work_ahead double precision;
     v_seq bigint;
 BEGIN
-    IF p_mode NOT IN ('count', 'place', 'sequence') THEN
+    IF p_mode NOT IN ('count', 'place', 'batch', 'sequence') THEN
         RAISE EXCEPTION 'unknown enqueue mode %', quote_literal(p_mode) USING ERRCODE = '22023';
     END IF;
     SELECT c.user_id, u.weight INTO v_user_id, v_weight
@@ -304,16 +308,15 @@ BEGIN
         'queue_position', v_position, 'error', NULL));
     INSERT INTO jobs (id, message_id, conversation_id, user_id, model, prompt, params, work,
                       status, priority, queue_seq, start_tag, finish_tag, estimate_s,
-                      max_attempts, timeout_s)
+                      max_attempts, timeout_s, queued_at)
     VALUES (v_job_id, v_message_id, p_conversation_id, v_user_id, p_model, p_prompt, p_params,
-            v_work, 'pending', p_priority, v_queue_seq, v_start, v_start + v_estimate / v_weight,
-            v_estimate, p_max_attempts, p_timeout_s)
+            v_work, CASE p_mode WHEN 'sequence' THEN 'pending' ELSE 'queued' END, p_priority,
+            v_queue_seq, v_start, v_start + v_estimate / v_weight, v_estimate, p_max_attempts,
+            p_timeout_s, CASE WHEN p_mode <> 'sequence' THEN now() END)
     RETURNING * INTO v_job;
-    IF p_mode = 'sequence' THEN  -- gq_enqueue_batch answers with the job's JSON, not this
+    IF p_mode IN ('batch', 'sequence') THEN  -- gq_enqueue_batch answers with the job's JSON
         RETURN jsonb_build_object('job_id', v_job_id, 'status', v_job.status, 'event_seq', NULL);
     ELSE
-        UPDATE jobs SET status = 'queued', queued_at = now() WHERE id = v_job_id
-        RETURNING * INTO v_job;
         -- The stretch NOTIFY serialises anyway: both events (pending first) in one statement.
         PERFORM gq_event_lock();
         WITH written AS (
@@ -332,15 +335,18 @@ BEGIN
 END
 $$;
 
--- Every pending job this transaction sees -> queued (gq_enqueue_batch's own, and any committed
--- pending by a web process of the release before it, which committed them on their own),
--- holding the event lock once for all of them, to the commit, so `seq` rises in commit order.
--- Each job gets its pending and queued events (in queue_seq order, the queued event's position
--- NULL: the web process that follows the log places it and writes it back, gq_record_place),
--- its message says queued, and one NOTIFY wakes the listeners for the whole batch. A pending
--- job another transaction holds (a cancel) is skipped, never waited for under the lock; one
--- this transaction holds is queued with the rest. Returns how many it queued.
-CREATE OR REPLACE FUNCTION gq_sequence_pending() RETURNS integer LANGUAGE plpgsql AS $$
+-- Every pending job this transaction sees -> queued (any committed pending by a web process of
+-- the release before, which committed them on their own), and the jobs of p_queued (queued by
+-- this transaction without events: gq_enqueue_batch's), holding the event lock once for all of
+-- them, to the commit, so `seq` rises in commit order. Each job gets its pending and queued
+-- events (in queue_seq order, the queued event's position NULL: the web process that follows
+-- the log places it and writes it back, gq_record_place), a pending one's message says queued,
+-- and one NOTIFY wakes the listeners for the whole batch. A pending job another transaction
+-- holds (a cancel) is skipped, never waited for under the lock; one this transaction holds is
+-- queued with the rest. Returns how many jobs got their events.
+DROP FUNCTION IF EXISTS gq_sequence_pending();
+CREATE OR REPLACE FUNCTION gq_sequence_pending(p_queued uuid[] DEFAULT '{}')
+RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     v_queued integer;
 BEGIN
@@ -354,11 +360,16 @@ BEGIN
     told AS (
         UPDATE messages AS m SET extra_metadata = m.extra_metadata || '{"status": "queued"}'
         FROM queued WHERE m.id = queued.message_id),
+    listed AS (
+        SELECT id, message_id, conversation_id, model, queue_seq FROM queued
+        UNION ALL
+        SELECT id, message_id, conversation_id, model, queue_seq FROM jobs
+        WHERE id = ANY(p_queued)),
     written AS (
         INSERT INTO job_events (job_id, message_id, conversation_id, model, status,
                                 queue_position, at)
         SELECT q.id, q.message_id, q.conversation_id, q.model, e.status, e.position, now()
-        FROM queued AS q
+        FROM listed AS q
         CROSS JOIN (VALUES (1, 'pending'::job_status, 0), (2, 'queued'::job_status, NULL))
             AS e (step, status, position)
         ORDER BY q.queue_seq, e.step
@@ -373,16 +384,17 @@ $$;
 
 -- A web process's concurrent enqueues, as one statement and one transaction (issue 14;
 -- queueing/sequencer.py): p_items is a JSON array of gq_enqueue's arguments, one object each.
--- Every item is gq_enqueue's 'sequence' mode in a subtransaction of its own, so an item that
--- is refused (GQ404, GQ422, GQ429, a CHECK) writes nothing and is answered with its SQLSTATE
--- and message, while the others go on; then gq_sequence_pending queues them all (and any job an
--- earlier release's web left pending) under the event lock, taken once, last, and held to the
--- commit, so seq still rises in commit order. Lock order: every user's queue lock of the batch
--- first, in key order, before any row is written (gq_enqueue's own take is then a no-op), so
--- two batches, a batch and a single enqueue or a move to the front never wait in a circle, and
--- the event lock only after them (as gq_enqueue takes it). A conversation deleted meanwhile
--- fails only its items (GQ404, or 23503 from its foreign key). Returns one row per item, by its
--- 1-based place in p_items: the job's JSON with the seq of its queued event, or the error.
+-- Every item is gq_enqueue's 'batch' mode in a subtransaction of its own, so an item that is
+-- refused (GQ404, GQ422, GQ429, a CHECK) writes nothing and is answered with its SQLSTATE and
+-- message, while the others go on, each job and its message inserted queued; then
+-- gq_sequence_pending writes their events (and queues any job an earlier release's web left
+-- pending) under the event lock, taken once, last, and held to the commit, so seq still rises
+-- in commit order. Lock order: every user's queue lock of the batch first, in key order, before
+-- any row is written (gq_enqueue's own take is then a no-op), so two batches, a batch and a
+-- single enqueue or a move to the front never wait in a circle, and the event lock only after
+-- them (as gq_enqueue takes it). A conversation deleted meanwhile fails only its items (GQ404,
+-- or 23503 from its foreign key). Returns one row per item, by its 1-based place in p_items:
+-- the job's JSON with the seq of its queued event, or the error.
 CREATE OR REPLACE FUNCTION gq_enqueue_batch(p_items jsonb)
 RETURNS TABLE (item bigint, job jsonb, seq bigint, error_code text, error_message text)
 LANGUAGE plpgsql AS $$
@@ -416,7 +428,7 @@ BEGIN
                 (v_item ->> 'max_attempts')::integer, (v_item ->> 'timeout_s')::integer,
                 (v_item ->> 'max_queued')::integer,
                 (v_item ->> 'cost_intercept_s')::double precision,
-                (v_item ->> 'cost_slope_s')::double precision, 'sequence');
+                (v_item ->> 'cost_slope_s')::double precision, 'batch');
             v_ids := v_ids || (v_job ->> 'job_id')::uuid;
             v_ns := v_ns || v_n;
         EXCEPTION WHEN OTHERS THEN
@@ -431,7 +443,7 @@ BEGIN
     IF cardinality(v_ids) = 0 THEN
         RETURN;
     END IF;
-    PERFORM gq_sequence_pending();
+    PERFORM gq_sequence_pending(v_ids);
     RETURN QUERY
     SELECT b.n,
            gq_job_json(j, 0, 0),
