@@ -10,8 +10,8 @@ one wait for its flush, serves the whole batch; a lone enqueue is a batch of one
 
 `seq` is still drawn only under the event lock and committed before it is released, so it rises
 in commit order and `since_seq` replay stays exact; each job's pending and queued events are
-written together, in queue_seq order. The `pending` state is now only ever seen inside the
-batch's transaction, except for a job a web process of the release before committed pending and
+written together, in queue_seq order, and each job and its message are inserted queued, written
+once. A job is only ever `pending` when a web process of the release before committed it so and
 then died: `sweep` queues such a job within a second, and a cancel or a delete queues it first.
 """
 
