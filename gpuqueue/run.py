@@ -118,8 +118,9 @@ def worker_command(args: argparse.Namespace) -> list[str]:
     return command
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM it if this process dies without stopping it."""
+def die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it if this process dies without stopping it (Linux;
+    the parent is the thread that started it)."""
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -138,7 +139,7 @@ class WorkerSupervisor:
 
     async def _start(self) -> asyncio.subprocess.Process:
         env = {**os.environ, "DATABASE_URL": self.url}
-        preexec = _die_with_parent if sys.platform.startswith("linux") else None
+        preexec = die_with_parent if sys.platform.startswith("linux") else None
         self.process = await asyncio.create_subprocess_exec(
             *self.command,
             env=env,

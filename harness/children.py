@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from gpuqueue.run import die_with_parent
 from harness.processes import REPO, rss_kib
 from harness.waiting import eventually
 
@@ -57,6 +58,8 @@ class Child:
                 stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
                 stdout=subprocess.PIPE if pipes else log,
                 stderr=log,
+                # A test run that is killed (a timeout, Ctrl-C) leaves no server behind.
+                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
             )
 
     @property
