@@ -41,7 +41,7 @@ from queueing.cancellation import cancel_and_wait
 from queueing.config import BUILTIN_MODEL, Settings, default_gpu_lock_dir
 from queueing.errors import QueueError
 from queueing.jobs import Backoff, Claim
-from queueing.listener import CHANNEL_CANCEL, CHANNEL_EVENT, Listener
+from queueing.listener import CHANNEL_CANCEL, CHANNEL_QUEUED, Listener
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class Worker:
         await pool.open(wait=False)
         listener = Listener(
             self.url,
-            (CHANNEL_EVENT, CHANNEL_CANCEL, CHANNEL_GPU),
+            (CHANNEL_QUEUED, CHANNEL_CANCEL, CHANNEL_GPU),
             self._on_notify,
             on_connect=self._wake.set,
             app="gpuqueue-worker-listen",
@@ -753,8 +753,10 @@ class Worker:
             if gate is not None:
                 log.info("job %s: cancel requested", payload, extra={"job_id": payload})
                 gate.flag(Reason.CANCEL)
-        elif channel != CHANNEL_GPU or (
-            self._device_lock is not None and payload == self._device_lock.gpu
+        elif (channel == CHANNEL_QUEUED and payload == self.model) or (
+            channel == CHANNEL_GPU
+            and self._device_lock is not None
+            and payload == self._device_lock.gpu
         ):
             self._wake.set()
 

@@ -19,6 +19,9 @@ from . import db
 log = logging.getLogger(__name__)
 
 CHANNEL_EVENT = "gq_event"  # payload: job id, or empty for a batch; transitions were committed
+# payload: a model; jobs of it became queued (new, retried or handed back): what wakes its idle
+# workers, which a transition of any other kind does not concern
+CHANNEL_QUEUED = "gq_queued"
 CHANNEL_CANCEL = "gq_cancel"  # payload: job id; a running job's cancel was requested
 CHANNEL_PROGRESS = "gq_progress"  # payload: job id; a running job reported a step
 # payload: conversation id; it was deleted, with its jobs and their events

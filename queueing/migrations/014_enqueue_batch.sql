@@ -4,3 +4,5 @@
 -- afterwards, goes. A pending job a web process of the release before left (its process died
 -- first) is still queued by the sweep (queueing/sequencer.py) and before a cancel or a delete.
 DROP FUNCTION IF EXISTS gq_sequence(uuid[]);
+-- gq_sequence_pending takes the jobs gq_enqueue_batch queued itself (p_queued).
+DROP FUNCTION IF EXISTS gq_sequence_pending();

@@ -177,6 +177,9 @@ BEGIN
             coalesce(p_at, now()), p_detail)
     RETURNING seq INTO v_seq;
     PERFORM pg_notify('gq_event', j.id::text);
+    IF j.status = 'queued' THEN
+        PERFORM pg_notify('gq_queued', j.model);
+    END IF;
     RETURN v_seq;
 END
 $$;
@@ -328,6 +331,7 @@ BEGIN
             RETURNING seq)
         SELECT max(seq) INTO v_seq FROM written;
         PERFORM pg_notify('gq_event', v_job_id::text);
+        PERFORM pg_notify('gq_queued', p_model);
     END IF;
     -- A place given to gq_job_json keeps it from counting one; an unplaced job shows null.
     RETURN gq_job_json(v_job, coalesce(v_position, 0), coalesce(v_work_ahead, 0))
@@ -341,14 +345,15 @@ $$;
 -- them, to the commit, so `seq` rises in commit order. Each job gets its pending and queued
 -- events (in queue_seq order, the queued event's position NULL: the web process that follows
 -- the log places it and writes it back, gq_record_place), a pending one's message says queued,
--- and one NOTIFY wakes the listeners for the whole batch. A pending job another transaction
+-- one NOTIFY gq_event wakes the web processes for the whole batch, and one gq_queued per model
+-- the idle workers of that model. A pending job another transaction
 -- holds (a cancel) is skipped, never waited for under the lock; one this transaction holds is
 -- queued with the rest. Returns how many jobs got their events.
-DROP FUNCTION IF EXISTS gq_sequence_pending();
 CREATE OR REPLACE FUNCTION gq_sequence_pending(p_queued uuid[] DEFAULT '{}')
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     v_queued integer;
+    v_models text[];
 BEGIN
     PERFORM gq_event_lock();
     WITH due AS (
@@ -373,10 +378,11 @@ BEGIN
         CROSS JOIN (VALUES (1, 'pending'::job_status, 0), (2, 'queued'::job_status, NULL))
             AS e (step, status, position)
         ORDER BY q.queue_seq, e.step
-        RETURNING 1)
-    SELECT count(*) / 2 INTO v_queued FROM written;
+        RETURNING model)
+    SELECT count(*) / 2, array_agg(DISTINCT model) INTO v_queued, v_models FROM written;
     IF v_queued > 0 THEN
         PERFORM pg_notify('gq_event', '');
+        PERFORM pg_notify('gq_queued', m) FROM unnest(v_models) AS m;
     END IF;
     RETURN v_queued;
 END
@@ -602,6 +608,8 @@ BEGIN
         )
         SELECT array_agg(d.job ORDER BY d.ord) INTO v_done FROM done AS d;
     END IF;
+    -- Released before the claim, which takes it again: a worker waiting for this GPU is told
+    -- (NOTIFY gq_gpu) only when the GPU stays free, below.
     IF p_release_device IS NOT NULL THEN
         PERFORM pg_advisory_unlock(26450, hashtext(p_release_device));
     END IF;
@@ -675,6 +683,9 @@ BEGIN
     IF v_done IS NOT NULL OR v_claimed IS NOT NULL THEN
         PERFORM gq_record_transitions(coalesce(v_done, '{}') || coalesce(v_claimed, '{}'));
     END IF;
+    IF p_release_device IS NOT NULL AND v_claimed IS NULL THEN
+        PERFORM pg_notify('gq_gpu', p_release_device);
+    END IF;
     RETURN QUERY SELECT * FROM unnest(v_done);
     RETURN QUERY SELECT * FROM unnest(v_claimed);
 END
@@ -691,7 +702,8 @@ END
 $$;
 
 -- Releases a GPU lock by name and wakes the workers waiting for that GPU (NOTIFY gq_gpu, payload
--- the lock name). The worker calls it when a claim raised: session locks survive the rollback.
+-- the lock name): a job's end releases it so, and the worker calls it when a claim raised
+-- (session locks survive the rollback).
 CREATE OR REPLACE FUNCTION gq_release_gpu(p_gpu_lock text) RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
     v_released boolean := pg_advisory_unlock(26450, hashtext(p_gpu_lock));
@@ -737,7 +749,7 @@ BEGIN
         RETURN NEXT v_job;
     END IF;
     IF p_release_device IS NOT NULL THEN
-        PERFORM pg_advisory_unlock(26450, hashtext(p_release_device));
+        PERFORM gq_release_gpu(p_release_device);
     END IF;
 END
 $$;
@@ -756,7 +768,7 @@ BEGIN
         RETURN NEXT v_job;
     END IF;
     IF p_release_device IS NOT NULL THEN
-        PERFORM pg_advisory_unlock(26450, hashtext(p_release_device));
+        PERFORM gq_release_gpu(p_release_device);
     END IF;
 END
 $$;
@@ -784,7 +796,7 @@ BEGIN
         RETURN NEXT v_job;
     END IF;
     IF p_release_device IS NOT NULL THEN
-        PERFORM pg_advisory_unlock(26450, hashtext(p_release_device));
+        PERFORM gq_release_gpu(p_release_device);
     END IF;
 END
 $$;

@@ -166,3 +166,34 @@ async def test_a_batch_completes_in_one_statement_each_member_in_its_own_transit
         assert bool(has_image) == (status == "complete")
     assert seqs[0] < seqs[2]  # each its own event, in the batch's order
     assert await fetch_value(pool, "gpu_locks_held") == 0  # the last end released the GPU
+
+
+async def test_workers_are_woken_only_by_jobs_of_their_model_queued_and_by_a_gpu_left_free(
+    pool: db.Pool, database_url: str, conversation_id: str, alice: Actor, session: GpuSession
+) -> None:
+    """The workers' wake-ups (gq_queued, gq_gpu): each enqueue names its model, and a job's end
+    that leaves the GPU free names the GPU; claims and a hand-off that keeps the GPU wake
+    nobody (they used to wake every worker of the fleet through gq_event)."""
+    listen = await db.connect(database_url, "test-listen")
+    try:
+        for channel in ("gq_queued", "gq_gpu", "gq_event"):
+            await listen.execute(f"LISTEN {channel}")
+        await submit_many(pool, conversation_id, alice, 2)
+        claim = await session.claim()
+        assert claim is not None
+        handoff = await session.complete_and_claim([(claim, PNG)], 1)  # the GPU stays ours
+        assert await session.complete(handoff.claims[0], PNG)  # nothing next: the GPU is free
+        await fetch_all(pool, "notify_event", {"payload": "marker"})
+        heard = []
+        async for notify in listen.notifies(timeout=10.0):
+            if notify.payload == "marker":
+                break
+            if notify.channel != "gq_event":
+                heard.append((notify.channel, notify.payload))
+    finally:
+        await listen.close()
+    assert heard == [
+        ("gq_queued", BUILTIN_MODEL),
+        ("gq_queued", BUILTIN_MODEL),
+        ("gq_gpu", session.gpu_lock),
+    ]
