@@ -176,7 +176,7 @@ async def seed(
                 },
             )
             if wake:
-                await execute(conn, "wake_workers")
+                await execute(conn, "wake_workers", {"model": model})
         finally:
             await conn.close()
 

@@ -40,8 +40,8 @@ SELECT job_id, message_id, %(conversation_id)s, %(user_id)s, %(model)s, %(prompt
 FROM ids
 
 -- name: wake_workers
--- A seed writes no events; this wakes listening workers the way an enqueue would.
-SELECT pg_notify('gq_event', 'bench')
+-- A seed writes no events; this wakes the model's idle workers the way an enqueue would.
+SELECT pg_notify('gq_queued', %(model)s)
 
 -- name: replica_role
 SET session_replication_role = replica
