@@ -12,6 +12,7 @@ import hmac
 import secrets
 from collections.abc import Collection
 from datetime import datetime
+from functools import partial
 
 from . import db
 from .actors import Actor
@@ -52,15 +53,16 @@ async def authenticate(conn: db.Db, token: str) -> Actor | None:
     wanted = _wanted(token)
     if wanted is None:
         return None
-    return _actor(await db.fetch_one(conn, "token_authenticate", {"token_hash": wanted}), wanted)
+    return _actor((await _lookup(conn, [wanted]))[0], wanted)
 
 
 class TokenLookups:
     """authenticate for a web process's concurrent requests: one statement a round."""
 
     def __init__(self, pool: db.Pool) -> None:
-        self._pool = pool
-        self._rounds: Coalescer[bytes, db.Row | None] = Coalescer(self._lookup, "gpuqueue-auth")
+        self._rounds: Coalescer[bytes, db.Row | None] = Coalescer(
+            partial(_lookup, pool), "gpuqueue-auth"
+        )
 
     async def authenticate(self, token: str) -> Actor | None:
         """As `authenticate`, checked at the round this call goes in."""
@@ -69,12 +71,12 @@ class TokenLookups:
             return None
         return _actor(await self._rounds.call(wanted), wanted)
 
-    async def _lookup(self, wanted: list[bytes]) -> list[db.Row | None]:
-        rows = await db.fetch_all(
-            self._pool, "tokens_authenticate", {"token_hashes": list(set(wanted))}
-        )
-        found = {bytes(row["token_hash"]): row for row in rows}
-        return [found.get(digest_) for digest_ in wanted]
+
+async def _lookup(conn: db.Db, wanted: list[bytes]) -> list[db.Row | None]:
+    """Each digest's valid token row (None: unknown, expired or revoked), in one statement."""
+    rows = await db.fetch_all(conn, "tokens_authenticate", {"token_hashes": list(set(wanted))})
+    found = {bytes(row["token_hash"]): row for row in rows}
+    return [found.get(digest_) for digest_ in wanted]
 
 
 async def still_valid(conn: db.Db, digests: Collection[bytes]) -> set[bytes]:

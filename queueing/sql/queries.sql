@@ -55,15 +55,9 @@ INSERT INTO api_tokens (user_id, token_hash, expires_at)
 VALUES (%(user_id)s, %(token_hash)s, %(expires_at)s)
 RETURNING id
 
--- name: token_authenticate
-SELECT u.id AS user_id, u.name, u.is_admin, t.token_hash
-FROM api_tokens AS t JOIN users AS u ON u.id = t.user_id
-WHERE t.token_hash = %(token_hash)s
-  AND t.revoked_at IS NULL
-  AND (t.expires_at IS NULL OR t.expires_at > now())
-
 -- name: tokens_authenticate
--- token_authenticate for a round of a web process's requests (queueing/tokens.py TokenLookups).
+-- The valid tokens among these digests, with their users (one, or a round of a web process's
+-- requests: queueing/tokens.py TokenLookups).
 SELECT u.id AS user_id, u.name, u.is_admin, t.token_hash
 FROM api_tokens AS t JOIN users AS u ON u.id = t.user_id
 WHERE t.token_hash = ANY(%(token_hashes)s::bytea[])

@@ -72,7 +72,7 @@ class Fanout:
             app="gpuqueue-web-listen",
         )
         self.last_seq = 0
-        self.placing = Placing(pool, read_now=self._read_now)
+        self.placing = Placing(pool)
         self._wake = asyncio.Event()
         self._events_due = False
         self._progress_due: set[UUID] = set()
@@ -116,11 +116,6 @@ class Fanout:
                 self._positions_due = True  # the jobs behind its queued ones moved up
         else:
             self._events_due = True
-        self._wake.set()
-
-    def _read_now(self) -> None:
-        """A caller knows of a committed event (its own transition's): read the log now."""
-        self._events_due = True
         self._wake.set()
 
     def _on_connect(self) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any, cast
 from uuid import UUID
 
@@ -50,10 +49,8 @@ def _keys(row: dict[str, Any] | EventRow, model: str) -> Keys | None:
 class Placing:
     """The queue order, its loading and following of the log, and the enqueues waiting on it."""
 
-    def __init__(self, pool: db.Pool, read_now: Callable[[], None] | None = None) -> None:
+    def __init__(self, pool: db.Pool) -> None:
         self._pool = pool
-        # Asks the fan-out for a read of the log now: whoever waits for a seq knows it committed.
-        self._read_now = read_now
         self.sequencer = Sequencer(pool)
         self.order = QueueOrder()
         self.seq = 0  # the order is the queue right after this event
@@ -170,8 +167,6 @@ class Placing:
         waiter = self._waiting.get(seq)
         if waiter is None:
             waiter = self._waiting[seq] = asyncio.get_running_loop().create_future()
-            if self._read_now is not None:
-                self._read_now()  # sooner than the NOTIFY: its commit is known, the read finds it
         try:
             async with asyncio.timeout(PLACED_TIMEOUT_S):
                 await asyncio.shield(waiter)
