@@ -7,6 +7,8 @@ from collections.abc import Iterable
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _RGB_8BIT = (8, 2)  # bit depth, colour type "truecolour"
+FILTER_NONE = b"\x00"  # a scanline's bytes as they are
+FILTER_UP = b"\x02"  # each byte minus the one above it (mod 256)
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -16,21 +18,27 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 def encode_rgb(width: int, height: int, rows: Iterable[bytes]) -> bytes:
     """Encode `height` rows of `width` RGB pixels (3 bytes each) as PNG bytes."""
+    return encode_scanlines(width, height, (FILTER_NONE + row for row in rows))
+
+
+def encode_scanlines(width: int, height: int, scanlines: Iterable[bytes]) -> bytes:
+    """Encode `height` filtered scanlines, each a filter type byte and `width` * 3 bytes, as PNG
+    bytes: a caller that knows its rows repeat (FILTER_UP, the change from the row above) gets
+    an image a fraction of the size, for no work here."""
     if width <= 0 or height <= 0:
         raise ValueError(f"PNG size must be positive, got {width}x{height}")
-    row_length = width * 3
+    line_length = 1 + width * 3
     raw = bytearray()
     count = 0
-    for row in rows:
-        if len(row) != row_length:
-            raise ValueError(f"row {count} has {len(row)} bytes, expected {row_length}")
-        raw += b"\x00"  # filter type 0: the row as is
-        raw += row
+    for line in scanlines:
+        if len(line) != line_length:
+            raise ValueError(f"row {count} has {len(line) - 1} bytes, expected {line_length - 1}")
+        raw += line
         count += 1
     if count != height:
         raise ValueError(f"got {count} rows, expected {height}")
     # One call for the whole image (row by row cost a call per row: the largest share of a no-op
-    # stub job's time in the worker), at the fastest level, which packs a gradient as well.
+    # stub job's time in the worker), at the fastest level.
     image = zlib.compress(raw, 1)
     header = struct.pack(">IIBBBBB", width, height, *_RGB_8BIT, 0, 0, 0)
     return _SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", image) + _chunk(b"IEND", b"")

@@ -621,22 +621,20 @@ BEGIN
         IF NOT FOUND THEN
             RAISE EXCEPTION 'worker % is not registered', p_worker_id USING ERRCODE = 'GQ404';
         END IF;
-        -- Nothing runnable: no lock taken at all, so an idle worker never holds its GPU's lock,
-        -- not even for the moment of this statement (one probe of jobs_queued_idx).
-        EXIT claim WHEN NOT EXISTS (
-            SELECT 1 FROM jobs
-            WHERE status = 'queued' AND model = v_model AND run_after <= clock_timestamp());
-        v_key := hashtext(gq_gpu_lock_name(v_host, v_device));
-        EXIT claim WHEN NOT pg_try_advisory_lock(26450, v_key);
+        -- The head is found (and its row locked) before the GPU lock is tried: with nothing
+        -- runnable no lock is taken at all, so an idle worker never holds its GPU's lock, not
+        -- even for the moment of this statement. A head whose GPU turns out busy stays locked
+        -- only until this transaction ends, skipped by the others meanwhile. (A NOT EXISTS probe
+        -- before the lock was planned generically as a scan of the heap from its start: its cost
+        -- grew with every finished row ahead of the first queued one.)
         v_started := clock_timestamp();
         SELECT id, params INTO v_head_id, v_head_params FROM jobs
         WHERE status = 'queued' AND model = v_model AND run_after <= v_started
         ORDER BY priority DESC, start_tag, queue_seq
         LIMIT 1 FOR UPDATE SKIP LOCKED;
-        IF NOT FOUND THEN
-            PERFORM pg_advisory_unlock(26450, v_key);
-            EXIT claim;
-        END IF;
+        EXIT claim WHEN NOT FOUND;
+        v_key := hashtext(gq_gpu_lock_name(v_host, v_device));
+        EXIT claim WHEN NOT pg_try_advisory_lock(26450, v_key);
         v_ids := ARRAY[v_head_id];
         IF p_max_batch > 1 THEN
             -- The window is read on this statement's snapshot; the row locks re-check each

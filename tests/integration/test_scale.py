@@ -11,22 +11,9 @@ from queueing import db, jobs
 from queueing.actors import Actor
 from queueing.eta import EtaModel
 from queueing.sql import QUERIES
-from tests.queries import TEST_QUERIES
+from tests.integration.worker_support import seed
 
 pytestmark = pytest.mark.slow
-
-
-async def seed(pool: db.Pool, actor: Actor, conversation_id: str, n: int, status: str) -> None:
-    async with pool.connection() as conn:
-        await conn.execute(
-            TEST_QUERIES["seed_jobs"],
-            {
-                "n": n,
-                "status": status,
-                "conversation_id": conversation_id,
-                "user_id": actor.user_id,
-            },
-        )
 
 
 async def explain(pool: db.Db, query: str, params: dict[str, Any]) -> dict[str, Any]:

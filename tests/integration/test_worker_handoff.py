@@ -14,7 +14,7 @@ from harness.waiting import eventually
 from queueing import db, jobs
 from queueing.actors import Actor
 from queueing.config import BUILTIN_MODEL
-from tests.integration.worker_support import job, rows, status_of, submit_many
+from tests.integration.worker_support import job, rows, seed, status_of, submit_many
 from tests.queries import TEST_QUERIES, fetch_all, fetch_value
 
 PNG = encode_rgb(8, 8, [bytes(range(24))] * 8)
@@ -57,6 +57,26 @@ async def test_a_batch_completes_and_the_next_jobs_are_claimed_in_one_commit(
     last = await session.complete_and_claim([(handoff.claims[0], PNG)], 2)
     assert last.stored == [True] and last.claims == []
     assert await fetch_value(pool, "gpu_locks_held") == 0  # nothing left: the GPU is free
+
+
+async def test_claims_find_their_job_through_the_queue_index_whatever_has_finished(
+    pool: db.Pool, conversation_id: str, alice: Actor, session: GpuSession
+) -> None:
+    """No statement of a claim or a hand-off scans the jobs heap: a probe for a runnable job,
+    planned generically (plpgsql), was a scan from the heap's start, its cost rising with
+    every finished job ahead of the first queued one."""
+    await seed(pool, alice, conversation_id, 500, "complete")
+    await seed(pool, alice, conversation_id, 3000, "queued")
+    async with pool.connection() as conn:
+        await conn.execute(TEST_QUERIES["analyze_jobs"])
+    plans: list[str] = []
+    session.conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+    await session.conn.execute(TEST_QUERIES["explain_nested_statements"])
+    [claim] = await session.claim_batch(1)
+    for _ in range(5):
+        [claim] = (await session.complete_and_claim([(claim, PNG)], 1)).claims
+    assert any("jobs_queued_idx" in plan for plan in plans)  # the claims' plans were seen
+    assert [plan for plan in plans if "Seq Scan on jobs" in plan] == []
 
 
 async def test_a_hand_off_waits_for_a_message_row_without_holding_the_event_lock(

@@ -23,8 +23,23 @@ from harness.waiting import eventually
 from queueing import db, jobs
 from queueing.actors import Actor
 from queueing.jobs import JobRequest
+from tests.queries import TEST_QUERIES
 
 FINAL = ("complete", "error", "canceled")
+
+
+async def seed(pool: db.Pool, actor: Actor, conversation_id: str, n: int, status: str) -> None:
+    """n bulk jobs in `status`, after every job there (no events: the scale tests' rows)."""
+    async with pool.connection() as conn:
+        await conn.execute(
+            TEST_QUERIES["seed_jobs"],
+            {
+                "n": n,
+                "status": status,
+                "conversation_id": conversation_id,
+                "user_id": actor.user_id,
+            },
+        )
 
 
 async def submit(

@@ -163,3 +163,14 @@ SELECT id FROM jobs WHERE id = %(job_id)s FOR UPDATE
 -- name: notify_event
 -- A NOTIFY on the event channel from a transaction of its own (a marker a listener waits for).
 SELECT pg_notify('gq_event', %(payload)s) AS notified
+
+-- name: explain_nested_statements
+-- This session's plans from now on, each nested statement's too, sent to it as LOG notices
+-- (auto_explain: a superuser's LOAD, as the tests' connections are).
+LOAD 'auto_explain';
+SET auto_explain.log_min_duration = 0;
+SET auto_explain.log_nested_statements = on;
+SET client_min_messages = log
+
+-- name: analyze_jobs
+ANALYZE jobs
