@@ -639,25 +639,30 @@ BEGIN
         IF p_max_batch > 1 THEN
             -- The window is read on this statement's snapshot; the row locks re-check each
             -- member's status, so a job another worker claimed meanwhile is skipped, never
-            -- claimed twice.
+            -- claimed twice. Each window row is looked up by its id (LATERAL), in window order,
+            -- until the batch is full: joined, the generic plan read the compatible rows with
+            -- a scan of the heap from its start (the planner took the params test for one
+            -- row), its cost rising with every finished job ahead of the queued ones.
             v_ids := v_ids || ARRAY(
-                SELECT j.id FROM jobs AS j
-                JOIN (SELECT id, priority, start_tag, queue_seq FROM jobs
+                SELECT m.id
+                FROM (SELECT id, priority, start_tag, queue_seq FROM jobs
                       WHERE status = 'queued' AND model = v_model AND run_after <= v_started
                         AND id <> v_head_id
                       ORDER BY priority DESC, start_tag, queue_seq
-                      LIMIT 2 * p_max_batch) AS w ON w.id = j.id
-                WHERE j.status = 'queued'
-                  AND j.params -> 'width' IS NOT DISTINCT FROM v_head_params -> 'width'
-                  AND j.params -> 'height' IS NOT DISTINCT FROM v_head_params -> 'height'
-                  AND j.params -> 'steps' IS NOT DISTINCT FROM v_head_params -> 'steps'
-                  AND j.params -> 'guidance_scale'
-                      IS NOT DISTINCT FROM v_head_params -> 'guidance_scale'
-                  AND nullif(j.params ->> 'negative_prompt', '')
-                      IS NOT DISTINCT FROM nullif(v_head_params ->> 'negative_prompt', '')
+                      LIMIT 2 * p_max_batch) AS w
+                CROSS JOIN LATERAL (
+                    SELECT j.id FROM jobs AS j
+                    WHERE j.id = w.id AND j.status = 'queued'
+                      AND j.params -> 'width' IS NOT DISTINCT FROM v_head_params -> 'width'
+                      AND j.params -> 'height' IS NOT DISTINCT FROM v_head_params -> 'height'
+                      AND j.params -> 'steps' IS NOT DISTINCT FROM v_head_params -> 'steps'
+                      AND j.params -> 'guidance_scale'
+                          IS NOT DISTINCT FROM v_head_params -> 'guidance_scale'
+                      AND nullif(j.params ->> 'negative_prompt', '')
+                          IS NOT DISTINCT FROM nullif(v_head_params ->> 'negative_prompt', '')
+                    FOR UPDATE SKIP LOCKED) AS m
                 ORDER BY w.priority DESC, w.start_tag, w.queue_seq
-                LIMIT p_max_batch - 1
-                FOR UPDATE OF j SKIP LOCKED);
+                LIMIT p_max_batch - 1);
             IF cardinality(v_ids) > 1 THEN
                 v_batch_id := gen_random_uuid();
             END IF;

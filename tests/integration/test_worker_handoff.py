@@ -4,6 +4,7 @@ transaction, so either all of it is committed or none of it, and the session goe
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 
 import pytest
@@ -18,6 +19,10 @@ from tests.integration.worker_support import job, rows, seed, status_of, submit_
 from tests.queries import TEST_QUERIES, fetch_all, fetch_value
 
 PNG = encode_rgb(8, 8, [bytes(range(24))] * 8)
+# How a plan reads the jobs table (auto_explain's text format).
+JOBS_SCAN = re.compile(
+    r"(?:Seq Scan|(?:Index|Index Only|Bitmap Heap) Scan(?: using \w+)?) on jobs\b"
+)
 
 
 @pytest.fixture
@@ -59,14 +64,16 @@ async def test_a_batch_completes_and_the_next_jobs_are_claimed_in_one_commit(
     assert await fetch_value(pool, "gpu_locks_held") == 0  # nothing left: the GPU is free
 
 
-async def test_claims_find_their_job_through_the_queue_index_whatever_has_finished(
+async def test_claims_read_the_queue_through_its_order_and_jobs_by_id_only(
     pool: db.Pool, conversation_id: str, alice: Actor, session: GpuSession
 ) -> None:
-    """No statement of a claim or a hand-off scans the jobs heap: a probe for a runnable job,
-    planned generically (plpgsql), was a scan from the heap's start, its cost rising with
-    every finished job ahead of the first queued one."""
-    await seed(pool, alice, conversation_id, 500, "complete")
-    await seed(pool, alice, conversation_id, 3000, "queued")
+    """A claim or a hand-off reads jobs only through the queue's order and by id, at batch 1 and
+    for a batch's compatible members: planned generically (plpgsql), the probe for a runnable
+    job scanned the heap from its start (its cost rising with every finished job ahead of the
+    first queued one) and the batch's window read every queued job."""
+    params = {"width": 64, "height": 64, "steps": 1, "seed": 0}
+    await seed(pool, alice, conversation_id, 500, "complete", params)
+    await seed(pool, alice, conversation_id, 3000, "queued", params)
     async with pool.connection() as conn:
         await conn.execute(TEST_QUERIES["analyze_jobs"])
     plans: list[str] = []
@@ -75,8 +82,17 @@ async def test_claims_find_their_job_through_the_queue_index_whatever_has_finish
     [claim] = await session.claim_batch(1)
     for _ in range(5):
         [claim] = (await session.complete_and_claim([(claim, PNG)], 1)).claims
-    assert any("jobs_queued_idx" in plan for plan in plans)  # the claims' plans were seen
-    assert [plan for plan in plans if "Seq Scan on jobs" in plan] == []
+    batch = [claim]
+    for _ in range(5):  # batches: their compatible members too
+        batch = (await session.complete_and_claim([(c, PNG) for c in batch], 10)).claims
+        assert len(batch) == 10
+    scans = {m[0] for plan in plans for m in JOBS_SCAN.finditer(plan)}
+    assert "Index Scan using jobs_queued_idx on jobs" in scans  # the claims' plans were seen
+    assert scans <= {  # the queue's order, a job by its id, the worker's own running jobs
+        "Index Scan using jobs_queued_idx on jobs",
+        "Index Scan using jobs_pkey on jobs",
+        "Index Scan using jobs_processing_idx on jobs",
+    }
 
 
 async def test_a_hand_off_waits_for_a_message_row_without_holding_the_event_lock(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg.types.json import Jsonb
 
 from gpu_worker.backends.stub import StubBackend
 from gpu_worker.worker import Worker, WorkerConfig
@@ -28,8 +29,16 @@ from tests.queries import TEST_QUERIES
 FINAL = ("complete", "error", "canceled")
 
 
-async def seed(pool: db.Pool, actor: Actor, conversation_id: str, n: int, status: str) -> None:
-    """n bulk jobs in `status`, after every job there (no events: the scale tests' rows)."""
+async def seed(
+    pool: db.Pool,
+    actor: Actor,
+    conversation_id: str,
+    n: int,
+    status: str,
+    params: dict[str, Any] | None = None,
+) -> None:
+    """n bulk jobs in `status` with `params`, after every job there (no events: the scale
+    tests' rows)."""
     async with pool.connection() as conn:
         await conn.execute(
             TEST_QUERIES["seed_jobs"],
@@ -38,6 +47,7 @@ async def seed(pool: db.Pool, actor: Actor, conversation_id: str, n: int, status
                 "status": status,
                 "conversation_id": conversation_id,
                 "user_id": actor.user_id,
+                "params": Jsonb(params or {}),
             },
         )
 

@@ -49,7 +49,7 @@ UPDATE jobs SET status = %(status)s WHERE id = %(job_id)s RETURNING id
 UPDATE jobs SET finished_at = NULL WHERE id = %(job_id)s RETURNING id
 
 -- name: seed_jobs
--- Bulk rows for the scale tests: %(n)s jobs (with their messages) in one status,
+-- Bulk rows for the scale tests: %(n)s jobs (with their messages) in one status and %(params)s,
 -- written directly (no events), in queue order after every job already there.
 WITH m AS (
     INSERT INTO messages (conversation_id, role, extra_metadata)
@@ -59,7 +59,7 @@ WITH m AS (
 INSERT INTO jobs (message_id, conversation_id, user_id, model, prompt, params, status, priority,
                   queue_seq, start_tag, finish_tag, work, estimate_s, attempts, timeout_s,
                   queued_at, started_at, finished_at, claim_id)
-SELECT m.id, %(conversation_id)s, %(user_id)s, 'tiny', 'seeded', '{}', %(status)s::text, 0,
+SELECT m.id, %(conversation_id)s, %(user_id)s, 'tiny', 'seeded', %(params)s, %(status)s::text, 0,
        nextval('job_queue_seq'), 0, 0, 0, 1,
        CASE WHEN %(status)s = 'queued' THEN 0 ELSE 1 END, 60, now(),
        CASE WHEN %(status)s = 'queued' THEN NULL ELSE now() - interval '2 seconds' END,
