@@ -12,9 +12,13 @@
    CTEs (bench/sql/ceilings.sql: claim_one, complete_one) that write the job, its event, the image
    and the NOTIFY; no plpgsql, no metadata merge, no event lock.
 
-The hand-off gap is the time the GPU would sit idle: from complete's round trip returning (its
-commit done) to the next claim returning a job. The real worker process (`gpuqueue worker`) is
-measured by the `worker` family.
+Two spans between jobs:
+- the hand-off gap, from complete's round trip returning (its commit done) to the next claim
+  returning a job: the claim's round trip, for the loops that send them apart (issue 3's 1 ms);
+- the GPU's idle time, from a job's work done to the next job's start, the same span for all
+  three: the raw loops' complete and claim, the worker's completion sent with the next claim
+  and what its loop does around that round trip (measured at the stub's calls).
+The real worker process (`gpuqueue worker`) is measured by the `worker` family.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from bench import env
 from bench.env import BenchDb, Context
 from bench.png import tiny_png
 from bench.queries import BENCH_SQL
-from bench.report import Figure, at_most, not_run, ratio_at_least
+from bench.report import Figure, Target, at_most, not_run, ratio_at_least, ratio_at_most
 from bench.stats import ms, p50, p99
 from queueing import db, jobs, workers
 from queueing.config import BUILTIN_MODEL
@@ -51,7 +55,8 @@ class Loop:
 
     jobs: int = 0
     seconds: float = 0.0
-    gaps: list[float] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)  # complete returned -> next claim returned
+    idle: list[float] = field(default_factory=list)  # a job's work done -> the next one's start
 
     @property
     def rate(self) -> float:
@@ -61,6 +66,7 @@ class Loop:
         self.jobs += other.jobs
         self.seconds += other.seconds
         self.gaps += other.gaps
+        self.idle += other.idle
 
 
 async def _session(bdb: BenchDb, device: str, host: str = HOST) -> tuple[db.Connection, uuid.UUID]:
@@ -75,6 +81,7 @@ async def queueing_loop(bdb: BenchDb, n: int, device: str) -> Loop:
     loop = Loop()
     try:
         last_complete: float | None = None
+        work_done = 0.0
         started = time.perf_counter()
         while True:
             claim = await jobs.lock_and_claim(conn, worker_id)
@@ -83,6 +90,8 @@ async def queueing_loop(bdb: BenchDb, n: int, device: str) -> Loop:
                 break
             if last_complete is not None:
                 loop.gaps.append(claimed - last_complete)
+                loop.idle.append(claimed - work_done)
+            work_done = time.perf_counter()  # a no-op job's work ends as it starts
             if not await jobs.complete(conn, claim, PNG, release_device=claim.gpu_lock):
                 raise AssertionError("a fresh claim went stale")
             last_complete = time.perf_counter()
@@ -104,6 +113,7 @@ async def ceiling_loop(bdb: BenchDb, n: int, device: str, host: str = HOST) -> L
     try:
         await env.execute(conn, "gpu_lock", gpu)
         last_complete: float | None = None
+        work_done = 0.0
         started = time.perf_counter()
         while True:
             cur = await conn.execute(
@@ -115,6 +125,8 @@ async def ceiling_loop(bdb: BenchDb, n: int, device: str, host: str = HOST) -> L
                 break
             if last_complete is not None:
                 loop.gaps.append(claimed - last_complete)
+                loop.idle.append(claimed - work_done)
+            work_done = time.perf_counter()
             cur = await conn.execute(
                 complete_sql, {"job_id": row["job_id"], "claim_id": row["claim_id"], "png": PNG}
             )
@@ -139,6 +151,17 @@ async def worker_loop(bdb: BenchDb, n: int, device: str) -> Loop:
     loop = Loop()
     stamps: dict[str, float] = {}
     finished = asyncio.Event()
+
+    class TimedStub(StubBackend):
+        """The GPU's view: from one call's return to the next call's start it sits idle."""
+
+        def generate(self, *args: Any, **kwargs: Any) -> bytes:
+            if "work_done" in stamps:
+                loop.idle.append(time.perf_counter() - stamps["work_done"])
+            try:
+                return super().generate(*args, **kwargs)
+            finally:
+                stamps["work_done"] = time.perf_counter()
 
     class TimedWorker(worker_module.Worker):
         async def _connect(self) -> Any:
@@ -188,7 +211,7 @@ async def worker_loop(bdb: BenchDb, n: int, device: str) -> Loop:
     worker = TimedWorker(
         bdb.url,
         device=device,
-        backend=StubBackend(delay=0.0),
+        backend=TimedStub(delay=0.0),
         backend_name="stub",
         config=worker_module.WorkerConfig(),
     )
@@ -260,6 +283,7 @@ async def run(ctx: Context) -> list[Figure]:
         ),
     ]
     figures += _gaps("queueing.jobs loop", queue, ceiling, at)
+    figures += _idle("queueing.jobs loop", "its claim", queue, ceiling, at)
     if worker.jobs:
         figures.append(
             Figure(
@@ -275,9 +299,16 @@ async def run(ctx: Context) -> list[Figure]:
                 "its loop; the process figure is in the worker family",
             )
         )
-        figures += _gaps("the worker's loop", worker, ceiling, at)
+        figures += _idle(
+            "the worker's loop",
+            "the completion and the next claim, in one",
+            worker,
+            ceiling,
+            at,
+            (ratio_at_most(1.2),),
+        )
     else:
-        figures.append(not_run(FAMILY, "GPU hand-off gap: the worker's loop", worker_error))
+        figures.append(not_run(FAMILY, "GPU idle between jobs: the worker's loop", worker_error))
     return figures
 
 
@@ -287,6 +318,38 @@ async def _drain(bdb: BenchDb) -> None:
         await env.execute(conn, "cancel_queued")
     finally:
         await conn.close()
+
+
+def _idle(
+    label: str,
+    round_trip: str,
+    ours: Loop,
+    ceiling: Loop,
+    at: str,
+    targets: tuple[Target, ...] = (),
+) -> list[Figure]:
+    """The GPU idle between two jobs, the same span for every loop: from a job's work done (the
+    backend's return; for the raw loops, the moment before its complete is sent) to the next
+    job's start. The ceiling's idle is its complete and its claim, the worker's its hand-off."""
+    note = (
+        f"work done → the next job's work started, {len(ours.idle):,} hand-offs; round trip "
+        f"p50 of ours ({round_trip}) {ms(p50(ours.gaps)):.3g} ms, of the ceiling's claim "
+        f"{ms(p50(ceiling.gaps)):.3g} ms"
+    )
+    return [
+        Figure(
+            FAMILY,
+            f"GPU idle between jobs p{q}: {label}",
+            at,
+            "ms",
+            ms(pick(ours.idle)),
+            ms(pick(ceiling.idle)),
+            CEILING,
+            targets if q == 50 else (),
+            note,
+        )
+        for q, pick in ((50, p50), (99, p99))
+    ]
 
 
 def _gaps(label: str, ours: Loop, ceiling: Loop, at: str) -> list[Figure]:
