@@ -547,19 +547,19 @@ $$;
 -- not at all. The rows: the jobs completed (status complete, in the order given), then the jobs
 -- claimed (processing, head first).
 --
--- Completions: job i of p_job_ids, fenced by claim i of p_claim_ids, gets image i of p_pngs, all
--- in one UPDATE and one INSERT; a stale claim is skipped and returns no row. p_release_device
--- then releases that GPU lock.
+-- Completions: job i of p_job_ids, fenced by claim i of p_claim_ids, gets image i of p_pngs; a
+-- stale claim is skipped and returns no row. p_release_device is the GPU lock they held: kept
+-- when the claim is for that same GPU and brings a job, released (gq_release_gpu) otherwise.
 --
--- The claim (none when p_worker_id is NULL) takes the GPU lock of the worker's (host, device) if
--- it is free, then claims the next runnable job of the worker's model: highest priority, then
--- the earliest start tag (fair share), then first come. Never waits: a worker that finds the GPU
--- busy gets no row and waits outside any statement (so it holds no snapshot, and vacuum is never
--- held back) for a wake-up: an event, the gq_gpu NOTIFY of a release, or its poll interval. With
--- nothing to run the lock is released again, so the GPU lock is held exactly while a job is
--- processing. The GPU is the one its worker registered: host and device are read from the
--- workers row. The model's virtual time follows the start tags of the jobs it runs (never back:
--- a retried job keeps its old, earlier tag), written only when it rises.
+-- The claim (none when p_worker_id is NULL) finds the next runnable job of the worker's model
+-- (highest priority, then the earliest start tag (fair share), then first come) and takes the
+-- GPU lock of the worker's (host, device) if it is free. Never waits: a worker that finds the
+-- GPU busy gets no row and waits outside any statement (so it holds no snapshot, and vacuum is
+-- never held back) for a wake-up: an event, the gq_gpu NOTIFY of a release, or its poll
+-- interval. With nothing to run no lock is taken or kept, so the GPU lock is held exactly while
+-- a job is processing. The GPU is the one its worker registered: host and device are read from
+-- the workers row. The model's virtual time follows the start tags of the jobs it runs (never
+-- back: a retried job keeps its old, earlier tag), written only when it rises.
 --
 -- Batches (contract: Batching): with p_max_batch N > 1 the claim also takes up to N-1 jobs
 -- compatible with that head job (same model, width, height, steps, guidance scale and negative
@@ -568,7 +568,10 @@ $$;
 -- so the positions of the jobs behind move once. batch_id/batch_size mark a batch of two or more
 -- (NULL for one job).
 --
--- Each job completed or claimed is its own transition; their message metadata, events and
+-- The claim is chosen first, so that one UPDATE writes every job of the call, completed or
+-- claimed, and one INSERT their images: PostgreSQL builds a table's CHECK constraints afresh for
+-- each statement that writes it (sixteen on jobs), and a second UPDATE cost a tenth of a
+-- hand-off at batch 1. Each job is its own transition; their message metadata, events and
 -- NOTIFYs are written in one pass at the end (gq_record_transitions: every message row locked,
 -- in message id order, before the event lock is taken), completions first.
 CREATE OR REPLACE FUNCTION gq_complete_and_claim(
@@ -586,7 +589,7 @@ DECLARE
     v_host text;
     v_device text;
     v_model text;
-    v_key integer;
+    v_gpu text;
     v_head_id uuid;
     v_head_params jsonb;
     v_ids uuid[];
@@ -597,22 +600,6 @@ BEGIN
     IF p_worker_id IS NOT NULL AND (p_max_batch IS NULL OR p_max_batch NOT BETWEEN 1 AND 64) THEN
         RAISE EXCEPTION 'a batch holds 1 to 64 jobs, not %', p_max_batch USING ERRCODE = 'GQ422';
     END IF;
-    IF cardinality(p_job_ids) > 0 THEN
-        WITH done AS (
-            UPDATE jobs AS j SET status = 'complete', finished_at = now(), error = NULL
-            FROM unnest(p_job_ids, p_claim_ids) WITH ORDINALITY AS c(id, claim_id, ord)
-            WHERE j.id = c.id AND j.claim_id = c.claim_id AND j.status = 'processing'
-            RETURNING j AS job, c.ord
-        ), images AS (
-            INSERT INTO job_images (job_id, png) SELECT (d.job).id, p_pngs[d.ord] FROM done AS d
-        )
-        SELECT array_agg(d.job ORDER BY d.ord) INTO v_done FROM done AS d;
-    END IF;
-    -- Released before the claim, which takes it again: a worker waiting for this GPU is told
-    -- (NOTIFY gq_gpu) only when the GPU stays free, below.
-    IF p_release_device IS NOT NULL THEN
-        PERFORM pg_advisory_unlock(26450, hashtext(p_release_device));
-    END IF;
     <<claim>>
     BEGIN
         EXIT claim WHEN p_worker_id IS NULL;
@@ -622,19 +609,21 @@ BEGIN
             RAISE EXCEPTION 'worker % is not registered', p_worker_id USING ERRCODE = 'GQ404';
         END IF;
         -- The head is found (and its row locked) before the GPU lock is tried: with nothing
-        -- runnable no lock is taken at all, so an idle worker never holds its GPU's lock, not
-        -- even for the moment of this statement. A head whose GPU turns out busy stays locked
-        -- only until this transaction ends, skipped by the others meanwhile. (A NOT EXISTS probe
-        -- before the lock was planned generically as a scan of the heap from its start: its cost
-        -- grew with every finished row ahead of the first queued one.)
+        -- runnable no lock is taken at all, not even for the moment of this statement. A head
+        -- whose GPU turns out busy stays locked only until this transaction ends, skipped by
+        -- the others meanwhile. (A NOT EXISTS probe before the lock was planned generically as
+        -- a scan of the heap from its start: its cost grew with every finished job ahead of
+        -- the first queued one.)
         v_started := clock_timestamp();
         SELECT id, params INTO v_head_id, v_head_params FROM jobs
         WHERE status = 'queued' AND model = v_model AND run_after <= v_started
         ORDER BY priority DESC, start_tag, queue_seq
         LIMIT 1 FOR UPDATE SKIP LOCKED;
         EXIT claim WHEN NOT FOUND;
-        v_key := hashtext(gq_gpu_lock_name(v_host, v_device));
-        EXIT claim WHEN NOT pg_try_advisory_lock(26450, v_key);
+        v_gpu := gq_gpu_lock_name(v_host, v_device);
+        -- The GPU the completions leave is this one: the hand-off keeps its lock.
+        EXIT claim WHEN p_release_device IS DISTINCT FROM v_gpu
+                        AND NOT pg_try_advisory_lock(26450, hashtext(v_gpu));
         v_ids := ARRAY[v_head_id];
         IF p_max_batch > 1 THEN
             -- The window is read on this statement's snapshot; the row locks re-check each
@@ -667,27 +656,53 @@ BEGIN
                 v_batch_id := gen_random_uuid();
             END IF;
         END IF;
-        -- One UPDATE for every member, their rows gathered in batch order.
-        WITH claimed AS (
-            UPDATE jobs AS j
-            SET status = 'processing', attempts = j.attempts + 1,
-                claim_id = nextval('job_claim_seq'), worker_id = p_worker_id, host = v_host,
-                device = v_device, started_at = v_started, progress = NULL,
-                batch_id = v_batch_id,
-                batch_size = CASE WHEN v_batch_id IS NOT NULL THEN cardinality(v_ids) END
-            FROM unnest(v_ids) WITH ORDINALITY AS m(id, ord)
-            WHERE j.id = m.id
-            RETURNING j AS job, m.ord
-        )
-        SELECT array_agg(c.job ORDER BY c.ord), max((c.job).start_tag) INTO v_claimed, v_tag
-        FROM claimed AS c;
-        UPDATE models SET virtual_time = v_tag WHERE name = v_model AND virtual_time < v_tag;
     END claim;
+    -- Every job of the call in one UPDATE: a completion (fenced by its claim_id) gets its end,
+    -- a claimed job (locked above) its claim; a claim's columns stay as they are on a
+    -- completion.
+    WITH member AS (
+        SELECT c.id, c.claim_id, c.ord, false AS claimed
+        FROM unnest(p_job_ids, p_claim_ids) WITH ORDINALITY AS c(id, claim_id, ord)
+        UNION ALL
+        SELECT c.id, NULL, c.ord, true FROM unnest(v_ids) WITH ORDINALITY AS c(id, ord)
+    ), changed AS (
+        UPDATE jobs AS j
+        SET status = CASE WHEN m.claimed THEN 'processing' ELSE 'complete' END,
+            finished_at = CASE WHEN m.claimed THEN NULL ELSE now() END,
+            error = CASE WHEN m.claimed THEN j.error END,
+            attempts = j.attempts + m.claimed::integer,
+            claim_id = CASE WHEN m.claimed THEN nextval('job_claim_seq') ELSE j.claim_id END,
+            worker_id = CASE WHEN m.claimed THEN p_worker_id ELSE j.worker_id END,
+            host = CASE WHEN m.claimed THEN v_host ELSE j.host END,
+            device = CASE WHEN m.claimed THEN v_device ELSE j.device END,
+            started_at = CASE WHEN m.claimed THEN v_started ELSE j.started_at END,
+            progress = CASE WHEN m.claimed THEN NULL ELSE j.progress END,
+            batch_id = CASE WHEN m.claimed THEN v_batch_id ELSE j.batch_id END,
+            batch_size = CASE WHEN NOT m.claimed THEN j.batch_size
+                              WHEN v_batch_id IS NOT NULL THEN cardinality(v_ids) END
+        FROM member AS m
+        WHERE j.id = m.id
+          AND (m.claimed OR (j.claim_id = m.claim_id AND j.status = 'processing'))
+        RETURNING j AS job, m.ord, m.claimed
+    ), images AS (
+        INSERT INTO job_images (job_id, png)
+        SELECT (c.job).id, p_pngs[c.ord] FROM changed AS c WHERE NOT c.claimed
+    )
+    SELECT array_agg(c.job ORDER BY c.ord) FILTER (WHERE NOT c.claimed),
+           array_agg(c.job ORDER BY c.ord) FILTER (WHERE c.claimed),
+           max((c.job).start_tag) FILTER (WHERE c.claimed)
+    INTO v_done, v_claimed, v_tag
+    FROM changed AS c;
+    IF v_claimed IS NOT NULL THEN
+        UPDATE models SET virtual_time = v_tag WHERE name = v_model AND virtual_time < v_tag;
+    END IF;
     IF v_done IS NOT NULL OR v_claimed IS NOT NULL THEN
         PERFORM gq_record_transitions(coalesce(v_done, '{}') || coalesce(v_claimed, '{}'));
     END IF;
-    IF p_release_device IS NOT NULL AND v_claimed IS NULL THEN
-        PERFORM pg_notify('gq_gpu', p_release_device);
+    -- The GPU the completions held, unless the claim keeps it: freed, its waiters woken.
+    IF p_release_device IS NOT NULL
+       AND (v_claimed IS NULL OR p_release_device <> v_gpu) THEN
+        PERFORM gq_release_gpu(p_release_device);
     END IF;
     RETURN QUERY SELECT * FROM unnest(v_done);
     RETURN QUERY SELECT * FROM unnest(v_claimed);

@@ -107,9 +107,10 @@ LISTEN_APP = "gpuqueue-web-listen"
 SESSION_APP = "gpuqueue-worker"  # the worker's session: claims and ends jobs, holds the GPU lock
 
 # Test instrumentation, in the private database only: one row per status change of a job, with
-# the session that made it and the moment (clock_timestamp(): when the UPDATE ran, i.e. after the
-# claim got its GPU lock and before the end released it). The product's job_events cannot say on
-# which device an earlier attempt ran (a retry clears jobs.device).
+# the session that made it, the moment (clock_timestamp(): when the UPDATE ran, i.e. after the
+# claim got its GPU lock and before the end released it) and the transaction (a hand-off's end
+# and next claim share one, the GPU lock kept from one to the other). The product's job_events
+# cannot say on which device an earlier attempt ran (a retry clears jobs.device).
 AUDIT_SQL = """
 CREATE TABLE reliability_audit (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -121,7 +122,8 @@ CREATE TABLE reliability_audit (
     device      text,
     app         text NOT NULL,
     backend_pid integer NOT NULL,
-    at          timestamptz NOT NULL DEFAULT clock_timestamp()
+    at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    xact        bigint NOT NULL DEFAULT pg_current_xact_id()::text::bigint
 );
 CREATE FUNCTION reliability_audit_job() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -152,6 +154,10 @@ class Attempt:
     start: datetime
     end: datetime
     lost: bool
+    # The transactions of the claim and of the end (the audit's; None where unknown): a hand-off
+    # ends one job and claims the next in one transaction, the GPU lock kept between them.
+    start_xact: int | None = None
+    end_xact: int | None = None
 
 
 @dataclass
@@ -752,7 +758,8 @@ def _attempts(chaos: ChaosRun) -> tuple[list[tuple[db.Row, Attempt]], list[str]]
                 end = min(end, *bounds)
             gpu = f"{claim['host']}/{claim['device']}"
             attempts.append((claim, Attempt(job_id, gpu, claim["worker_id"], claim["at"], end,
-                                            not own)))  # fmt: skip
+                                            not own, claim["xact"],
+                                            end_row["xact"] if own else None)))  # fmt: skip
     return attempts, problems
 
 
@@ -765,7 +772,11 @@ def _overlaps(attempts: list[Attempt]) -> list[str]:
         mine.sort(key=lambda a: a.start)
         latest: Attempt | None = None
         for attempt in mine:
-            if latest is not None and attempt.start < latest.end:
+            if (
+                latest is not None
+                and attempt.start < latest.end
+                and not _handed_over(latest, attempt)
+            ):
                 found.append(
                     f"{device}: job {attempt.job_id} (worker {attempt.worker_id}) started "
                     f"{attempt.start.isoformat()} before job {latest.job_id} (worker "
@@ -776,10 +787,18 @@ def _overlaps(attempts: list[Attempt]) -> list[str]:
     return found
 
 
+def _handed_over(before: Attempt, after: Attempt) -> bool:
+    """Whether `after` was claimed in the very transaction that ended `before` (a hand-off): the
+    two commit as one, so the GPU passes from one to the other at that commit, whatever order
+    their rows took inside the one statement that writes both."""
+    return before.end_xact is not None and before.end_xact == after.start_xact
+
+
 def test_no_device_ever_ran_two_jobs_at_once(chaos: ChaosRun) -> None:
     """GPU exclusivity (R2.1-R2.4): per device, the moments a claim held the job (from the claim's
     UPDATE, after it got the GPU lock, to the UPDATE that ended it, or to its worker's death)
-    never overlap, across kill -9, cut connections and a server restart. A job is only ever taken
+    never overlap, across kill -9, cut connections and a server restart; a claim made in the
+    transaction that ended the job before it takes the GPU over at that commit. A job is only ever taken
     back from a worker whose session was really gone."""
     attempts, problems = _attempts(chaos)
     assert not problems, (problems[:10], chaos.where())
