@@ -798,8 +798,8 @@ def test_no_device_ever_ran_two_jobs_at_once(chaos: ChaosRun) -> None:
     """GPU exclusivity (R2.1-R2.4): per device, the moments a claim held the job (from the claim's
     UPDATE, after it got the GPU lock, to the UPDATE that ended it, or to its worker's death)
     never overlap, across kill -9, cut connections and a server restart; a claim made in the
-    transaction that ended the job before it takes the GPU over at that commit. A job is only ever taken
-    back from a worker whose session was really gone."""
+    transaction that ended the job before it takes the GPU over at that commit. A job is only
+    ever taken back from a worker whose session was really gone."""
     attempts, problems = _attempts(chaos)
     assert not problems, (problems[:10], chaos.where())
     assert len({a.device for _, a in attempts}) == len({w.gpu for w in WORKERS}), chaos.where()
