@@ -336,45 +336,37 @@ def _idle(
         f"p50 of ours ({round_trip}) {ms(p50(ours.gaps)):.3g} ms, of the ceiling's claim "
         f"{ms(p50(ceiling.gaps)):.3g} ms"
     )
+    return _spans("GPU idle between jobs", label, ours.idle, ceiling.idle, at, note, targets)
+
+
+def _gaps(label: str, ours: Loop, ceiling: Loop, at: str) -> list[Figure]:
+    note = f"complete returned → next claim returned, {len(ours.gaps):,} hand-offs"
+    return _spans(
+        "GPU hand-off gap", label, ours.gaps, ceiling.gaps, at, note, (at_most(1.0, "ms"),)
+    )
+
+
+def _spans(
+    what: str,
+    label: str,
+    ours: list[float],
+    ceiling: list[float],
+    at: str,
+    note: str,
+    targets: tuple[Target, ...],
+) -> list[Figure]:
+    """A span's p50 (which `targets` judge) and p99, ours beside the ceiling's, in ms."""
     return [
         Figure(
             FAMILY,
-            f"GPU idle between jobs p{q}: {label}",
+            f"{what} p{q}: {label}",
             at,
             "ms",
-            ms(pick(ours.idle)),
-            ms(pick(ceiling.idle)),
+            ms(pick(ours)),
+            ms(pick(ceiling)),
             CEILING,
             targets if q == 50 else (),
             note,
         )
         for q, pick in ((50, p50), (99, p99))
-    ]
-
-
-def _gaps(label: str, ours: Loop, ceiling: Loop, at: str) -> list[Figure]:
-    note = f"complete returned → next claim returned, {len(ours.gaps):,} hand-offs"
-    return [
-        Figure(
-            FAMILY,
-            f"GPU hand-off gap p50: {label}",
-            at,
-            "ms",
-            ms(p50(ours.gaps)),
-            ms(p50(ceiling.gaps)),
-            CEILING,
-            (at_most(1.0, "ms"),),
-            note,
-        ),
-        Figure(
-            FAMILY,
-            f"GPU hand-off gap p99: {label}",
-            at,
-            "ms",
-            ms(p99(ours.gaps)),
-            ms(p99(ceiling.gaps)),
-            CEILING,
-            (),
-            note,
-        ),
     ]
