@@ -5,18 +5,26 @@
 -- The job as the HTTP API shows it (all but eta_s, which needs the cost model). work_ahead (the
 -- work of the jobs ahead of a queued one) and start_tag are for the ETA: queueing/positions.py
 -- turns them into eta_s and takes them out. p_position and p_work_ahead: the place the caller already counted.
+-- p_events: every event of the job, when the caller has just written them (an enqueue), so they
+-- are not read back: a session's plan for that read, made while job_events was small, scanned
+-- the whole log ever after.
 -- plpgsql, so each session plans its statements once (a SQL function with a FROM is planned
 -- again at every call).
 CREATE OR REPLACE FUNCTION gq_job_json(
-    j jobs, p_position integer DEFAULT NULL, p_work_ahead double precision DEFAULT NULL
+    j jobs, p_position integer DEFAULT NULL, p_work_ahead double precision DEFAULT NULL,
+    p_events job_events[] DEFAULT NULL
 ) RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_position integer := coalesce(p_position, 0);
     v_work_ahead double precision := coalesce(p_work_ahead, 0);
+    v_events job_events[] := p_events;
 BEGIN
     IF j.status = 'queued' AND p_position IS NULL THEN
         SELECT place.queue_position, place.work_ahead INTO v_position, v_work_ahead
         FROM gq_queue_place(j.model, j.priority, j.start_tag, j.queue_seq) AS place;
+    END IF;
+    IF v_events IS NULL THEN
+        SELECT array_agg(e) INTO v_events FROM job_events AS e WHERE e.job_id = j.id;
     END IF;
     RETURN jsonb_build_object(
         'job_id', j.id,
@@ -51,7 +59,7 @@ BEGIN
         'transitions', (
             SELECT coalesce(jsonb_agg(jsonb_build_object('status', e.status, 'at', e.at)
                                       ORDER BY e.seq), '[]'::jsonb)
-            FROM job_events AS e WHERE e.job_id = j.id));
+            FROM unnest(v_events) AS e));
 END
 $$;
 

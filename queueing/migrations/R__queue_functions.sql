@@ -263,6 +263,7 @@ DECLARE
     v_position integer;
     v_work_ahead double precision;
     v_seq bigint;
+    v_events job_events[];
 BEGIN
     IF p_mode NOT IN ('count', 'place', 'batch', 'sequence') THEN
         RAISE EXCEPTION 'unknown enqueue mode %', quote_literal(p_mode) USING ERRCODE = '22023';
@@ -328,13 +329,13 @@ BEGIN
             VALUES (v_job_id, v_message_id, p_conversation_id, p_model, 'pending', 0, now()),
                    (v_job_id, v_message_id, p_conversation_id, p_model, v_job.status,
                     v_position, now())
-            RETURNING seq)
-        SELECT max(seq) INTO v_seq FROM written;
+            RETURNING job_events AS e)
+        SELECT array_agg(e ORDER BY (e).seq), max((e).seq) INTO v_events, v_seq FROM written;
         PERFORM pg_notify('gq_event', v_job_id::text);
         PERFORM pg_notify('gq_queued', p_model);
     END IF;
     -- A place given to gq_job_json keeps it from counting one; an unplaced job shows null.
-    RETURN gq_job_json(v_job, coalesce(v_position, 0), coalesce(v_work_ahead, 0))
+    RETURN gq_job_json(v_job, coalesce(v_position, 0), coalesce(v_work_ahead, 0), v_events)
         || jsonb_build_object('queue_position', v_position, 'event_seq', v_seq);
 END
 $$;
@@ -348,12 +349,11 @@ $$;
 -- one NOTIFY gq_event wakes the web processes for the whole batch, and one gq_queued per model
 -- the idle workers of that model. A pending job another transaction
 -- holds (a cancel) is skipped, never waited for under the lock; one this transaction holds is
--- queued with the rest. Returns how many jobs got their events.
+-- queued with the rest. Returns the events it wrote, in seq order (none: an empty array).
 CREATE OR REPLACE FUNCTION gq_sequence_pending(p_queued uuid[] DEFAULT '{}')
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS job_events[] LANGUAGE plpgsql AS $$
 DECLARE
-    v_queued integer;
-    v_models text[];
+    v_events job_events[];
 BEGIN
     PERFORM gq_event_lock();
     WITH due AS (
@@ -378,13 +378,14 @@ BEGIN
         CROSS JOIN (VALUES (1, 'pending'::job_status, 0), (2, 'queued'::job_status, NULL))
             AS e (step, status, position)
         ORDER BY q.queue_seq, e.step
-        RETURNING model)
-    SELECT count(*) / 2, array_agg(DISTINCT model) INTO v_queued, v_models FROM written;
-    IF v_queued > 0 THEN
+        RETURNING job_events AS e)
+    SELECT coalesce(array_agg(e ORDER BY (e).seq), '{}') INTO v_events FROM written;
+    IF cardinality(v_events) > 0 THEN
         PERFORM pg_notify('gq_event', '');
-        PERFORM pg_notify('gq_queued', m) FROM unnest(v_models) AS m;
+        PERFORM pg_notify('gq_queued', m) FROM (SELECT DISTINCT e.model FROM unnest(v_events) AS e)
+            AS models (m);
     END IF;
-    RETURN v_queued;
+    RETURN v_events;
 END
 $$;
 
@@ -411,6 +412,7 @@ DECLARE
     v_job jsonb;
     v_ids uuid[] := '{}';
     v_ns bigint[] := '{}';
+    v_events job_events[];
 BEGIN
     FOR v_user_id IN
         SELECT users.id FROM (
@@ -449,13 +451,14 @@ BEGIN
     IF cardinality(v_ids) = 0 THEN
         RETURN;
     END IF;
-    PERFORM gq_sequence_pending(v_ids);
-    RETURN QUERY
-    SELECT b.n,
-           gq_job_json(j, 0, 0),
-           (SELECT min(e.seq) FROM job_events AS e WHERE e.job_id = j.id AND e.status = 'queued'),
-           NULL::text, NULL::text
-    FROM unnest(v_ids, v_ns) AS b (id, n) JOIN jobs AS j ON j.id = b.id;
+    v_events := gq_sequence_pending(v_ids);
+    RETURN QUERY  -- each job's answer from the events just written, not read back
+    SELECT b.n, gq_job_json(j, 0, 0, w.events), w.queued_seq, NULL::text, NULL::text
+    FROM unnest(v_ids, v_ns) AS b (id, n)
+    JOIN jobs AS j ON j.id = b.id
+    JOIN (SELECT e.job_id, array_agg(e ORDER BY e.seq) AS events,
+                 min(e.seq) FILTER (WHERE e.status = 'queued') AS queued_seq
+          FROM unnest(v_events) AS e GROUP BY e.job_id) AS w ON w.job_id = b.id;
 END
 $$;
 

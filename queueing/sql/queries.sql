@@ -147,8 +147,9 @@ SELECT gq_enqueue(%(conversation_id)s, %(owner)s, %(model)s, %(default_model)s, 
 SELECT item, job, seq, error_code, error_message FROM gq_enqueue_batch(%(items)s)
 
 -- name: jobs_sequence_pending
--- The pending jobs a web process of the release before left, queued (the sweep).
-SELECT gq_sequence_pending()
+-- The pending jobs a web process of the release before left, queued (the sweep): how many
+-- events that wrote.
+SELECT cardinality(gq_sequence_pending())
 
 -- name: jobs_pending_stale
 -- Whether a pending job has waited a second unsequenced (its web process died): the sweep's

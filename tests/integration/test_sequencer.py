@@ -11,16 +11,22 @@ the per-user limit and fair-share tags count pending jobs."""
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID, uuid4
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
 
 from queueing import db
+from queueing.actors import Actor
 from queueing.conversations import create_conversation
 from queueing.errors import NotFound, QueueFull, UnknownModel
+from queueing.jobs import get_job
 from queueing.sequencer import Sequencer
 from tests import queries
 from tests.integration.web_support import (
@@ -81,6 +87,52 @@ async def test_a_lone_enqueue_is_queued_in_its_own_transaction(
     assert job["event_seq"] == row["events"][1][1]  # type: ignore[typeddict-item]
     with pytest.raises(NotFound):
         await Sequencer(pool).enqueue(item(str(uuid4())))
+
+
+EVENTS_READ = re.compile(
+    r"(?:Seq Scan|(?:Index|Index Only|Bitmap Heap) Scan(?: using \w+)?) on job_events\b"
+)
+
+
+@pytest.fixture
+async def explained(database_url: str) -> AsyncIterator[tuple[db.Pool, list[str]]]:
+    """A sequencer's pool of one connection whose every plan, nested ones too, is kept."""
+    plans: list[str] = []
+
+    async def configure(conn: db.Connection) -> None:
+        conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+        await conn.execute(queries.TEST_QUERIES["explain_nested_statements"])
+
+    async with AsyncConnectionPool(
+        db.conninfo(database_url, "gpuqueue-test"),
+        min_size=1,
+        max_size=1,
+        kwargs={"autocommit": True, "row_factory": dict_row},
+        configure=configure,
+    ) as explained_pool:
+        yield explained_pool, plans
+
+
+async def test_an_enqueue_answers_with_the_events_it_wrote_without_reading_them_back(
+    pool: db.Pool, conversation_id: str, alice: Actor, explained: tuple[db.Pool, list[str]]
+) -> None:
+    """A lone enqueue and a batch answer each job's transitions and queued seq from what they
+    wrote: read back from job_events, on a plan made while the table was small (a session's
+    generic plan) the answer cost a scan of every event and slowed as the log grew."""
+    explained_pool, plans = explained
+    sequencer = Sequencer(explained_pool)
+    lone = await sequencer.enqueue(item(conversation_id, "lone"))
+    batch = await asyncio.gather(
+        *(sequencer.enqueue(item(conversation_id, f"p{i}")) for i in range(3))
+    )
+    assert any("gq_enqueue_batch" in plan for plan in plans)  # the plans were seen
+    assert [m[0] for plan in plans for m in EVENTS_READ.finditer(plan)] == []
+    for answer in [lone, *batch]:
+        stored = await get_job(pool, answer["job_id"], actor=alice)
+        assert answer["transitions"] == stored["transitions"]
+        assert [t["status"] for t in answer["transitions"]] == ["pending", "queued"]
+    after = await jobs_of(pool, conversation_id)
+    assert [a["event_seq"] for a in [lone, *batch]] == [j["events"][1][1] for j in after]  # type: ignore[typeddict-item]
 
 
 async def test_concurrent_enqueues_go_in_one_transaction_each_round(
