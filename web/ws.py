@@ -28,7 +28,8 @@ from . import auth
 from .errors import ApiError
 from .keys import BROADCASTER, CLIENTS, POOL, TOKEN_WATCH, TOKENS
 from .live import Broadcaster, Client, ClientGone
-from .live.wire import error_message, message
+from .live.replay import FanoutBehind
+from .live.wire import CLOSE_TRY_AGAIN, error_message, message
 from .validation import parse_json
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,11 @@ class _Session:
             log.warning("WebSocket frame failed: database unavailable (%s)", exc)
             self._broadcaster.unsubscribe(client)
             client.offer(error_message("unavailable", "the database is not answering; try again"))
+        except FanoutBehind as exc:  # another web process may be ahead: reconnect, resubscribe
+            log.warning("WebSocket subscribe refused: %s", exc)
+            self._broadcaster.unsubscribe(client)
+            client.offer(error_message("unavailable", "this server is catching up; reconnecting"))
+            client.close(CLOSE_TRY_AGAIN, "catching up with the queue")
         except ClientGone:
             raise
         except Exception:

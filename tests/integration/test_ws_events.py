@@ -12,7 +12,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 
 from harness.waiting import eventually
-from queueing import db, tokens
+from queueing import db, events, tokens
 from tests.integration.web_support import (
     Frame,
     HandWorker,
@@ -28,6 +28,7 @@ from tests.integration.web_support import (
     subscribe,
 )
 from web.keys import BROADCASTER
+from web.live.placing import PLACED_TIMEOUT_S
 
 Client = TestClient[web.Request, web.Application]
 EVENT_KEYS = {
@@ -286,6 +287,40 @@ async def test_the_snapshot_and_subscribed_frames_carry_the_seq_they_reflect(
     frames = await frames_until(again, lambda f: f["type"] == "subscribed")
     assert [f["seq"] for f in events_only(frames[:-1])] == [processing["seq"]]
     assert frames[-1]["seq"] == processing["seq"]
+
+
+async def test_a_client_ahead_of_this_processs_fan_out_never_gets_positions_from_behind(
+    client: Client, alice: User, pool: db.Pool, worker: HandWorker
+) -> None:
+    """A client that saw newer events on another web process resubscribes here with that
+    since_seq while this process's fan-out has not followed them (its LISTEN connection was cut,
+    say): the positions its older queue order gives would be older than what the client knows
+    (the chaos run, seed 3417672460, a finished job shown at position 1 again). The subscribe
+    waits for the fan-out to catch up; one that does not within PLACED_TIMEOUT_S gets an error
+    frame and a close that tells it to try again (1013), and no position."""
+    conversation_id = await new_conversation(client, alice)
+    first = await enqueue(client, alice, conversation_id)
+    second = await enqueue(client, alice, conversation_id)
+    broadcaster = client.app[BROADCASTER]
+    await broadcaster.stop()  # this process stops following the log ...
+    assert str((await worker.claim()).job_id) == first["job_id"]  # ... and the queue moves on
+    since = await events.last_seq(pool)
+    ws = await connect(client, alice)
+    await ws.send_json({"op": "subscribe", "conversation_id": conversation_id, "since_seq": since})
+    frames = await frames_until(
+        ws, lambda f: f["type"] in ("subscribed", "error"), wait_s=PLACED_TIMEOUT_S + 5
+    )
+    assert [(f["type"], f.get("error", {}).get("code")) for f in frames] == [
+        ("error", "unavailable")
+    ]
+    closing = await ws.receive(timeout=5)
+    assert (closing.type, ws.close_code) == (WSMsgType.CLOSE, 1013)
+    await broadcaster.start()  # following again, from the order as it is now
+    ws = await connect(client, alice)
+    positions = await subscribe(ws, conversation_id=conversation_id, since_seq=since)
+    assert [(f["type"], f["job_id"], f["queue_position"]) for f in positions] == [
+        ("position", second["job_id"], 1)
+    ]
 
 
 async def test_a_job_ids_subscription_gets_only_those_jobs(

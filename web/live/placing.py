@@ -68,7 +68,8 @@ class Placing:
         self.order.load(
             Keys(UUID(j[0]), UUID(j[1]), j[2], j[3], j[4], j[5], j[6], j[7]) for j in row["jobs"]
         )
-        self.seq = self._settled = row["seq"]
+        self.seq = row["seq"]
+        self._settle()
         return self.seq
 
     async def follow(self, rows: list[EventRow]) -> None:
@@ -110,6 +111,10 @@ class Placing:
             )
         while len(self._recent) > RECENT:
             self._recent.popitem(last=False)
+        self._settle()
+
+    def _settle(self) -> None:
+        """Every event up to self.seq is followed and placed: answer whoever waits for one."""
         self._settled = self.seq
         for seq in [s for s in self._waiting if s <= self._settled]:
             waiter = self._waiting.pop(seq)

@@ -3,7 +3,9 @@
 A replay reads job_events while live events for the subscription wait in its `pending`; the
 two are joined without a gap or a duplicate, and the subscription goes live in the same step
 that finds nothing left. The positions come from the fan-out's queue order, so they are exactly
-the queue after the newest event routed, all of which the subscription has been sent.
+the queue after the newest event routed, all of which the subscription has been sent; a
+since_seq past what this process has routed (the client saw it on another web process) waits
+for the fan-out to get there first.
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ from .outbox import Client
 from .stats import FanoutStats
 from .subscriptions import Subscription, Subscriptions
 from .wire import eta_bucket, event_of, position_message, subscribed_message
+
+
+class FanoutBehind(Exception):
+    """This process's fan-out did not follow the log up to a subscriber's since_seq in time
+    (PLACED_TIMEOUT_S): its positions would be older than what the client has seen."""
+
+    def __init__(self, since_seq: int, routed_seq: int) -> None:
+        super().__init__(f"since_seq {since_seq} is past the {routed_seq} this server has routed")
 
 
 class Replayer:
@@ -53,6 +63,10 @@ class Replayer:
         self._subs.remove(client)
         if since_seq is not None:
             since_seq = min(since_seq, await events.last_seq(self._pool))
+            # The client may have seen events this process has not followed yet (on another
+            # web process): the replay and the positions must not come from an older state.
+            if not await self._fanout.placing.reached(since_seq):
+                raise FanoutBehind(since_seq, self._fanout.last_seq)
         sub = Subscription(
             client=client,
             conversation_id=conversation_id,

@@ -16,6 +16,7 @@ from queueing.rows import EventRow
 from ..image_links import ImageLinks
 from ..json_text import dumps
 
+CLOSE_TRY_AGAIN = 1013  # RFC 6455's "try again later": clients reconnect and resubscribe
 CLOSE_TOO_SLOW = 4008
 CLOSE_UNAUTHORIZED = 4401
 
