@@ -115,11 +115,10 @@ class _Session:
             log.warning("WebSocket frame failed: database unavailable (%s)", exc)
             self._broadcaster.unsubscribe(client)
             client.offer(error_message("unavailable", "the database is not answering; try again"))
-        except FanoutBehind as exc:  # another web process may be ahead: reconnect, resubscribe
+        except FanoutBehind as exc:  # the client reconnects (the page quietly) and resubscribes
             log.warning("WebSocket subscribe refused: %s", exc)
             self._broadcaster.unsubscribe(client)
-            client.offer(error_message("unavailable", "this server is catching up; reconnecting"))
-            client.close(CLOSE_TRY_AGAIN, "catching up with the queue")
+            client.close(CLOSE_TRY_AGAIN, "this server is catching up with the queue; reconnect")
         except ClientGone:
             raise
         except Exception:
