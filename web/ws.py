@@ -113,18 +113,23 @@ class _Session:
             client.offer(error_message(exc.code, exc.message))
         except (psycopg.OperationalError, PoolTimeout) as exc:
             log.warning("WebSocket frame failed: database unavailable (%s)", exc)
-            self._broadcaster.unsubscribe(client)
-            client.offer(error_message("unavailable", "the database is not answering; try again"))
-        except FanoutBehind as exc:  # the client reconnects (the page quietly) and resubscribes
+            self._come_back_later("the database is not answering; reconnect")
+        except FanoutBehind as exc:
             log.warning("WebSocket subscribe refused: %s", exc)
-            self._broadcaster.unsubscribe(client)
-            client.close(CLOSE_TRY_AGAIN, "this server is catching up with the queue; reconnect")
+            self._come_back_later("this server is catching up with the queue; reconnect")
         except ClientGone:
             raise
         except Exception:
             log.exception("WebSocket frame failed")
             self._broadcaster.unsubscribe(client)
             client.offer(error_message("internal", "something went wrong on our side"))
+
+    def _come_back_later(self, reason: str) -> None:
+        """The frame could not be served now and the subscription is dropped: close with 1013,
+        so the client reconnects and resubscribes with since_seq, missing nothing (the page does,
+        quietly: an error frame on a socket left open would leave it unsubscribed)."""
+        self._broadcaster.unsubscribe(self._client)
+        self._client.close(CLOSE_TRY_AGAIN, reason)
 
     @staticmethod
     def _frame(data: str) -> dict[str, Any]:

@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import psycopg
 import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
+from psycopg import sql
 
 from harness.waiting import eventually
 from queueing import db, events, tokens
@@ -315,6 +317,30 @@ async def test_a_client_ahead_of_this_processs_fan_out_never_gets_positions_from
     assert [(f["type"], f["job_id"], f["queue_position"]) for f in positions] == [
         ("position", second["job_id"], 1)
     ]
+
+
+async def test_a_frame_the_database_cannot_answer_closes_the_socket_so_the_client_comes_back(
+    client: Client, alice: User, pg_admin_url: str, database_url: str
+) -> None:
+    """A subscribe that finds the database gone drops the subscription, so the socket is closed
+    with 1013 (try again later): the client reconnects and resubscribes with since_seq, missing
+    nothing. An error frame on a socket left open left the page unsubscribed, and showing "Live"
+    (it takes a socket as live after 3 s)."""
+    conversation_id = await new_conversation(client, alice)
+    ws = await connect(client, alice)
+    name = str(psycopg.conninfo.conninfo_to_dict(database_url)["dbname"])
+    allow = sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}")
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(allow.format(sql.Identifier(name), sql.SQL("false")))
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+        try:
+            await ws.send_json({"op": "subscribe", "conversation_id": conversation_id})
+            closing = await ws.receive(timeout=10)  # the first frame: nothing before it
+            assert (closing.type, ws.close_code) == (WSMsgType.CLOSE, 1013), closing
+        finally:
+            admin.execute(allow.format(sql.Identifier(name), sql.SQL("true")))
 
 
 async def test_a_job_ids_subscription_gets_only_those_jobs(
