@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
 
@@ -83,13 +83,27 @@ async def connect(url: str, app: str, extra_options: str = "") -> Connection:
     )
 
 
-def make_pool(url: str, app: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
-    """An autocommit pool, not yet opened (``await pool.open()`` or ``async with``)."""
+ConnectionHook: TypeAlias = Callable[[Connection], Awaitable[None]]
+
+
+def make_pool(
+    url: str,
+    app: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    configure: ConnectionHook | None = None,
+    check: ConnectionHook | None = None,
+) -> Pool:
+    """An autocommit pool, not yet opened (``await pool.open()`` or ``async with``);
+    `configure` runs on each new connection, `check` on each one lent."""
     return AsyncConnectionPool(
         conninfo(url, app),
         min_size=min_size,
         max_size=max_size,
         kwargs={"autocommit": True, "row_factory": dict_row},
+        configure=configure,
+        check=check,
         open=False,
         name=app,
     )

@@ -6,11 +6,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import psycopg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from psycopg import sql
 
 from harness.waiting import eventually
 from queueing import db, tokens
@@ -18,6 +16,7 @@ from tests.integration.web_support import (
     PNG,
     HandWorker,
     User,
+    database_gone,
     enqueue,
     make_user,
     new_conversation,
@@ -74,28 +73,11 @@ async def test_healthz_is_503_when_the_database_is_gone(
     pg_admin_url: str, database_url: str
 ) -> None:
     """Contract: GET /healthz is 503 when the database does not answer."""
-    name = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
     async with running_app(database_url) as c:
-        with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(
-                    sql.Identifier(str(name))
-                )
-            )
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                (name,),
-            )
-            try:
-                response = await c.get("/healthz")
-                assert response.status == 503
-                assert await response.json() == {"ok": False}
-            finally:
-                admin.execute(
-                    sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
-                        sql.Identifier(str(name))
-                    )
-                )
+        with database_gone(pg_admin_url, database_url):
+            response = await c.get("/healthz")
+            assert response.status == 503
+            assert await response.json() == {"ok": False}
 
 
 async def test_me_names_the_tokens_user(client: Client, user: User, pool: db.Pool) -> None:

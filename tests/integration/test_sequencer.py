@@ -18,9 +18,7 @@ from uuid import UUID, uuid4
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
 from queueing import db
 from queueing.actors import Actor
@@ -103,12 +101,8 @@ async def explained(database_url: str) -> AsyncIterator[tuple[db.Pool, list[str]
         conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
         await conn.execute(queries.TEST_QUERIES["explain_nested_statements"])
 
-    async with AsyncConnectionPool(
-        db.conninfo(database_url, "gpuqueue-test"),
-        min_size=1,
-        max_size=1,
-        kwargs={"autocommit": True, "row_factory": dict_row},
-        configure=configure,
+    async with db.make_pool(
+        database_url, "gpuqueue-test", max_size=1, configure=configure
     ) as explained_pool:
         yield explained_pool, plans
 

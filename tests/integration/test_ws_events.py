@@ -7,11 +7,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import psycopg
 import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
-from psycopg import sql
 
 from harness.waiting import eventually
 from queueing import db, events, tokens
@@ -19,6 +17,7 @@ from tests.integration.web_support import (
     Frame,
     HandWorker,
     User,
+    database_gone,
     enqueue,
     events_only,
     frames_until,
@@ -328,19 +327,10 @@ async def test_a_frame_the_database_cannot_answer_closes_the_socket_so_the_clien
     (it takes a socket as live after 3 s)."""
     conversation_id = await new_conversation(client, alice)
     ws = await connect(client, alice)
-    name = str(psycopg.conninfo.conninfo_to_dict(database_url)["dbname"])
-    allow = sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}")
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute(allow.format(sql.Identifier(name), sql.SQL("false")))
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-        )
-        try:
-            await ws.send_json({"op": "subscribe", "conversation_id": conversation_id})
-            closing = await ws.receive(timeout=10)  # the first frame: nothing before it
-            assert (closing.type, ws.close_code) == (WSMsgType.CLOSE, 1013), closing
-        finally:
-            admin.execute(allow.format(sql.Identifier(name), sql.SQL("true")))
+    with database_gone(pg_admin_url, database_url):
+        await ws.send_json({"op": "subscribe", "conversation_id": conversation_id})
+        closing = await ws.receive(timeout=10)  # the first frame: nothing before it
+        assert (closing.type, ws.close_code) == (WSMsgType.CLOSE, 1013), closing
 
 
 async def test_a_job_ids_subscription_gets_only_those_jobs(

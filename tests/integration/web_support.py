@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from aiohttp import ClientWebSocketResponse, WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
+from psycopg import sql
 
 from gpu_worker.png import encode_rgb
 from queueing import db, jobs, tokens
@@ -67,6 +69,23 @@ async def running_app(
     app = create_app(settings or web_settings(), database_url, options)
     async with TestClient(TestServer(app)) as client:
         yield client
+
+
+@contextmanager
+def database_gone(pg_admin_url: str, database_url: str) -> Iterator[None]:
+    """The database refuses connections and its sessions are cut, until the block ends."""
+    name = str(psycopg.conninfo.conninfo_to_dict(database_url)["dbname"])
+    allow = sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}")
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(allow.format(sql.Identifier(name), sql.SQL("false")))
+        try:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+            yield
+        finally:
+            admin.execute(allow.format(sql.Identifier(name), sql.SQL("true")))
 
 
 @dataclass

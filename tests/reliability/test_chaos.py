@@ -36,7 +36,6 @@ import aiohttp
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from harness.commands import WebChild, WorkerChild
@@ -247,11 +246,9 @@ class Scenario:
             await conn.execute(AUDIT_SQL)
             await conn.execute(PLAIN_ROLE_SQL)
         # Checked on every borrow: the restart leaves the idle connections broken.
-        self.pool = AsyncConnectionPool(
-            db.conninfo(self.url, "reliability-check"), min_size=1, max_size=4, open=False,
-            kwargs={"autocommit": True, "row_factory": dict_row},
-            check=AsyncConnectionPool.check_connection,
-        )  # fmt: skip
+        self.pool = db.make_pool(
+            self.url, "reliability-check", max_size=4, check=AsyncConnectionPool.check_connection
+        )
         await self.pool.open(wait=True)
         for i in range(USERS):
             token = await tokens.create_token(self.pool, f"chaos-user-{i}")
