@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 
 from bench import env
-from bench.dispatch import PARAMS, Loop
+from bench.dispatch import CEILING, PARAMS, Loop, ceiling_loop
 from bench.env import Context
 from bench.report import Figure, ratio_at_least
+from bench.worker import HOST
 
 FAMILY = "peer"
 DEVICE = "bench-peer"
@@ -36,6 +37,7 @@ async def run(ctx: Context) -> list[Figure]:
     n = 200 if ctx.quick else 400
     seconds = 2.0 if ctx.quick else 4.0
     ours = {1: Loop(), BATCH: Loop()}
+    ceiling = Loop()
     peer: dict[int, list[dict[str, float]]] = {1: [], 5: []}
     async with ctx.database(FAMILY) as bdb:
         for batch, loop in ours.items():
@@ -54,6 +56,10 @@ async def run(ctx: Context) -> list[Figure]:
                     prompt = f"run-{batch}-{rnd}"
                     await env.seed(bdb, n, status="queued", prompt=prompt, params=PARAMS, wake=True)
                     loop.add(Loop(n, await env.wait_batch(bdb, prompt, n, limit_s=300)))
+                    if batch == 1:  # the raw loop holds this idle worker's GPU lock meanwhile
+                        ceiling_jobs = f"ceiling-{rnd}"
+                        await env.seed(bdb, n, status="queued", prompt=ceiling_jobs, params=PARAMS)
+                        ceiling.add(await ceiling_loop(bdb, n, f"{DEVICE}-1", HOST))
                     for result in await _pgqueuer(ctx, bdb.url, seconds):
                         peer[int(result["dequeuers"])].append(result)
                 child.check_alive()
@@ -80,6 +86,19 @@ async def run(ctx: Context) -> list[Figure]:
             PEER,
             (ratio_at_least(0.5),),
             note % one_by_one,
+        ),
+        Figure(
+            FAMILY,
+            f"peer: no-op throughput, {CEILING} vs {PEER} with 1 dequeuer",
+            at % (1, "like our one worker"),
+            "jobs/s",
+            ceiling.rate,
+            rates[1],
+            PEER,
+            (),
+            f"context for the batch-1 row: one job per claim and a commit per job, {rounds} x {n} "
+            "jobs on our worker's GPU, interleaved with ours; where this is below 0.5x, that "
+            "row's target lies above the raw loop itself",
         ),
         Figure(
             FAMILY,
