@@ -21,10 +21,10 @@ from __future__ import annotations
 import json
 
 from bench import env
-from bench.dispatch import CEILING, PARAMS, Loop, ceiling_loop
+from bench.dispatch import CEILING, PARAMS, Loop
 from bench.env import Context
 from bench.report import Figure, ratio_at_least
-from bench.worker import HOST
+from bench.worker import ceiling_beside
 
 FAMILY = "peer"
 DEVICE = "bench-peer"
@@ -41,10 +41,11 @@ async def run(ctx: Context) -> list[Figure]:
     peer: dict[int, list[dict[str, float]]] = {1: [], 5: []}
     async with ctx.database(FAMILY) as bdb:
         for batch, loop in ours.items():
+            device = f"{DEVICE}-{batch}"
             child = await env.start_worker(
                 ctx,
                 bdb,
-                device=f"{DEVICE}-{batch}",
+                device=device,
                 backend="stub",
                 env={"GPUQUEUE_STUB_DELAY": "0", "GPUQUEUE_MAX_BATCH": str(batch)},
             )
@@ -56,10 +57,8 @@ async def run(ctx: Context) -> list[Figure]:
                     prompt = f"run-{batch}-{rnd}"
                     await env.seed(bdb, n, status="queued", prompt=prompt, params=PARAMS, wake=True)
                     loop.add(Loop(n, await env.wait_batch(bdb, prompt, n, limit_s=300)))
-                    if batch == 1:  # the raw loop holds this idle worker's GPU lock meanwhile
-                        ceiling_jobs = f"ceiling-{rnd}"
-                        await env.seed(bdb, n, status="queued", prompt=ceiling_jobs, params=PARAMS)
-                        ceiling.add(await ceiling_loop(bdb, n, f"{DEVICE}-1", HOST))
+                    if batch == 1:
+                        ceiling.add(await ceiling_beside(bdb, n, device, rnd))
                     for result in await _pgqueuer(ctx, bdb.url, seconds):
                         peer[int(result["dequeuers"])].append(result)
                 child.check_alive()

@@ -11,13 +11,23 @@ from __future__ import annotations
 
 from bench import env
 from bench.dispatch import CEILING, PARAMS, Loop, ceiling_loop
-from bench.env import Context
+from bench.env import BenchDb, Context
 from bench.report import Figure, at_most, ratio_at_least
 from queueing.config import Settings
 
 FAMILY = "worker"
 DEVICE = "bench-stub"
 HOST = Settings.from_env().host_id  # the worker's host: the child inherits this environment
+
+
+async def ceiling_beside(bdb: BenchDb, n: int, device: str, rnd: int) -> Loop:
+    """n fresh jobs through the raw loop on an idle worker's GPU (`device` on this host).
+
+    The raw loop holds that GPU's lock, so the worker's claims find the GPU busy, and the queue
+    empty after: the ceiling runs in the worker's database, between its rounds.
+    """
+    await env.seed(bdb, n, status="queued", prompt=f"ceiling-{rnd}", params=PARAMS)
+    return await ceiling_loop(bdb, n, device, HOST)
 
 
 async def run(ctx: Context) -> list[Figure]:
@@ -40,11 +50,7 @@ async def run(ctx: Context) -> list[Figure]:
                 span = await env.wait_batch(bdb, prompt, n, limit_s=300)
                 ours.add(Loop(n, span))
                 rss.append(child.rss_kib() / 1024)
-                # The raw loop holds the worker's own GPU lock (same host and device), so the idle
-                # worker cannot take its jobs: its claims find the GPU busy, and the queue empty
-                # after.
-                await env.seed(bdb, n, status="queued", prompt=f"ceiling-{rnd}", params=PARAMS)
-                ceiling.add(await ceiling_loop(bdb, n, DEVICE, HOST))
+                ceiling.add(await ceiling_beside(bdb, n, DEVICE, rnd))
             child.check_alive()
     growth = (rss[-1] / rss[0] - 1) * 100
     total = rounds * n
