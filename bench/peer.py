@@ -5,15 +5,18 @@ put in the queue at once, one job per claim and then with `--max-batch 10` (comp
 jobs: ten claimed in one statement, their completions, set-based, and the next claim in one
 statement).
 PgQueuer: its own benchmark's shape (bench/pgqueuer_peer.py), with one dequeuer (like our one
-worker per GPU) and with five (its benchmark's default). Rounds alternate.
+worker per GPU) and with five (its benchmark's default), claiming ten at a time (its benchmark's
+batch), and with one dequeuer claiming one at a time (as ours does without --max-batch). Rounds
+alternate.
 
 What each does per job:
 - gpuqueue: claim one job under the device's GPU advisory lock (taken and released per job),
   a fencing claim_id, two transitions each with an event row under the global event lock (seq
   order = commit order), the message metadata deep-merged twice, two NOTIFYs, the PNG stored in
   the complete transaction; live positions are computable at any moment.
-- PgQueuer: claims and completes in batches of 10, buffers the completions into its log table,
-  one NOTIFY per enqueue batch; no GPU lock, no per-transition events, no positions, no message.
+- PgQueuer: claims and completes in batches of 10 (or 1), buffers the completions into its log
+  table, one NOTIFY per enqueue batch; no GPU lock, no per-transition events, no positions, no
+  message.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ FAMILY = "peer"
 DEVICE = "bench-peer"
 PEER = "PgQueuer 1.6.0"
 BATCH = 10  # PgQueuer's benchmark claims its jobs ten at a time
+PEER_RUNS = ((1, BATCH), (5, BATCH), (1, 1))  # (dequeuers, jobs a claim)
 
 
 async def run(ctx: Context) -> list[Figure]:
@@ -38,7 +42,7 @@ async def run(ctx: Context) -> list[Figure]:
     seconds = 2.0 if ctx.quick else 4.0
     ours = {1: Loop(), BATCH: Loop()}
     ceiling = Loop()
-    peer: dict[int, list[dict[str, float]]] = {1: [], 5: []}
+    peer: dict[tuple[int, int], list[dict[str, float]]] = {run: [] for run in PEER_RUNS}
     async with ctx.database(FAMILY) as bdb:
         for batch, loop in ours.items():
             device = f"{DEVICE}-{batch}"
@@ -60,16 +64,16 @@ async def run(ctx: Context) -> list[Figure]:
                     if batch == 1:
                         ceiling.add(await ceiling_beside(bdb, n, device, rnd))
                     for result in await _pgqueuer(ctx, bdb.url, seconds):
-                        peer[int(result["dequeuers"])].append(result)
+                        peer[int(result["dequeuers"]), int(result["batch"])].append(result)
                 child.check_alive()
     rates = {
-        dequeuers: sum(r["jobs"] for r in results) / sum(r["seconds"] for r in results)
-        for dequeuers, results in peer.items()
+        run: sum(r["jobs"] for r in results) / sum(r["seconds"] for r in results)
+        for run, results in peer.items()
     }
-    at = f"1 enqueuer x {BATCH}, %d dequeuer(s) x {BATCH} (%s)"
+    at = f"1 enqueuer x {BATCH}, %d dequeuer(s) x %d (%s)"
     note = (
         f"ours: the real worker process (stub, 0 s), {rounds} x {n} jobs%s; peer: psycopg "
-        f"driver, {rounds * len(ours)} x {seconds:g} s, its rounds alternating with ours; "
+        f"driver, {rounds * len(ours)} x {seconds:g} s a shape, its rounds alternating with ours; "
         "ours does far more per job (bench/peer.py)"
     )
     one_by_one = " claimed one at a time"
@@ -78,34 +82,46 @@ async def run(ctx: Context) -> list[Figure]:
         Figure(
             FAMILY,
             f"peer: no-op throughput, ours one job per claim vs {PEER} with 1 dequeuer",
-            at % (1, "like our one worker"),
+            at % (1, BATCH, "like our one worker, its benchmark's batch"),
             "jobs/s",
             ours[1].rate,
-            rates[1],
+            rates[1, BATCH],
             PEER,
             (ratio_at_least(0.5),),
             note % one_by_one,
         ),
         Figure(
             FAMILY,
+            f"peer: no-op throughput, ours one job per claim vs {PEER} with 1 dequeuer at batch 1",
+            at % (1, 1, "one job a claim on both sides"),
+            "jobs/s",
+            ours[1].rate,
+            rates[1, 1],
+            PEER,
+            (ratio_at_least(0.5),),
+            (note % one_by_one) + "; like for like: PgQueuer too claims one job at a time "
+            "(`run(batch_size=1)`), still buffering its completions",
+        ),
+        Figure(
+            FAMILY,
             f"peer: no-op throughput, {CEILING} vs {PEER} with 1 dequeuer",
-            at % (1, "like our one worker"),
+            at % (1, BATCH, "like our one worker, its benchmark's batch"),
             "jobs/s",
             ceiling.rate,
-            rates[1],
+            rates[1, BATCH],
             PEER,
             (),
-            f"context for the batch-1 row: one job per claim and a commit per job, {rounds} x {n} "
-            "jobs on our worker's GPU, interleaved with ours; where this is below 0.5x, that "
-            "row's target lies above the raw loop itself",
+            f"context for the first batch-1 row: one job per claim and a commit per job, "
+            f"{rounds} x {n} jobs on our worker's GPU, interleaved with ours; where this is below "
+            "0.5x, that row's target lies above the raw loop itself",
         ),
         Figure(
             FAMILY,
             f"peer: no-op throughput, ours --max-batch {BATCH} vs {PEER} with 1 dequeuer",
-            at % (1, "like our one worker"),
+            at % (1, BATCH, "like our one worker, its benchmark's batch"),
             "jobs/s",
             ours[BATCH].rate,
-            rates[1],
+            rates[1, BATCH],
             PEER,
             (ratio_at_least(1.0),),
             note % batched,
@@ -113,10 +129,10 @@ async def run(ctx: Context) -> list[Figure]:
         Figure(
             FAMILY,
             f"peer: no-op throughput, ours --max-batch {BATCH} vs {PEER} with 5 dequeuers",
-            at % (5, "its benchmark's default"),
+            at % (5, BATCH, "its benchmark's default"),
             "jobs/s",
             ours[BATCH].rate,
-            rates[5],
+            rates[5, BATCH],
             PEER,
             (),
             note % batched,
@@ -132,9 +148,8 @@ async def _pgqueuer(ctx: Context, url: str, seconds: float) -> list[dict[str, fl
             "-m",
             "bench.pgqueuer_peer",
             url,
-            "--dequeuers",
-            "1",
-            "5",
+            "--runs",
+            *(f"{dequeuers}x{batch}" for dequeuers, batch in PEER_RUNS),
             "--seconds",
             str(seconds),
             "--rounds",

@@ -1,11 +1,12 @@
 """The peer, run in its own process: PgQueuer's throughput benchmark on our database.
 
-`python -m bench.pgqueuer_peer URL --dequeuers 1 5 --seconds 4 --rounds 2` prints one JSON line
-per run: {"dequeuers", "jobs", "seconds", "rate"}. It follows PgQueuer's tools/benchmark.py
-("throughput" strategy): one producer enqueuing batches of 10 back to back, `dequeuers`
-PgQueuer instances dequeuing batches of 10, each on its own psycopg connection, jobs spread over
-two no-op entrypoints (both async: PgQueuer 1.6 refuses sync ones); the rate counts jobs whose
-entrypoint ran within the timer. The event loop is asyncio's own, as for our figures.
+`python -m bench.pgqueuer_peer URL --runs 1x10 5x10 1x1 --seconds 4 --rounds 2` prints one JSON
+line per run (DEQUEUERSxBATCH): {"dequeuers", "batch", "jobs", "seconds", "rate"}. It follows
+PgQueuer's tools/benchmark.py ("throughput" strategy): one producer enqueuing batches of 10 back
+to back, `dequeuers` PgQueuer instances dequeuing up to `batch` jobs a claim (its benchmark's
+10, or 1 as our worker claims without --max-batch), each on its own psycopg connection, jobs
+spread over two no-op entrypoints (both async: PgQueuer 1.6 refuses sync ones); the rate counts
+jobs whose entrypoint ran within the timer. The event loop is asyncio's own, as for our figures.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ async def install(url: str) -> None:
         await conn.close()
 
 
-async def one_run(url: str, dequeuers: int, seconds: float) -> dict[str, Any]:
+async def one_run(url: str, dequeuers: int, batch: int, seconds: float) -> dict[str, Any]:
     from pgqueuer import Job, PgQueuer, PsycopgDriver, Queries
 
     setup = await _connect(url)
@@ -96,7 +97,7 @@ async def one_run(url: str, dequeuers: int, seconds: float) -> dict[str, Any]:
         elapsed, ran = time.perf_counter() - started, done
 
     await asyncio.gather(
-        *(pgq.run(batch_size=BATCH) for pgq in managers),
+        *(pgq.run(batch_size=batch) for pgq in managers),
         produce(),
         timer(),
         stamp_when_stopped(),
@@ -104,21 +105,33 @@ async def one_run(url: str, dequeuers: int, seconds: float) -> dict[str, Any]:
     for conn in conns:
         await conn.close()
     await setup.close()
-    return {"dequeuers": dequeuers, "jobs": ran, "seconds": elapsed, "rate": ran / elapsed}
+    return {
+        "dequeuers": dequeuers,
+        "batch": batch,
+        "jobs": ran,
+        "seconds": elapsed,
+        "rate": ran / elapsed,
+    }
 
 
 async def main_async(args: argparse.Namespace) -> None:
     await install(args.url)
     for _ in range(args.rounds):
-        for dequeuers in args.dequeuers:
-            result = await one_run(args.url, dequeuers, args.seconds)
+        for dequeuers, batch in args.runs:
+            result = await one_run(args.url, dequeuers, batch, args.seconds)
             print(json.dumps(result), flush=True)
+
+
+def _run_shape(text: str) -> tuple[int, int]:
+    """DEQUEUERSxBATCH, e.g. 1x10."""
+    dequeuers, _, batch = text.partition("x")
+    return int(dequeuers), int(batch)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("url")
-    parser.add_argument("--dequeuers", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--runs", type=_run_shape, nargs="+", default=[(1, BATCH), (5, BATCH)])
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
