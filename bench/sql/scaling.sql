@@ -6,6 +6,10 @@
 UPDATE jobs SET status = 'canceled', finished_at = now()
 WHERE status = 'queued' AND prompt = %(prompt)s
 
+-- name: checkpoint
+-- After a take-out: the round's dirty pages are written now, not during the next round.
+CHECKPOINT
+
 -- name: conversation_list_ceiling
 -- A conversation's jobs with their positions in plain SQL: the rows in queue_seq order, the
 -- queued ones ranked by one row_number() pass over their model's queue (there is no cheaper way
