@@ -12,7 +12,7 @@
 -- session_replication_role = replica: the rows are consistent by construction, and skipping the
 -- foreign-key triggers makes 1,000,000 rows several times faster.
 WITH ids AS (
-    SELECT gen_random_uuid() AS job_id, gen_random_uuid() AS message_id,
+    SELECT gq_new_id() AS job_id, gq_new_id() AS message_id,
            nextval('job_queue_seq') AS queue_seq,
            CASE WHEN random() < %(high_priority_share)s THEN 1 ELSE 0 END AS priority,
            %(params)s::jsonb || CASE WHEN %(seed_base)s::integer IS NULL THEN '{}'::jsonb

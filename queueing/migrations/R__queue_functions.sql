@@ -28,6 +28,17 @@ BEGIN
 END
 $$;
 
+-- A new job's or message's id: UUIDv7 (RFC 9562), 48 bits of Unix milliseconds, then the
+-- version, the variant and 74 random bits (gen_random_uuid's, whose version nibble 4 becomes 7).
+-- Keys that rise with time land at the right edge of their indexes (migration 017 says why).
+CREATE OR REPLACE FUNCTION gq_new_id() RETURNS uuid LANGUAGE sql VOLATILE PARALLEL SAFE AS $$
+    SELECT encode(set_bit(set_bit(overlay(
+        uuid_send(gen_random_uuid())
+        PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+                          FROM 3)
+        FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid
+$$;
+
 -- Deep merge in one pass per level: objects merge key by key at every depth; any other pair
 -- (arrays, scalars, or an object meeting a non-object) is replaced by the patch's value. A JSON
 -- null in the patch is a value like any other: it is stored as null and deletes nothing. An SQL
@@ -257,8 +268,8 @@ DECLARE
     v_start double precision;
     v_queued integer;
     v_job jobs;
-    v_message_id uuid := gen_random_uuid();
-    v_job_id uuid := gen_random_uuid();
+    v_message_id uuid := gq_new_id();
+    v_job_id uuid := gq_new_id();
     v_queue_seq bigint;
     v_position integer;
     v_work_ahead double precision;

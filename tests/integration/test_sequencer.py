@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from queueing import db
+from queueing import db, jobs
 from queueing.actors import Actor
 from queueing.conversations import create_conversation
 from queueing.errors import NotFound, QueueFull, UnknownModel
@@ -334,3 +334,38 @@ async def test_the_queue_limit_and_fair_share_tags_count_pending_jobs(
     assert refused.value.sqlstate == "GQ429"
     first, second = await jobs_of(pool, conversation_id)
     assert second["start_tag"] == first["finish_tag"]  # the second starts after the first
+
+
+def id_millis(value: str) -> int:
+    """The Unix milliseconds a UUIDv7 starts with; fails for any other kind of id."""
+    uuid = UUID(value)
+    assert uuid.version == 7, f"{value} is a version {uuid.version} UUID, not a time-ordered one"
+    return uuid.int >> 80
+
+
+async def test_every_enqueue_path_gives_its_job_and_message_time_ordered_ids(
+    pool: db.Pool, conversation_id: str, alice: Actor
+) -> None:
+    """Migration 017: a key that rises with time lands at the right edge of its index, not on a
+    random leaf (whose first write after a checkpoint puts the whole page in the WAL). A lone
+    enqueue, a batch and the counted path (queueing.jobs.enqueue without a web process) all
+    draw gq_new_id(): each id is a UUIDv7 of the moment its job was written, in order."""
+    sequencer = Sequencer(pool)
+    before = await queries.fetch_value(pool, "clock_ms")
+    lone = await sequencer.enqueue(item(conversation_id, "lone"))
+    batch = await asyncio.gather(
+        *(sequencer.enqueue(item(conversation_id, f"p{i}")) for i in range(4))
+    )
+    counted = await jobs.enqueue(
+        pool,
+        conversation_id,
+        jobs.JobRequest(prompt="counted", params={}),
+        actor=alice,
+        max_queued=100,
+    )
+    after = await queries.fetch_value(pool, "clock_ms")
+    made = [lone, *batch, counted]
+    stamps = [(id_millis(j["job_id"]), id_millis(j["message_id"])) for j in made]
+    assert all(before <= ms <= after for pair in stamps for ms in pair), (before, stamps, after)
+    job_ms = [job for job, _ in stamps]
+    assert job_ms[0] <= min(job_ms[1:-1]) and max(job_ms[1:-1]) <= job_ms[-1], stamps

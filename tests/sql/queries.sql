@@ -174,3 +174,7 @@ SET client_min_messages = log
 
 -- name: analyze_jobs
 ANALYZE jobs
+
+-- name: clock_ms
+-- The database's clock in Unix milliseconds, what a time-ordered id (gq_new_id) starts with.
+SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms
