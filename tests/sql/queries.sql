@@ -178,3 +178,19 @@ ANALYZE jobs
 -- name: clock_ms
 -- The database's clock in Unix milliseconds, what a time-ordered id (gq_new_id) starts with.
 SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms
+
+-- name: queue_crowd
+-- %(n)s queued jobs (with their messages) of one user in one statement: a user who holds most
+-- of the queue, as a load test's seed leaves it.
+WITH ids AS (
+    SELECT gq_new_id() AS job_id, gq_new_id() AS message_id, nextval('job_queue_seq') AS queue_seq
+    FROM generate_series(1, %(n)s)
+), m AS (
+    INSERT INTO messages (id, conversation_id, role, extra_metadata)
+    SELECT message_id, %(conversation_id)s, 'assistant', '{}' FROM ids
+)
+INSERT INTO jobs (id, message_id, conversation_id, user_id, model, prompt, params, work, status,
+                  priority, queue_seq, start_tag, finish_tag, estimate_s, timeout_s, queued_at)
+SELECT job_id, message_id, %(conversation_id)s, %(user_id)s, 'tiny', 'crowd', '{}', 1, 'queued',
+       0, queue_seq, queue_seq, queue_seq + 1, 1, 300, now()
+FROM ids
