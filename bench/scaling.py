@@ -239,9 +239,8 @@ async def _enqueue(
         for name in list(ops) if block % 2 else list(reversed(ops)):
             single[name] += await latencies(conn, ops[name], singles // 8)
     await _take_out_load(bdb)
-    rates: dict[str, list[float]] = {name: [] for name in ops}
+    rates: dict[str, list[float]] = {name: [] for name in [*ops, "empty"]}
     waits: dict[str, dict[str, int]] = {name: {} for name in ops}
-    rates["empty"] = []
     for _ in range(2):
         for name, op in ops.items():
             rates[name].append(await throughput(bdb, op, 8, seconds, waits[name]))
