@@ -603,8 +603,19 @@ CREATE OR REPLACE FUNCTION gq_complete_and_claim(
 -- Its statements are planned once per session (generic plans): left to choose, PostgreSQL kept
 -- custom plans, planning the set-based UPDATEs again at every call because their estimates from
 -- the array parameters look cheaper, and at batch 1 that planning cost more than the loops it
--- replaced (backend CPU a job 13 % above theirs; generic: 5 % below).
-SET plan_cache_mode = force_generic_plan AS $$
+-- replaced (backend CPU a job 13 % above theirs; generic: 5 % below). Planned once, a plan must
+-- also be right for every size the queue will take: planned on a near-empty table (a fresh
+-- deployment, a worker started before the first ANALYZE), the head's probe read the model's
+-- queued jobs through another index and sorted them all, and the hand-off's UPDATE joined its
+-- rows to a scan of the whole table, per job and for as long as the session lived (bench peer:
+-- 1.8 ms a hand-off, 1.0 ms with these). No scan and no sort: the head comes from the queue's
+-- order, every other job by its id. JIT off: a plan's cost then carries the planner's penalty
+-- for what cannot be done otherwise (the transitions' sort by message id), which crossed
+-- jit_above_cost and compiled the statement at every call (~50 ms).
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_sort = off
+SET jit = off AS $$
 DECLARE
     v_done jobs[];
     v_claimed jobs[];
