@@ -115,7 +115,7 @@ async def fetch(
     prepare: bool | None = None,
 ) -> list[dict[str, Any]]:
     cur = await conn.execute(BENCH_SQL[name], params, prepare=prepare)
-    return await cur.fetchall() if cur.description else []
+    return await cur.fetchall() if cur.rownumber is not None else []  # as db.fetch_all
 
 
 async def fetch_row(

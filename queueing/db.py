@@ -122,11 +122,15 @@ async def connection(db: Db) -> AsyncIterator[Connection]:
 async def fetch_all(
     db: Db, name: str, params: Mapping[str, Any] | None = None, *, prepare: bool | None = None
 ) -> list[Row]:
-    """Run the named query and return every row."""
+    """Run the named query and return every row (none for a statement that returns none).
+
+    Whether there are rows to fetch is `rownumber`, not `description`: the description builds
+    a Column object for every column of every result (a sixth of the client's CPU in a
+    hand-off)."""
     async with connection(db) as conn:
         with translated():
             cur = await conn.execute(QUERIES[name], params, prepare=prepare)
-            return await cur.fetchall() if cur.description else []
+            return await cur.fetchall() if cur.rownumber is not None else []
 
 
 async def fetch_one(

@@ -692,12 +692,14 @@ BEGIN
     END claim;
     -- Every job of the call in one UPDATE: a completion (fenced by its claim_id) gets its end,
     -- a claimed job (locked above) its claim; a claim's columns stay as they are on a
-    -- completion.
+    -- completion. The members are one unnest (the claimed after the completions, with no
+    -- claim_id), not a UNION ALL of two: when a completion's row was changed by a transaction
+    -- that committed while this one waited for it (the job's last progress report), PostgreSQL
+    -- re-checks the join with the row's new version, and over a UNION ALL that re-check found
+    -- no member, so the job was left processing, its image dropped as a stale claim's.
     WITH member AS (
-        SELECT c.id, c.claim_id, c.ord, false AS claimed
-        FROM unnest(p_job_ids, p_claim_ids) WITH ORDINALITY AS c(id, claim_id, ord)
-        UNION ALL
-        SELECT c.id, NULL, c.ord, true FROM unnest(v_ids) WITH ORDINALITY AS c(id, ord)
+        SELECT c.id, c.claim_id, c.ord, c.ord > cardinality(p_job_ids) AS claimed
+        FROM unnest(p_job_ids || v_ids, p_claim_ids) WITH ORDINALITY AS c(id, claim_id, ord)
     ), changed AS (
         UPDATE jobs AS j
         SET status = CASE WHEN m.claimed THEN 'processing' ELSE 'complete' END,

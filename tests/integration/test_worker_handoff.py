@@ -15,7 +15,14 @@ from harness.waiting import eventually
 from queueing import db, jobs
 from queueing.actors import Actor
 from queueing.config import BUILTIN_MODEL
-from tests.integration.worker_support import job, rows, seed, status_of, submit_many
+from tests.integration.worker_support import (
+    SUBMITTED,
+    job,
+    rows,
+    seed,
+    status_of,
+    submit_many,
+)
 from tests.queries import TEST_QUERIES, fetch_all, fetch_value
 
 PNG = encode_rgb(8, 8, [bytes(range(24))] * 8)
@@ -143,6 +150,35 @@ async def test_a_hand_off_waits_for_a_message_row_without_holding_the_event_lock
     handoff = await hand_off
     assert handoff.stored == [True] and [str(c.job_id) for c in handoff.claims] == [second]
     assert [await status_of(pool, j) for j in (first, second)] == ["complete", "processing"]
+
+
+async def test_a_batch_member_whose_last_progress_commits_while_the_hand_off_waits_is_stored(
+    pool: db.Pool, conversation_id: str, alice: Actor, session: GpuSession
+) -> None:
+    """A member's last progress report (its own connection) may still be committing when the
+    batch's hand-off reaches its row. The hand-off waits for it and then completes the member:
+    with the members joined as a UNION ALL (the plan a session made on a queue of realistic
+    size), PostgreSQL's re-check of the row's new version found no member, and the job stayed
+    processing under a live worker, its image dropped as a stale claim's."""
+    await submit_many(pool, conversation_id, alice, 5)
+    await seed(pool, alice, conversation_id, 500, "complete", SUBMITTED)
+    await seed(pool, alice, conversation_id, 3000, "queued", SUBMITTED)
+    async with pool.connection() as conn:
+        await conn.execute(TEST_QUERIES["analyze_jobs"])
+    claims = await session.claim_batch(4)
+    assert len(claims) == 4
+    async with pool.connection() as reporter, reporter.transaction():
+        assert await jobs.report_progress(reporter, claims[-1], 4, 4) is False
+        hand_off = asyncio.create_task(session.complete_and_claim([(c, PNG) for c in claims], 1))
+
+        async def waiting() -> db.Row | None:
+            [state] = await fetch_all(pool, "backend_waits", {"pid": session.backend_pid})
+            return state if state["wait_event_type"] == "Lock" else None
+
+        await eventually(waiting, what="the hand-off waiting for the progress report's row")
+    handoff = await hand_off
+    assert handoff.stored == [True] * 4 and len(handoff.claims) == 1
+    assert [await status_of(pool, str(c.job_id)) for c in claims] == ["complete"] * 4
 
 
 async def test_a_refused_completion_commits_nothing_and_the_session_goes_on(

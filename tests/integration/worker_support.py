@@ -52,6 +52,9 @@ async def seed(
         )
 
 
+SUBMITTED = {"width": 64, "height": 64, "steps": 4, "seed": 1}  # what submit() asks for
+
+
 async def submit(
     pool: db.Db,
     conversation_id: str,
@@ -63,8 +66,8 @@ async def submit(
     timeout_s: int = 60,
     **params: Any,
 ) -> str:
-    """Enqueue one job (64x64, 4 steps unless given) and return its id."""
-    params = {"width": 64, "height": 64, "steps": 4, "seed": 1, **params}
+    """Enqueue one job (SUBMITTED's parameters unless given) and return its id."""
+    params = {**SUBMITTED, **params}
     job = await jobs.enqueue(
         pool,
         conversation_id,
