@@ -698,7 +698,7 @@ BEGIN
     -- re-checks the join with the row's new version, and over a UNION ALL that re-check found
     -- no member, so the job was left processing, its image dropped as a stale claim's.
     WITH member AS (
-        SELECT c.id, c.claim_id, c.ord, c.ord > cardinality(p_job_ids) AS claimed
+        SELECT c.id, c.claim_id, c.ord, c.ord > coalesce(cardinality(p_job_ids), 0) AS claimed
         FROM unnest(p_job_ids || v_ids, p_claim_ids) WITH ORDINALITY AS c(id, claim_id, ord)
     ), changed AS (
         UPDATE jobs AS j
