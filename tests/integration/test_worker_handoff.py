@@ -152,14 +152,16 @@ async def test_a_hand_off_waits_for_a_message_row_without_holding_the_event_lock
     assert [await status_of(pool, j) for j in (first, second)] == ["complete", "processing"]
 
 
-async def test_a_batch_member_whose_last_progress_commits_while_the_hand_off_waits_is_stored(
-    pool: db.Pool, conversation_id: str, alice: Actor, session: GpuSession
+@pytest.mark.parametrize("change", ["progress report", "cancel request"])
+async def test_a_batch_member_changed_while_its_hand_off_waits_is_completed(
+    pool: db.Pool, conversation_id: str, alice: Actor, session: GpuSession, change: str
 ) -> None:
-    """A member's last progress report (its own connection) may still be committing when the
-    batch's hand-off reaches its row. The hand-off waits for it and then completes the member:
-    with the members joined as a UNION ALL (the plan a session made on a queue of realistic
-    size), PostgreSQL's re-check of the row's new version found no member, and the job stayed
-    processing under a live worker, its image dropped as a stale claim's."""
+    """A member's row may be changed by a transaction that commits while the batch's hand-off
+    waits for it: the job's last progress report (its own connection) or its user's cancel
+    request. The hand-off then completes the member: with the members joined as a UNION ALL
+    (the plan a session made on a queue of realistic size), PostgreSQL's re-check of the row's
+    new version found no member, and the job stayed processing under a live worker, its image
+    dropped as a stale claim's."""
     await submit_many(pool, conversation_id, alice, 5)
     await seed(pool, alice, conversation_id, 500, "complete", SUBMITTED)
     await seed(pool, alice, conversation_id, 3000, "queued", SUBMITTED)
@@ -167,15 +169,18 @@ async def test_a_batch_member_whose_last_progress_commits_while_the_hand_off_wai
         await conn.execute(TEST_QUERIES["analyze_jobs"])
     claims = await session.claim_batch(4)
     assert len(claims) == 4
-    async with pool.connection() as reporter, reporter.transaction():
-        assert await jobs.report_progress(reporter, claims[-1], 4, 4) is False
+    async with pool.connection() as other, other.transaction():
+        if change == "progress report":
+            assert await jobs.report_progress(other, claims[-1], 4, 4) is False
+        else:
+            await jobs.cancel(other, str(claims[-1].job_id), actor=alice)
         hand_off = asyncio.create_task(session.complete_and_claim([(c, PNG) for c in claims], 1))
 
         async def waiting() -> db.Row | None:
             [state] = await fetch_all(pool, "backend_waits", {"pid": session.backend_pid})
             return state if state["wait_event_type"] == "Lock" else None
 
-        await eventually(waiting, what="the hand-off waiting for the progress report's row")
+        await eventually(waiting, what=f"the hand-off waiting for the {change}'s row")
     handoff = await hand_off
     assert handoff.stored == [True] * 4 and len(handoff.claims) == 1
     assert [await status_of(pool, str(c.job_id)) for c in claims] == ["complete"] * 4
