@@ -607,11 +607,11 @@ CREATE OR REPLACE FUNCTION gq_complete_and_claim(
 -- also be right for every size the queue will take: planned on a near-empty table (a fresh
 -- deployment, a worker started before the first ANALYZE), the head's probe read the model's
 -- queued jobs through another index and sorted them all, and the hand-off's UPDATE joined its
--- rows to a scan of the whole table, per job and for as long as the session lived (bench peer:
--- 1.8 ms a hand-off, 1.0 ms with these). No scan and no sort: the head comes from the queue's
--- order, every other job by its id. JIT off: a plan's cost then carries the planner's penalty
--- for what cannot be done otherwise (the transitions' sort by message id), which crossed
--- jit_above_cost and compiled the statement at every call (~50 ms).
+-- rows to a scan of the whole table, per job and for as long as the session lived (a loop of
+-- hand-offs: 1.8 ms each, 1.0 ms with these). No scan and no sort: the head comes from the
+-- queue's order, every other job by its id. JIT off: a plan's cost then carries the planner's
+-- penalty for what cannot be done otherwise (the transitions' sort by message id), which
+-- crossed jit_above_cost and compiled the statement at every call (~50 ms).
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 SET enable_sort = off
@@ -694,9 +694,10 @@ BEGIN
     -- a claimed job (locked above) its claim; a claim's columns stay as they are on a
     -- completion. The members are one unnest (the claimed after the completions, with no
     -- claim_id), not a UNION ALL of two: when a completion's row was changed by a transaction
-    -- that committed while this one waited for it (the job's last progress report), PostgreSQL
-    -- re-checks the join with the row's new version, and over a UNION ALL that re-check found
-    -- no member, so the job was left processing, its image dropped as a stale claim's.
+    -- that committed while this one waited for it (its last progress report, a cancel
+    -- request), PostgreSQL re-checks the join with the row's new version, and over a UNION ALL
+    -- that re-check found no member, so the job was left processing, its image dropped as a
+    -- stale claim's.
     WITH member AS (
         SELECT c.id, c.claim_id, c.ord, c.ord > coalesce(cardinality(p_job_ids), 0) AS claimed
         FROM unnest(p_job_ids || v_ids, p_claim_ids) WITH ORDINALITY AS c(id, claim_id, ord)

@@ -96,6 +96,18 @@ async def handoff_scans(session: GpuSession) -> set[str]:
     return scans
 
 
+async def waiting_on_a_lock(pool: db.Pool, session: GpuSession, what: str) -> db.Row:
+    """The session's backend once it waits for a lock (its wait state), `what` naming it."""
+
+    async def waiting() -> db.Row | None:
+        [state] = await fetch_all(pool, "backend_waits", {"pid": session.backend_pid})
+        return state if state["wait_event_type"] == "Lock" else None
+
+    state = await eventually(waiting, what=f"the hand-off waiting for {what}")
+    assert state is not None
+    return state
+
+
 async def test_claims_read_the_queue_through_its_order_and_jobs_by_id_only(
     pool: db.Pool, conversation_id: str, alice: Actor, session: GpuSession
 ) -> None:
@@ -140,13 +152,8 @@ async def test_a_hand_off_waits_for_a_message_row_without_holding_the_event_lock
     async with pool.connection() as holder, holder.transaction():
         await holder.execute(TEST_QUERIES["message_row_lock"], {"job_id": second})
         hand_off = asyncio.create_task(session.complete_and_claim([(claim, PNG)], 1))
-
-        async def waiting() -> db.Row | None:
-            [state] = await fetch_all(pool, "backend_waits", {"pid": session.backend_pid})
-            return state if state["wait_event_type"] == "Lock" else None
-
-        state = await eventually(waiting, what="the hand-off waiting for the message row")
-        assert state is not None and not state["holds_event_lock"]
+        state = await waiting_on_a_lock(pool, session, "the message row")
+        assert not state["holds_event_lock"]
     handoff = await hand_off
     assert handoff.stored == [True] and [str(c.job_id) for c in handoff.claims] == [second]
     assert [await status_of(pool, j) for j in (first, second)] == ["complete", "processing"]
@@ -175,12 +182,7 @@ async def test_a_batch_member_changed_while_its_hand_off_waits_is_completed(
         else:
             await jobs.cancel(other, str(claims[-1].job_id), actor=alice)
         hand_off = asyncio.create_task(session.complete_and_claim([(c, PNG) for c in claims], 1))
-
-        async def waiting() -> db.Row | None:
-            [state] = await fetch_all(pool, "backend_waits", {"pid": session.backend_pid})
-            return state if state["wait_event_type"] == "Lock" else None
-
-        await eventually(waiting, what=f"the hand-off waiting for the {change}'s row")
+        await waiting_on_a_lock(pool, session, f"the {change}'s row")
     handoff = await hand_off
     assert handoff.stored == [True] * 4 and len(handoff.claims) == 1
     assert [await status_of(pool, str(c.job_id)) for c in claims] == ["complete"] * 4
