@@ -8,15 +8,16 @@ water level t where sum(max(0, t - r_i)) = T; and with k < W jobs ahead the job 
 at the latest, when a (k+1)-th GPU is free. The ETA is the smaller of the two.
 
 Fair share lets a job queued later start earlier (contract: Fair share), so the work ahead now
-is only a floor of the work that will run first. Start-time fair queuing bounds the rest: the
-queue is taken in start-tag order, and while the tags taken move by one, every user with jobs in
-the model gets that much GPU time times its weight. With the users served now staying busy,
-(S - H) * their total weight of GPU-seconds run before a job of tag S, H the tag at the head of
-the queue; the ETA spreads the larger of the two. Both grow with
-the position (k and T only grow), so the ETA never falls as the position rises. With one GPU it
-is exactly r_1 + T. Gradio's rank_eta multiplies the rank by a mean of past run times; this
-knows the size of every job ahead, the work already done on the running ones, and how many GPUs
-serve the model.
+is only a floor of the work that will run first. Start-time fair queuing says how much more:
+the queue is taken in start-tag order, and a user served now whose jobs so far end at finish
+tag F (on the model's fair-share clock) keeps getting its share, so while it stays busy its
+next jobs, tagged from F on, go ahead of a job of tag S: (S - F) * its weight GPU-seconds more,
+where F < S (a user whose queued jobs reach past S has every job that goes first queued now).
+The ETA spreads the work ahead plus that. Both grow with the position (k and T only grow, and
+so do the tags along it within a priority), so the ETA never falls as the position rises. With
+one GPU and nobody else served it is exactly r_1 + T. Gradio's rank_eta multiplies the rank by
+a mean of past run times; this knows the size of every job ahead, the work already done on the
+running ones, and how many GPUs serve the model.
 """
 
 from __future__ import annotations
@@ -32,11 +33,15 @@ from .rows import CostSampleRow, EtaGpuRow, EtaShareRow
 
 @dataclass(frozen=True)
 class Share:
-    """A model's fair-share clock: the start tag at the head of its queue and the weight of the
-    users it serves now."""
+    """A model's fair-share backlogs: for each user it serves now, the latest finish tag of
+    that user's jobs and the user's weight."""
 
-    head_tag: float
-    active_weight: float
+    backlogs: tuple[tuple[float, float], ...]
+
+    def to_come_s(self, start_tag: float) -> float:
+        """GPU-seconds the users served now will still queue ahead of a job of this tag, beyond
+        their jobs queued now, as long as they stay busy."""
+        return sum(weight * max(0.0, start_tag - finish) for finish, weight in self.backlogs)
 
 
 @dataclass(frozen=True)
@@ -68,8 +73,7 @@ class ModelEta:
         ahead = queue_position - 1
         work_s = self.fit.total_s(ahead, work_ahead)
         if start_tag is not None and self.share is not None:
-            behind_s = max(0.0, start_tag - self.share.head_tag)
-            work_s = max(work_s, behind_s * self.share.active_weight)
+            work_s += self.share.to_come_s(start_tag)
         start = water_level(self.free_in_s, work_s)
         if ahead < len(self.free_in_s):
             start = min(start, self.free_in_s[ahead])
@@ -124,7 +128,10 @@ class EtaModel:
                 fit = fits.get((model, row["host"])) or model_fits[model] or PRIOR
                 left = max(0.0, fit.run_s(row["work"]) - (row["elapsed_s"] or 0.0))
             free[model][gpu] = max(left, free[model].get(gpu, 0.0))  # one GPU, two workers
-        clocks = {r["model"]: Share(r["head_tag"], r["active_weight"]) for r in shares}
+        clocks = {
+            r["model"]: Share(tuple(zip(r["finish_tags"], r["weights"], strict=True)))
+            for r in shares
+        }
         models = {
             model: ModelEta(model_fits[model], tuple(sorted(slots.values())), clocks.get(model))
             for model, slots in free.items()

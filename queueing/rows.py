@@ -225,12 +225,11 @@ class CostSampleRow(TypedDict):
 
 
 class EtaShareRow(TypedDict):
-    """eta_shares: the start tag at the head of a model's queue and the weight of the users it
-    serves."""
+    """eta_shares: the latest finish tag and the weight of each user a model serves now."""
 
     model: str
-    head_tag: float
-    active_weight: float
+    finish_tags: list[float]
+    weights: list[float]
 
 
 class EtaGpuRow(TypedDict):

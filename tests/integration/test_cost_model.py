@@ -182,3 +182,49 @@ async def test_eta_rises_with_position_when_two_gpus_serve_the_model(
     assert all(a <= b for a, b in itertools.pairwise(values)), values
     await busy.close()
     await idle.close()
+
+
+async def test_an_eta_counts_what_another_user_served_now_will_queue_ahead(
+    database_url: str, pool: db.Pool
+) -> None:
+    """Fair share: while alice's large job runs and four small ones of hers wait, bob's first
+    small job goes ahead of them. As long as bob stays busy, his next jobs (tagged from where his
+    first ends) keep going ahead of each of hers until his tags reach hers, so her job of tag S
+    waits for the running job, the jobs ahead of it and bob's (S - F) GPU-seconds to come, F
+    where his jobs end now; her own later jobs come after it and count nothing."""
+    alice = await make_user(pool, "alice")
+    bob = await make_user(pool, "bob")
+    conversation_id = str((await create_conversation(pool, actor=alice.actor))["id"])
+    bobs_conversation_id = str((await create_conversation(pool, actor=bob.actor))["id"])
+    fit = await known_run_times(database_url, pool, alice, conversation_id, "test-host")
+    worker = await HandWorker(database_url, "cuda:0").start()
+    await submit(pool, alice, conversation_id, "large")
+    await worker.claim()
+    for _ in range(4):
+        await submit(pool, alice, conversation_id, "small")
+    bobs = await submit(pool, bob, bobs_conversation_id, "small")
+    assert bobs["queue_position"] == 1
+    (bobs_tags,) = await rows(
+        pool, "SELECT finish_tag FROM jobs WHERE id = %(id)s", {"id": bobs["job_id"]}
+    )
+    tags = await rows(
+        pool,
+        "SELECT start_tag FROM jobs WHERE status = 'queued' AND conversation_id = %(c)s"
+        " ORDER BY start_tag",
+        {"c": conversation_id},
+    )
+    small = fit.run_s(work("small"))
+    left = fit.run_s(work("large"))
+    expected = [
+        left + k * small + max(0.0, tag["start_tag"] - bobs_tags["finish_tag"])
+        for k, tag in enumerate(tags, start=1)
+    ]
+    etas = await queued_etas(pool, alice, conversation_id)
+    assert [p for p, _ in etas] == [2, 3, 4, 5]
+    values = [e for _, e in etas]
+    # The running job has run for a moment already (and ETAs are rounded to 0.1 s).
+    assert all(abs(e - x) <= 0.5 for e, x in zip(values, expected, strict=True)), (
+        values,
+        expected,
+    )
+    await worker.close()

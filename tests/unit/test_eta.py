@@ -74,10 +74,22 @@ def test_two_workers_on_one_gpu_count_it_once() -> None:
 
 
 def test_the_fair_share_clock_counts_the_jobs_that_will_come_first() -> None:
-    """Three users served, each of weight 1; a job 4 s of tags behind the queue's head starts
-    after about 12 GPU-seconds even when the queue ahead of it holds less (a newcomer's later
-    jobs will be placed ahead of it), and never before the work already ahead."""
-    eta = ModelEta(FIT, (0.0,), Share(head_tag=10.0, active_weight=3.0))
-    assert eta.eta_s(2, 1.0, start_tag=14.0) == 12.0
-    assert eta.eta_s(2, 20.0, start_tag=14.0) == 20.0
+    """A job of tag 14 starts after the work queued ahead of it and, from each other user served
+    now whose jobs end before tag 14, that user's share of the tags up to it: a user of weight 1
+    whose jobs end at tag 11 will queue 3 GPU-seconds ahead of it, one of weight 2 ending at 12
+    another 4; a user whose queued jobs reach past 14 (its own user, too) has all of its jobs
+    that go first queued already."""
+    eta = ModelEta(FIT, (0.0,), Share(((11.0, 1.0), (12.0, 2.0), (20.0, 1.0), (16.0, 1.0))))
+    assert eta.eta_s(2, 1.0, start_tag=14.0) == 8.0
+    assert eta.eta_s(2, 1.0, start_tag=10.0) == 1.0  # every other user's backlog reaches past it
     assert eta.eta_s(2, 1.0) == 1.0  # no tag: the work ahead alone
+
+
+def test_the_fair_share_backlogs_come_from_the_eta_shares_rows() -> None:
+    model = EtaModel.from_rows(
+        [samples("a", 1.0, 1.0)],
+        [gpu("a", "cuda:0")],
+        [{"model": "a", "finish_tags": [11.0, 12.0], "weights": [1.0, 2.0]}],
+    )
+    assert model.models["a"].share == Share(((11.0, 1.0), (12.0, 2.0)))
+    assert model.eta_s("a", 2, 1.0, start_tag=14.0) == 8.0
