@@ -14,19 +14,31 @@ T = TypeVar("T")
 
 class Cached(Generic[T]):
     """`read(conn)`'s result, re-read at most once per `ttl_s`: one query serves every request
-    of a busy second, and concurrent callers share the one refresh in flight."""
+    of a busy second, and concurrent callers share the one refresh in flight. A value known to
+    be out of date (`outdated`) is re-read sooner, but not more than once per `min_age_s`."""
 
-    def __init__(self, read: Callable[[db.Db], Awaitable[T]], ttl_s: float = 1.0) -> None:
+    def __init__(
+        self, read: Callable[[db.Db], Awaitable[T]], ttl_s: float = 1.0, min_age_s: float = 0.1
+    ) -> None:
         self.ttl_s = ttl_s
+        self.min_age_s = min_age_s
         self._read = read
         self._value: T | None = None
         self._read_at = 0.0
+        self._outdated_at = 0.0
         self._lock = asyncio.Lock()
 
+    def outdated(self) -> None:
+        """What the value is read from changed after this moment."""
+        self._outdated_at = time.monotonic()
+
     def _fresh(self, max_age_s: float) -> T | None:
-        if self._value is not None and time.monotonic() - self._read_at < max_age_s:
-            return self._value
-        return None
+        if self._value is None:
+            return None
+        age = time.monotonic() - self._read_at
+        if self._outdated_at > self._read_at:  # read before the change
+            max_age_s = min(max_age_s, self.min_age_s)
+        return self._value if age < max_age_s else None
 
     async def get(self, conn: db.Db, *, max_age_s: float | None = None) -> T:
         """The cached value while younger than `max_age_s` (default: the ttl), else a new one."""

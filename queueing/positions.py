@@ -33,7 +33,10 @@ async def eta_model(conn: db.Db) -> EtaModel:
 
 
 class EtaCache(Cached[EtaModel]):
-    """The ETA model (cost fits and live GPUs), re-read at most once per `ttl_s`."""
+    """The ETA model (cost fits, live GPUs, fair-share backlogs), re-read at most once per
+    `ttl_s`; the web's fan-out marks it outdated when a GPU takes or ends a job, so the next
+    read after that is at most `min_age_s` older than it (a second-old model could tell a job
+    the remaining time of one that had ended ahead of it)."""
 
     def __init__(self, ttl_s: float = 1.0) -> None:
         super().__init__(eta_model, ttl_s)

@@ -11,18 +11,20 @@ from collections.abc import Callable
 from typing import Any
 
 from harness.commands import WorkerChild
+from harness.waiting import eventually
 from queueing import db, jobs, positions
 from queueing.conversations import create_conversation
 from queueing.cost_model import CostFit
 from queueing.jobs import JobRequest
 from tests import queries
 from tests.helpers import worker_session
-from tests.integration.web_support import PARAMS, HandWorker, User, make_user
+from tests.integration.web_support import PARAMS, HandWorker, User, make_user, running_app
 from tests.integration.worker_support import (
     rows,
     spawn_worker_fixture,  # noqa: F401  (the spawn_worker fixture)
     wait_all_final,
 )
+from web.keys import WebOptions
 
 SpawnWorker = Callable[..., WorkerChild]
 STEPS = 10
@@ -227,4 +229,40 @@ async def test_an_eta_counts_what_another_user_served_now_will_queue_ahead(
         values,
         expected,
     )
+    await worker.close()
+
+
+async def test_an_eta_read_after_the_gpu_takes_the_next_job_counts_that_job(
+    database_url: str, pool: db.Pool
+) -> None:
+    """The web server shares one ETA model between reads for up to eta_ttl_s (60 s here), but
+    not past a GPU taking or ending a job, which its fan-out sees in the events: once the large
+    job running ahead has ended and the small one behind it has started, the last job is told
+    the small one's time (about 1.8 s), not the large one's remaining time (about 14 s)."""
+    alice = await make_user(pool, "alice")
+    conversation_id = str((await create_conversation(pool, actor=alice.actor))["id"])
+    fit = await known_run_times(database_url, pool, alice, conversation_id, "test-host")
+    worker = await HandWorker(database_url, "cuda:0").start()
+    async with running_app(database_url, options=WebOptions(eta_ttl_s=60.0)) as client:
+        await submit(pool, alice, conversation_id, "large")
+        large = await worker.claim()
+        await submit(pool, alice, conversation_id, "small")
+        last = await submit(pool, alice, conversation_id, "small")
+
+        async def eta_of_last() -> float:
+            response = await client.get(f"/api/jobs/{last['job_id']}", headers=alice.headers)
+            assert response.status == 200
+            eta = (await response.json())["eta_s"]
+            assert isinstance(eta, float)
+            return eta
+
+        small = fit.run_s(work("small"))
+        assert abs(await eta_of_last() - (fit.run_s(work("large")) + small)) <= 0.5
+        await worker.complete(large)
+        await worker.claim()
+
+        async def counts_the_small_one() -> bool:
+            return abs(await eta_of_last() - small) <= 0.5
+
+        await eventually(counts_the_small_one, within=5.0, what="the ETA of the new running job")
     await worker.close()

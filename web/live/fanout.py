@@ -42,6 +42,9 @@ PAGE = 1000  # events per read, for the live pump and for replays
 POSITIONS_MIN_INTERVAL_S = 0.1  # position passes run at most 10 times a second ...
 POSITIONS_MAX_SHARE = 0.25  # ... and take at most about a quarter of the time
 _MOVES_OTHERS = (JobStatus.PROCESSING, JobStatus.CANCELED)
+# A GPU took or ended a job: what the ETA model knows of its model's GPUs (and, at an end, of
+# its run times) is out of date.
+_OUTDATES_ETA = frozenset({JobStatus.PROCESSING, *FINAL})
 
 
 class Fanout:
@@ -197,6 +200,8 @@ class Fanout:
             rows = await events.events_after(self._pool, self.last_seq, limit=PAGE)
             if rows:
                 await self.placing.follow(rows)
+                if any(row["event"]["status"] in _OUTDATES_ETA for row in rows):
+                    self._eta.outdated()
                 moved = self._route(rows) or moved
             if len(rows) < PAGE:
                 return moved
