@@ -20,15 +20,22 @@ from .rows import (
 from .states import JobStatus
 
 
-async def eta_model(conn: db.Db) -> EtaModel:
-    """The cost fits, every model's live GPUs and fair-share clock, as of now (small reads)."""
-    samples = await db.fetch_all(conn, "cost_samples", {"window": SAMPLES})
+async def cost_samples(conn: db.Db) -> list[CostSampleRow]:
+    """The cost model's data: aggregates of the latest run times per model and host."""
+    return cast(
+        "list[CostSampleRow]", await db.fetch_all(conn, "cost_samples", {"window": SAMPLES})
+    )
+
+
+async def eta_model(conn: db.Db, samples: list[CostSampleRow] | None = None) -> EtaModel:
+    """The cost fits (from `samples` when given), every model's live GPUs and fair-share
+    backlogs, as of now (small reads)."""
+    if samples is None:
+        samples = await cost_samples(conn)
     gpus = await db.fetch_all(conn, "eta_gpus")
     shares = await db.fetch_all(conn, "eta_shares")
     return EtaModel.from_rows(
-        cast("list[CostSampleRow]", samples),
-        cast("list[EtaGpuRow]", gpus),
-        cast("list[EtaShareRow]", shares),
+        samples, cast("list[EtaGpuRow]", gpus), cast("list[EtaShareRow]", shares)
     )
 
 
@@ -36,10 +43,16 @@ class EtaCache(Cached[EtaModel]):
     """The ETA model (cost fits, live GPUs, fair-share backlogs), re-read at most once per
     `ttl_s`; the web's fan-out marks it outdated when a GPU takes or ends a job, so the next
     read after that is at most `min_age_s` older than it (a second-old model could tell a job
-    the remaining time of one that had ended ahead of it)."""
+    the remaining time of one that had ended ahead of it). The fits move slowly and their read
+    grows with the fleet (a window of jobs per model and host), so they are read at most once
+    per `ttl_s` all the same."""
 
     def __init__(self, ttl_s: float = 1.0) -> None:
-        super().__init__(eta_model, ttl_s)
+        self._samples = Cached(cost_samples, ttl_s)
+        super().__init__(self._read_model, ttl_s)
+
+    async def _read_model(self, conn: db.Db) -> EtaModel:
+        return await eta_model(conn, await self._samples.get(conn))
 
 
 def with_eta(job: JobJson, model: EtaModel) -> JobJson:
