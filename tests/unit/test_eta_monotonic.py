@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from queueing.cost_model import CostFit
-from queueing.eta import ModelEta
+from queueing.eta import ModelEta, Share
 
 fits = st.builds(
     CostFit,
@@ -41,4 +41,21 @@ def test_eta_rises_with_position_on_several_gpus(
     fit: CostFit, free_in: list[float], sizes: list[float]
 ) -> None:
     values = etas(ModelEta(fit, tuple(sorted(free_in))), sizes)
+    assert all(a is not None and b is not None and a <= b for a, b in itertools.pairwise(values))
+
+
+backlogs = st.lists(st.tuples(st.floats(0.0, 100.0), st.floats(0.1, 5.0)), max_size=6)
+tag_steps = st.lists(st.floats(0.0, 10.0), min_size=1, max_size=30)
+
+
+@given(fits, st.lists(st.floats(0.0, 100.0), min_size=1, max_size=4), backlogs, tag_steps)
+def test_eta_rises_with_position_with_the_fair_share_term(
+    fit: CostFit, free_in: list[float], backlog: list[tuple[float, float]], steps: list[float]
+) -> None:
+    """Within a priority the queue is in start-tag order: any users served now (their latest
+    finish tags and weights), any tags rising along the queue, any sizes."""
+    eta = ModelEta(fit, tuple(sorted(free_in)), Share(tuple(backlog)))
+    tags = list(itertools.accumulate(steps))
+    ahead = [0.0, *itertools.accumulate(steps)]  # each job's work: its tag step, any will do
+    values = [eta.eta_s(p + 1, ahead[p], start_tag=tag) for p, tag in enumerate(tags)]
     assert all(a is not None and b is not None and a <= b for a, b in itertools.pairwise(values))
