@@ -128,12 +128,12 @@ class EtaModel:
                 fit = fits.get((model, row["host"])) or model_fits[model] or PRIOR
                 left = max(0.0, fit.run_s(row["work"]) - (row["elapsed_s"] or 0.0))
             free[model][gpu] = max(left, free[model].get(gpu, 0.0))  # one GPU, two workers
-        clocks = {
+        share_of = {
             r["model"]: Share(tuple(zip(r["finish_tags"], r["weights"], strict=True)))
             for r in shares
         }
         models = {
-            model: ModelEta(model_fits[model], tuple(sorted(slots.values())), clocks.get(model))
+            model: ModelEta(model_fits[model], tuple(sorted(slots.values())), share_of.get(model))
             for model, slots in free.items()
         }
         return cls(fits, models)

@@ -36,6 +36,12 @@ def params(size: str) -> dict[str, Any]:
     return {**PARAMS, "width": width, "height": height, "steps": STEPS}
 
 
+def near(eta: float, expected: float) -> bool:
+    """Within what a test can tell: the running job has run for a moment already when an ETA is
+    read, and ETAs are rounded to 0.1 s."""
+    return abs(eta - expected) <= 0.5
+
+
 def work(size: str) -> float:
     """Megapixel-steps, as gq_job_work counts them."""
     width, height = SIZES[size]
@@ -153,11 +159,7 @@ async def test_eta_rises_with_position_and_sums_the_jobs_ahead(
     assert all(a < b for a, b in itertools.pairwise(values)), values
     left = fit.run_s(work("large"))
     expected = [left + sum(fit.run_s(work(s)) for s in sizes[:k]) for k in range(12)]
-    # The running job has run for a moment already (and ETAs are rounded to 0.1 s).
-    assert all(abs(e - x) <= 0.5 for e, x in zip(values, expected, strict=True)), (
-        values,
-        expected,
-    )
+    assert all(near(e, x) for e, x in zip(values, expected, strict=True)), (values, expected)
     await worker.close()
 
 
@@ -224,11 +226,7 @@ async def test_an_eta_counts_what_another_user_served_now_will_queue_ahead(
     etas = await queued_etas(pool, alice, conversation_id)
     assert [p for p, _ in etas] == [2, 3, 4, 5]
     values = [e for _, e in etas]
-    # The running job has run for a moment already (and ETAs are rounded to 0.1 s).
-    assert all(abs(e - x) <= 0.5 for e, x in zip(values, expected, strict=True)), (
-        values,
-        expected,
-    )
+    assert all(near(e, x) for e, x in zip(values, expected, strict=True)), (values, expected)
     await worker.close()
 
 
@@ -257,12 +255,12 @@ async def test_an_eta_read_after_the_gpu_takes_the_next_job_counts_that_job(
             return eta
 
         small = fit.run_s(work("small"))
-        assert abs(await eta_of_last() - (fit.run_s(work("large")) + small)) <= 0.5
+        assert near(await eta_of_last(), fit.run_s(work("large")) + small)
         await worker.complete(large)
         await worker.claim()
 
         async def counts_the_small_one() -> bool:
-            return abs(await eta_of_last() - small) <= 0.5
+            return near(await eta_of_last(), small)
 
         await eventually(counts_the_small_one, within=5.0, what="the ETA of the new running job")
     await worker.close()

@@ -42,8 +42,8 @@ PAGE = 1000  # events per read, for the live pump and for replays
 POSITIONS_MIN_INTERVAL_S = 0.1  # position passes run at most 10 times a second ...
 POSITIONS_MAX_SHARE = 0.25  # ... and take at most about a quarter of the time
 _MOVES_OTHERS = (JobStatus.PROCESSING, JobStatus.CANCELED)
-# A GPU took or ended a job: what the ETA model knows of its model's GPUs (and, at an end, of
-# its run times) is out of date.
+# A GPU took or ended a job (or a queued one left): what the ETA model knows of its model's GPUs
+# and users' backlogs is out of date.
 _OUTDATES_ETA = frozenset({JobStatus.PROCESSING, *FINAL})
 
 
